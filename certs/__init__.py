@@ -1,0 +1,1 @@
+"""Serving-certificate tooling for the webhook and extender."""

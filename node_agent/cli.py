@@ -1,0 +1,29 @@
+"""`sandgate agent`: the per-node DaemonSet agent."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "discover, configure and advertise this node's sandbox runtimes (DaemonSet agent)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the agent command's flags (a contract: add flags, never rename them)."""
+    parser.add_argument("--config", required=True, metavar="POLICY", help="SandboxPolicy file (reloaded on change)")
+    parser.add_argument("--node-name", required=True, metavar="NAME", help="this node's name (downward API spec.nodeName)")
+    parser.add_argument("--root", default="/", help="host filesystem root (default /)")
+    parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: in-cluster service account)")
+    parser.add_argument("--interval", type=float, default=30, help="seconds between cycles (default 30)")
+    parser.add_argument("--configure", action="store_true", help="add missing containerd handlers as drop-in files")
+    parser.add_argument("--once", action="store_true", help="run one cycle and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="change nothing; print the Node patch and containerd changes as JSON")
+    parser.add_argument("--node-allocatable-memory", metavar="QUANTITY",
+                        help="node allocatable memory (skips reading the Node from the API)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent; returns the exit code."""
+    from node_agent.main import run_agent
+
+    return run_agent(args)

@@ -1,0 +1,51 @@
+"""Every label, annotation and object-name contract shared by the webhook, extender and agent.
+
+This module is the only place these strings are written. Code, tests and manifest checks import
+them from here; docs/contracts.md documents them for operators.
+"""
+
+DOMAIN = "sandgate.io"
+
+# Policy defaults (the policy file may rename the namespace label and the pod annotation).
+DEFAULT_NAMESPACE_LABEL = f"{DOMAIN}/isolation"
+DEFAULT_POD_ANNOTATION = f"{DOMAIN}/runtime"
+# Namespace-label value that selects the policy's defaultProfile.
+SANDBOXED_VALUE = "sandboxed"
+# Pod-annotation value that asks to stay unsandboxed (refused in a routed namespace).
+OPT_OUT_VALUE = "none"
+
+# Node label published by the agent: the runtime handler works on this node.
+RUNTIME_LABEL_PREFIX = f"{DOMAIN}/runtime."
+RUNTIME_LABEL_VALUE = "true"
+# Node annotation published by the agent: how many sandboxes of this handler the node can hold.
+CAPACITY_ANNOTATION_PREFIX = f"{DOMAIN}/sandbox-capacity."
+
+# Pod annotation written by the webhook when it pads container resources to emulate pod overhead.
+PADDING_ANNOTATION = f"{DOMAIN}/overhead-padding"
+
+# Heartbeat Lease (coordination.k8s.io/v1) the agent renews for its node.
+AGENT_LEASE_PREFIX = "sandgate-agent-"
+
+# Keys of AdmissionReview auditAnnotations (the API server prefixes them with the webhook name).
+AUDIT_PROFILE = "profile"
+AUDIT_RULE = "rule"
+
+# Path segment of /mutate/<segment> and /validate/<segment> used by the webhook entry for
+# namespaces that carry no isolation label (pod opt-in). Profile names are DNS labels, so a
+# leading underscore can never collide with one.
+OPT_IN_PATH_SEGMENT = "_optin"
+
+
+def runtime_label(handler: str) -> str:
+    """Node label key advertising that `handler` is installed and healthy."""
+    return RUNTIME_LABEL_PREFIX + handler
+
+
+def capacity_annotation(handler: str) -> str:
+    """Node annotation key holding the sandbox capacity of `handler` on the node."""
+    return CAPACITY_ANNOTATION_PREFIX + handler
+
+
+def agent_lease_name(node_name: str) -> str:
+    """Name of the heartbeat Lease the agent on `node_name` renews."""
+    return AGENT_LEASE_PREFIX + node_name

@@ -1,0 +1,572 @@
+"""The SandboxPolicy file: its typed model, strict validation, and a store that reloads it.
+
+The policy is the one contract every component reads (webhook, extender, agent). A policy with any
+error is refused as a whole, with every error listed by key path, so nothing ever runs half
+configured. Unknown keys are errors too: a typo such as `namespaceLable` must not silently fall
+back to a default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from kubernetes.utils import parse_quantity
+
+from sandgate import keys
+from sandgate.clusterversion import ClusterVersion, VersionError
+
+API_VERSION = "sandgate.io/v1alpha1"
+KIND = "SandboxPolicy"
+
+# Pod features a profile may forbid, and the pod fields each one names in a denial.
+FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+STRATEGIES = ("spread", "binpack")
+# Values of the namespace label / pod annotation with a fixed meaning; no profile may take them.
+RESERVED_PROFILE_NAMES = (keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                             r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+log = logging.getLogger(__name__)
+
+
+class PolicyError(ValueError):
+    """The policy is invalid; `errors` holds one "key.path: reason" string per problem."""
+
+    def __init__(self, errors: list[str], source: str = "policy"):
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(f"{source}: invalid policy:\n  " + "\n  ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A pod toleration, as a profile asks for it."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+    toleration_seconds: int | None = None
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The toleration in Kubernetes wire form (only the fields that are set)."""
+        out: dict[str, Any] = {}
+        if self.key:
+            out["key"] = self.key
+        out["operator"] = self.operator
+        if self.value:
+            out["value"] = self.value
+        if self.effect:
+            out["effect"] = self.effect
+        if self.toleration_seconds is not None:
+            out["tolerationSeconds"] = self.toleration_seconds
+        return out
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Sandbox overhead: a fixed part per pod plus an optional memory part that grows with requests.
+
+    Quantities are kept both as written (for RuntimeClass manifests, which must match exactly) and
+    as Decimal values in base units (cores, bytes) for arithmetic.
+    """
+
+    pod_fixed: dict[str, str] = field(default_factory=dict)
+    memory_percent_of_requests: Decimal | None = None
+    memory_min: Decimal | None = None
+    memory_max: Decimal | None = None
+
+    @property
+    def pod_fixed_values(self) -> dict[str, Decimal]:
+        """podFixed parsed to base units (cpu in cores, memory in bytes)."""
+        return {name: parse_quantity(q) for name, q in self.pod_fixed.items()}
+
+    def memory_total(self, pod_memory_requests: Decimal) -> Decimal:
+        """Whole memory overhead in bytes: fixed + percent of requests, clamped to [min, max], rounded up."""
+        total = self.pod_fixed_values.get("memory", Decimal(0))
+        if self.memory_percent_of_requests:
+            total += pod_memory_requests * self.memory_percent_of_requests / Decimal(100)
+        if self.memory_min is not None:
+            total = max(total, self.memory_min)
+        if self.memory_max is not None:
+            total = min(total, self.memory_max)
+        return total.to_integral_value(rounding=ROUND_CEILING)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One sandbox runtime a pod can be routed to."""
+
+    name: str
+    runtime_class_name: str
+    handler: str
+    overhead: Overhead | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    forbid: frozenset[str] = frozenset()
+    edge_toleration_seconds: int | None = None
+    # Node-side facts for the agent: containerd runtime_type to configure, its options, an extra probe.
+    runtime_type: str | None = None
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    probe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Settings of the node agent (policy key `agent`)."""
+
+    namespace: str = "sandgate-system"
+    lease_duration_seconds: int = 90
+    max_sandboxes: int = 110
+    reserved_memory: Decimal = parse_quantity("512Mi")
+    containerd_config: str = "/etc/containerd/config.toml"
+    drop_in_dir: str = "/etc/containerd/conf.d"
+    reload_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SchedulingSettings:
+    """Settings of the scheduler extender (policy key `scheduling`)."""
+
+    strategy: str = "spread"
+    prefer_non_sandbox_nodes: bool = True
+    reservation_timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated SandboxPolicy."""
+
+    cluster_version: ClusterVersion | None  # None: "auto", ask the API server
+    pod_overhead: bool | None  # None: the version's default
+    namespace_label: str
+    pod_annotation: str
+    default_profile: str
+    allow_pod_opt_in: bool
+    exempt_namespaces: frozenset[str]
+    profiles: dict[str, Profile]
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    source: str = "policy"
+
+    def profile_for_runtime_class(self, runtime_class_name: str | None) -> Profile | None:
+        """The profile whose runtimeClassName is `runtime_class_name`, if any."""
+        if not runtime_class_name:
+            return None
+        for profile in self.profiles.values():
+            if profile.runtime_class_name == runtime_class_name:
+                return profile
+        return None
+
+    @property
+    def handlers(self) -> frozenset[str]:
+        """Every runtime handler some profile uses."""
+        return frozenset(p.handler for p in self.profiles.values())
+
+
+class _Errors:
+    """Collects "path: reason" messages while walking the document."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, reason: str) -> None:
+        self.items.append(f"{path}: {reason}")
+
+
+def _mapping(doc: Any, path: str, errs: _Errors, allowed: tuple[str, ...] | None = None) -> dict:
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        errs.add(path, f"must be a mapping, got {type(doc).__name__}")
+        return {}
+    if allowed is not None:
+        for key in doc:
+            if key not in allowed:
+                errs.add(f"{path}.{key}" if path else str(key), f"unknown key (allowed: {', '.join(allowed)})")
+    return doc
+
+
+def _string(value: Any, path: str, errs: _Errors, default: str | None = None) -> str | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, str):
+        errs.add(path, f"must be a string, got {value!r} (quote it in YAML)")
+        return default
+    return value
+
+
+def _bool(value: Any, path: str, errs: _Errors, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        errs.add(path, f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def _int(value: Any, path: str, errs: _Errors, default: int | None, minimum: int = 0) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        errs.add(path, f"must be an integer, got {value!r}")
+        return default
+    if value < minimum:
+        errs.add(path, f"must be >= {minimum}, got {value}")
+        return default
+    return value
+
+
+def _quantity(value: Any, path: str, errs: _Errors) -> tuple[str, Decimal] | None:
+    """A Kubernetes quantity, as written and parsed; YAML numbers (cpu: 1) are accepted."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        errs.add(path, f"must be a quantity such as 100m or 64Mi, got {value!r}")
+        return None
+    text = str(value)
+    try:
+        parsed = parse_quantity(text)
+    except ValueError:
+        errs.add(path, f'invalid quantity "{text}"')
+        return None
+    if parsed < 0:
+        errs.add(path, f'must not be negative, got "{text}"')
+        return None
+    return text, parsed
+
+
+def _string_map(doc: Any, path: str, errs: _Errors, check_keys: bool = True) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in _mapping(doc, path, errs).items():
+        if check_keys and (not isinstance(key, str) or not _QUALIFIED_NAME.match(key)):
+            errs.add(f"{path}.{key}", "not a valid label key")
+            continue
+        text = _string(value, f"{path}.{key}", errs)
+        if text is not None:
+            out[str(key)] = text
+    return out
+
+
+def _string_list(doc: Any, path: str, errs: _Errors) -> tuple[str, ...]:
+    if doc is None:
+        return ()
+    if not isinstance(doc, list):
+        errs.add(path, f"must be a list, got {type(doc).__name__}")
+        return ()
+    out = []
+    for i, item in enumerate(doc):
+        text = _string(item, f"{path}[{i}]", errs)
+        if text is not None:
+            out.append(text)
+    return tuple(out)
+
+
+def _parse_cluster_version(value: Any, errs: _Errors) -> ClusterVersion | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, float):
+        # YAML reads 1.20 as the float 1.2; a float only round-trips for versions like 1.15.
+        value = repr(value)
+    if isinstance(value, bool) or not isinstance(value, str):
+        errs.add("clusterVersion", f'must be "auto" or a version such as "1.15", got {value!r}')
+        return None
+    try:
+        return ClusterVersion.parse(value)
+    except VersionError as exc:
+        errs.add("clusterVersion", f'{exc} (write it quoted, e.g. "1.20"; YAML reads 1.20 as 1.2)')
+        return None
+
+
+def _parse_pod_overhead(value: Any, errs: _Errors) -> bool | None:
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    errs.add("podOverhead", f'must be "auto", true or false, got {value!r}')
+    return None
+
+
+def _parse_toleration(doc: Any, path: str, errs: _Errors) -> Toleration | None:
+    before = len(errs.items)
+    d = _mapping(doc, path, errs, ("key", "operator", "value", "effect", "tolerationSeconds"))
+    key = _string(d.get("key"), f"{path}.key", errs, "")
+    operator = _string(d.get("operator"), f"{path}.operator", errs, "Equal")
+    value = _string(d.get("value"), f"{path}.value", errs, "")
+    effect = _string(d.get("effect"), f"{path}.effect", errs, "")
+    seconds = _int(d.get("tolerationSeconds"), f"{path}.tolerationSeconds", errs, None)
+    if operator not in TOLERATION_OPERATORS:
+        errs.add(f"{path}.operator", f'must be one of {", ".join(TOLERATION_OPERATORS)}, got "{operator}"')
+    if effect not in TAINT_EFFECTS:
+        errs.add(f"{path}.effect", f'must be one of NoSchedule, PreferNoSchedule, NoExecute, got "{effect}"')
+    if operator == "Exists" and value:
+        errs.add(f"{path}.value", "must be empty when operator is Exists")
+    if not key and operator != "Exists":
+        errs.add(f"{path}.operator", "must be Exists when key is empty")
+    if seconds is not None and effect != "NoExecute":
+        errs.add(f"{path}.tolerationSeconds", "is only allowed with effect NoExecute")
+    if len(errs.items) != before:
+        return None
+    return Toleration(key or "", operator or "Equal", value or "", effect or "", seconds)
+
+
+def _parse_overhead(doc: Any, path: str, errs: _Errors) -> Overhead | None:
+    if doc is None:
+        return None
+    d = _mapping(doc, path, errs, ("podFixed", "memoryPercentOfRequests", "memoryMin", "memoryMax"))
+    pod_fixed: dict[str, str] = {}
+    for name, value in _mapping(d.get("podFixed"), f"{path}.podFixed", errs).items():
+        parsed = _quantity(value, f"{path}.podFixed.{name}", errs)
+        if parsed:
+            pod_fixed[str(name)] = parsed[0]
+    percent = None
+    raw_percent = d.get("memoryPercentOfRequests")
+    if raw_percent is not None:
+        if isinstance(raw_percent, bool) or not isinstance(raw_percent, (int, float)) or not 0 <= raw_percent <= 100:
+            errs.add(f"{path}.memoryPercentOfRequests", f"must be a number from 0 to 100, got {raw_percent!r}")
+        else:
+            percent = Decimal(str(raw_percent))
+    bounds = {}
+    for key in ("memoryMin", "memoryMax"):
+        if d.get(key) is not None:
+            parsed = _quantity(d[key], f"{path}.{key}", errs)
+            bounds[key] = parsed[1] if parsed else None
+    lo, hi = bounds.get("memoryMin"), bounds.get("memoryMax")
+    if lo is not None and hi is not None and lo > hi:
+        errs.add(f"{path}.memoryMin", "must not be greater than memoryMax")
+    return Overhead(pod_fixed, percent, lo, hi)
+
+
+_PROFILE_KEYS = ("runtimeClassName", "handler", "overhead", "nodeSelector", "tolerations", "forbid",
+                 "edgeTolerationSeconds", "runtimeType", "runtimeOptions", "probe")
+
+
+def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
+    path = f"profiles.{name}"
+    if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > 63:
+        errs.add(path, "profile name must be a DNS label (lower-case letters, digits, '-')")
+        return None
+    if name in RESERVED_PROFILE_NAMES:
+        errs.add(path, f'"{name}" is a reserved value and cannot name a profile')
+        return None
+    d = _mapping(doc, path, errs, _PROFILE_KEYS)
+    rc = _string(d.get("runtimeClassName"), f"{path}.runtimeClassName", errs)
+    if rc is None:
+        errs.add(f"{path}.runtimeClassName", "is required")
+    elif not _DNS_SUBDOMAIN.match(rc) or len(rc) > 253:
+        errs.add(f"{path}.runtimeClassName", f'"{rc}" is not a valid RuntimeClass name')
+    handler = _string(d.get("handler"), f"{path}.handler", errs, rc)
+    if handler and not _DNS_LABEL.match(handler):
+        errs.add(f"{path}.handler", f'"{handler}" is not a valid runtime handler name (DNS label)')
+    tolerations = []
+    raw_tols = d.get("tolerations")
+    if raw_tols is not None and not isinstance(raw_tols, list):
+        errs.add(f"{path}.tolerations", "must be a list")
+    for i, t in enumerate(raw_tols or []):
+        tol = _parse_toleration(t, f"{path}.tolerations[{i}]", errs)
+        if tol:
+            tolerations.append(tol)
+    forbid = _string_list(d.get("forbid"), f"{path}.forbid", errs)
+    for i, item in enumerate(forbid):
+        if item not in FORBIDDABLE:
+            errs.add(f"{path}.forbid[{i}]", f'unknown feature "{item}" (known: {", ".join(FORBIDDABLE)})')
+    options = d.get("runtimeOptions")
+    if options is not None and not isinstance(options, dict):
+        errs.add(f"{path}.runtimeOptions", "must be a mapping")
+    probe = _string_list(d.get("probe"), f"{path}.probe", errs)
+    return Profile(
+        name=name,
+        runtime_class_name=rc or "",
+        handler=handler or "",
+        overhead=_parse_overhead(d.get("overhead"), f"{path}.overhead", errs),
+        node_selector=_string_map(d.get("nodeSelector"), f"{path}.nodeSelector", errs),
+        tolerations=tuple(tolerations),
+        forbid=frozenset(forbid),
+        edge_toleration_seconds=_int(d.get("edgeTolerationSeconds"), f"{path}.edgeTolerationSeconds", errs, None),
+        runtime_type=_string(d.get("runtimeType"), f"{path}.runtimeType", errs),
+        runtime_options=dict(options) if isinstance(options, dict) else {},
+        probe=probe,
+    )
+
+
+def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
+    d = _mapping(doc, "agent", errs, ("namespace", "leaseDurationSeconds", "maxSandboxes", "reservedMemory",
+                                      "containerdConfig", "dropInDir", "reloadCommand"))
+    base = AgentSettings()
+    reserved = base.reserved_memory
+    if d.get("reservedMemory") is not None:
+        parsed = _quantity(d["reservedMemory"], "agent.reservedMemory", errs)
+        reserved = parsed[1] if parsed else reserved
+    namespace = _string(d.get("namespace"), "agent.namespace", errs, base.namespace)
+    if namespace and not _DNS_LABEL.match(namespace):
+        errs.add("agent.namespace", f'"{namespace}" is not a valid namespace name')
+    return AgentSettings(
+        namespace=namespace or base.namespace,
+        lease_duration_seconds=_int(d.get("leaseDurationSeconds"), "agent.leaseDurationSeconds", errs,
+                                    base.lease_duration_seconds, minimum=1),
+        max_sandboxes=_int(d.get("maxSandboxes"), "agent.maxSandboxes", errs, base.max_sandboxes),
+        reserved_memory=reserved,
+        containerd_config=_string(d.get("containerdConfig"), "agent.containerdConfig", errs, base.containerd_config),
+        drop_in_dir=_string(d.get("dropInDir"), "agent.dropInDir", errs, base.drop_in_dir),
+        reload_command=_string_list(d.get("reloadCommand"), "agent.reloadCommand", errs),
+    )
+
+
+def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
+    d = _mapping(doc, "scheduling", errs, ("strategy", "preferNonSandboxNodes", "reservationTimeoutSeconds"))
+    base = SchedulingSettings()
+    strategy = _string(d.get("strategy"), "scheduling.strategy", errs, base.strategy)
+    if strategy not in STRATEGIES:
+        errs.add("scheduling.strategy", f'must be one of {", ".join(STRATEGIES)}, got "{strategy}"')
+        strategy = base.strategy
+    return SchedulingSettings(
+        strategy=strategy,
+        prefer_non_sandbox_nodes=_bool(d.get("preferNonSandboxNodes"), "scheduling.preferNonSandboxNodes", errs,
+                                       base.prefer_non_sandbox_nodes),
+        reservation_timeout_seconds=_int(d.get("reservationTimeoutSeconds"), "scheduling.reservationTimeoutSeconds",
+                                         errs, base.reservation_timeout_seconds, minimum=1),
+    )
+
+
+_TOP_KEYS = ("apiVersion", "kind", "clusterVersion", "podOverhead", "namespaceLabel", "podAnnotation",
+             "defaultProfile", "allowPodOptIn", "exemptNamespaces", "profiles", "agent", "scheduling")
+
+
+def parse_policy(doc: Any, source: str = "policy") -> Policy:
+    """Validate a decoded policy document; raise PolicyError listing every problem by key path."""
+    errs = _Errors()
+    if not isinstance(doc, dict):
+        raise PolicyError([f"the document must be a mapping, got {type(doc).__name__}"], source)
+    _mapping(doc, "", errs, _TOP_KEYS)
+    if doc.get("apiVersion") != API_VERSION:
+        errs.add("apiVersion", f'must be "{API_VERSION}", got {doc.get("apiVersion")!r}')
+    if doc.get("kind") != KIND:
+        errs.add("kind", f'must be "{KIND}", got {doc.get("kind")!r}')
+    version = _parse_cluster_version(doc.get("clusterVersion"), errs)
+    pod_overhead = _parse_pod_overhead(doc.get("podOverhead"), errs)
+    ns_label = _string(doc.get("namespaceLabel"), "namespaceLabel", errs, keys.DEFAULT_NAMESPACE_LABEL)
+    if ns_label and not _QUALIFIED_NAME.match(ns_label):
+        errs.add("namespaceLabel", f'"{ns_label}" is not a valid label key')
+    annotation = _string(doc.get("podAnnotation"), "podAnnotation", errs, keys.DEFAULT_POD_ANNOTATION)
+    if annotation and not _QUALIFIED_NAME.match(annotation):
+        errs.add("podAnnotation", f'"{annotation}" is not a valid annotation key')
+    profiles: dict[str, Profile] = {}
+    raw_profiles = _mapping(doc.get("profiles"), "profiles", errs)
+    if not raw_profiles:
+        errs.add("profiles", "at least one profile is required")
+    for name, body in raw_profiles.items():
+        profile = _parse_profile(name, body, errs)
+        if profile:
+            profiles[name] = profile
+    seen_rc: dict[str, str] = {}
+    for profile in profiles.values():
+        other = seen_rc.setdefault(profile.runtime_class_name, profile.name)
+        if other != profile.name:
+            errs.add(f"profiles.{profile.name}.runtimeClassName",
+                     f'"{profile.runtime_class_name}" is already used by profile "{other}"')
+    default = _string(doc.get("defaultProfile"), "defaultProfile", errs)
+    if default is None:
+        errs.add("defaultProfile", "is required")
+    elif default not in raw_profiles:
+        errs.add("defaultProfile", f'unknown profile "{default}" (profiles: {", ".join(map(str, raw_profiles))})')
+    exempt = _string_list(doc.get("exemptNamespaces"), "exemptNamespaces", errs)
+    policy = Policy(
+        cluster_version=version,
+        pod_overhead=pod_overhead,
+        namespace_label=ns_label or keys.DEFAULT_NAMESPACE_LABEL,
+        pod_annotation=annotation or keys.DEFAULT_POD_ANNOTATION,
+        default_profile=default or "",
+        allow_pod_opt_in=_bool(doc.get("allowPodOptIn"), "allowPodOptIn", errs, False),
+        exempt_namespaces=frozenset(exempt),
+        profiles=profiles,
+        agent=_parse_agent(doc.get("agent"), errs),
+        scheduling=_parse_scheduling(doc.get("scheduling"), errs),
+        source=source,
+    )
+    if errs.items:
+        raise PolicyError(errs.items, source)
+    return policy
+
+
+def load_policy(path: str | os.PathLike) -> Policy:
+    """Read and validate a policy file (YAML or JSON); raise PolicyError naming the file and keys."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"cannot read the file: {exc.strerror or exc}"], source) from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"not valid YAML: {exc}"], source) from exc
+    return parse_policy(doc, source)
+
+
+class PolicyStore:
+    """The current policy of a running server, reloaded when its file changes.
+
+    A ConfigMap volume update swaps a symlink, so the file is re-read when its resolved stat
+    signature changes. A changed file that fails validation is logged and ignored: the last good
+    policy keeps serving (refusing to serve would take every pod creation down with it).
+    """
+
+    def __init__(self, path: str | os.PathLike, check_interval: float = 2.0,
+                 on_reload: Callable[[Policy], None] | None = None):
+        self.path = str(path)
+        self.check_interval = check_interval
+        self.on_reload = on_reload
+        self.last_error: str | None = None
+        self.generation = 1
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self._policy = load_policy(self.path)
+        self._checked_at = time.monotonic()
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    @property
+    def current(self) -> Policy:
+        """The policy in force, after a cheap (rate-limited) check for a changed file."""
+        if time.monotonic() - self._checked_at >= self.check_interval:
+            self.reload_if_changed()
+        return self._policy
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if it changed; return True when a new policy took effect."""
+        with self._lock:
+            self._checked_at = time.monotonic()
+            signature = self._stat()
+            if signature is None or signature == self._signature:
+                return False
+            self._signature = signature
+            try:
+                policy = load_policy(self.path)
+            except PolicyError as exc:
+                self.last_error = str(exc)
+                log.error("policy reload refused; keeping the previous policy",
+                          extra={"policy": self.path, "errors": exc.errors})
+                return False
+            self._policy = policy
+            self.last_error = None
+            self.generation += 1
+        log.info("policy reloaded", extra={"policy": self.path, "generation": self.generation})
+        if self.on_reload:
+            self.on_reload(policy)
+        return True

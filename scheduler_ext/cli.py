@@ -1,0 +1,27 @@
+"""`sandgate extender`: serve the kube-scheduler extender."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve the kube-scheduler extender (filter, prioritize, bind, preempt)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the extender command's flags (a contract: add flags, never rename them)."""
+    parser.add_argument("--config", required=True, metavar="POLICY", help="SandboxPolicy file (reloaded on change)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--snapshot", metavar="FILE",
+                        help="serve from a Kubernetes List (YAML/JSON, as kubectl get nodes,pods,leases -A -o yaml)")
+    source.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: in-cluster service account)")
+    parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
+    parser.add_argument("--cert-file", metavar="CRT", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--key-file", metavar="KEY", help="private key for --cert-file (PEM)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the extender; returns the exit code."""
+    from scheduler_ext.server import serve
+
+    return serve(args)

@@ -1,0 +1,109 @@
+"""The policy file contract: the documented shape loads; every kind of mistake is refused by key."""
+
+from decimal import Decimal
+
+import pytest
+import yaml
+
+from sandgate.clusterversion import ClusterVersion, Mode, VersionError
+from sandgate.policy import PolicyError, PolicyStore, load_policy, parse_policy
+
+from support import EXAMPLE_POLICY
+
+
+def example_doc() -> dict:
+    return yaml.safe_load(EXAMPLE_POLICY.read_text())
+
+
+def errors_of(doc) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(doc)
+    return info.value.errors
+
+
+def test_documented_example_loads_with_every_field():
+    policy = load_policy(EXAMPLE_POLICY)
+    assert policy.cluster_version is None
+    assert policy.default_profile == "runv"
+    assert policy.allow_pod_opt_in is True
+    assert policy.exempt_namespaces == {"kube-system", "sandgate-system"}
+    runv = policy.profiles["runv"]
+    assert runv.handler == "runv"
+    assert runv.overhead.pod_fixed == {"cpu": "100m", "memory": "50Mi"}
+    assert runv.tolerations[0].to_k8s() == {
+        "key": "sandbox.io/runtime", "operator": "Equal", "value": "runv", "effect": "NoSchedule"}
+    assert runv.edge_toleration_seconds == 86400
+    assert policy.profiles["gvisor"].node_selector == {"sandbox.io/gvisor": "true"}
+    assert policy.profile_for_runtime_class("gvisor").name == "gvisor"
+
+
+def test_memory_overhead_is_fixed_plus_percent_clamped():
+    overhead = load_policy(EXAMPLE_POLICY).profiles["runv"].overhead
+    mi = Decimal(1024 * 1024)
+    assert overhead.memory_total(Decimal(0)) == 64 * mi  # 50Mi raised to memoryMin
+    assert overhead.memory_total(1000 * mi) == 70 * mi  # 50Mi + 2% of 1000Mi
+    assert overhead.memory_total(100000 * mi) == 512 * mi  # capped at memoryMax
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda d: d.update(defaultProfile="kata"), "defaultProfile"),
+    (lambda d: d["profiles"]["runv"]["overhead"]["podFixed"].update(cpu="lots"), "profiles.runv.overhead.podFixed.cpu"),
+    (lambda d: d["profiles"]["runv"]["tolerations"][0].update(operator="Equals"), "profiles.runv.tolerations[0].operator"),
+    (lambda d: d["profiles"]["gvisor"]["nodeSelector"].update({"sandbox.io/gvisor": True}), "profiles.gvisor.nodeSelector.sandbox.io/gvisor"),
+    (lambda d: d["profiles"]["gvisor"].update(forbid=["hostNetwork", "sudo"]), "profiles.gvisor.forbid[1]"),
+    (lambda d: d.update(namespaceLable="x"), "namespaceLable"),
+    (lambda d: d.update(clusterVersion="1.12"), "clusterVersion"),
+    (lambda d: d["profiles"]["runv"]["overhead"].update(memoryMin="1Gi"), "profiles.runv.overhead.memoryMin"),
+    (lambda d: d["profiles"].update(none={"runtimeClassName": "x"}), "profiles.none"),
+    (lambda d: d["profiles"]["gvisor"].update(runtimeClassName="runv"), "profiles.gvisor.runtimeClassName"),
+])
+def test_invalid_policy_is_refused_naming_the_key(mutate, key):
+    doc = example_doc()
+    mutate(doc)
+    errors = errors_of(doc)
+    assert any(e.startswith(key + ":") for e in errors), errors
+
+
+def test_all_errors_are_reported_at_once():
+    doc = example_doc()
+    doc["defaultProfile"] = "kata"
+    doc["allowPodOptIn"] = "yes"
+    assert len(errors_of(doc)) == 2
+
+
+def test_cluster_version_accepts_yaml_float_and_string():
+    doc = example_doc()
+    doc["clusterVersion"] = 1.15
+    assert parse_policy(doc).cluster_version == ClusterVersion(1, 15)
+    doc["clusterVersion"] = "1.24"
+    assert parse_policy(doc).cluster_version == ClusterVersion(1, 24)
+
+
+@pytest.mark.parametrize("version, overhead, mode", [
+    ("1.14", None, Mode.LEGACY), ("1.15", None, Mode.LEGACY), ("1.16", None, Mode.LEGACY),
+    ("1.17", True, Mode.RUNTIMECLASS), ("1.18", None, Mode.RUNTIMECLASS), ("v1.24.1", None, Mode.RUNTIMECLASS),
+    ("1.30", False, Mode.LEGACY),
+])
+def test_mode_follows_version_and_pod_overhead(version, overhead, mode):
+    assert ClusterVersion.parse(version).mode(overhead) is mode
+
+
+def test_version_from_api_server_info():
+    assert ClusterVersion.from_version_info({"major": "1", "minor": "24+", "gitVersion": "v1.24.1-gke.1"}) == ClusterVersion(1, 24)
+    assert ClusterVersion.from_version_info({"major": "1", "minor": "15+"}) == ClusterVersion(1, 15)
+    with pytest.raises(VersionError):
+        ClusterVersion.parse("banana")
+
+
+def test_store_reloads_a_changed_file_and_keeps_the_last_good_one(tmp_path):
+    path = tmp_path / "policy.yaml"
+    doc = example_doc()
+    path.write_text(yaml.safe_dump(doc))
+    store = PolicyStore(path, check_interval=0)
+    assert store.current.default_profile == "runv"
+    doc["defaultProfile"] = "gvisor"
+    path.write_text(yaml.safe_dump(doc) + "\n")
+    assert store.current.default_profile == "gvisor"
+    path.write_text("apiVersion: nope\n")
+    assert store.current.default_profile == "gvisor"
+    assert "apiVersion" in store.last_error
