@@ -14,6 +14,11 @@ SANDBOXED_VALUE = "sandboxed"
 # Pod-annotation value that asks to stay unsandboxed (refused in a routed namespace).
 OPT_OUT_VALUE = "none"
 
+# Namespace label (any value) that keeps the API server from calling the pod opt-in webhook entry
+# for the namespace at all. Needed on 1.14-1.20, which lack the kubernetes.io/metadata.name label,
+# to keep kube-system and sandgate-system out of the webhook's path.
+IGNORE_NAMESPACE_LABEL = f"{DOMAIN}/ignore"
+
 # Node label published by the agent: the runtime handler works on this node.
 RUNTIME_LABEL_PREFIX = f"{DOMAIN}/runtime."
 RUNTIME_LABEL_VALUE = "true"
