@@ -90,3 +90,33 @@ def merge_tolerations(existing: list[Mapping[str, Any]], extra: list[Mapping[str
             continue
         merged.append(t)
     return [copy.deepcopy(dict(t)) for t in merged]
+
+
+# Taints the node lifecycle controller puts on a node that stops reporting; the DefaultTolerationSeconds
+# admission plugin gives every pod a 300 s NoExecute toleration for each.
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+
+
+def with_edge_toleration_seconds(tolerations: list[Mapping[str, Any]], seconds: int) -> list[dict]:
+    """The tolerations with the not-ready/unreachable NoExecute ones tolerating at least `seconds`.
+
+    An edge node that loses its link to the control plane turns unreachable; with the default 300 s
+    its sandboxed pods would be evicted although they still run fine. An existing NoExecute
+    toleration for the taint gets `seconds` (the defaulted 300 s is replaced); a missing one is
+    added. A toleration that already tolerates at least as long (no tolerationSeconds = forever,
+    or a larger value, or a broader toleration) is left as the pod wrote it.
+    """
+    result = [copy.deepcopy(dict(t)) for t in tolerations]
+    for taint in (NOT_READY_TAINT, UNREACHABLE_TAINT):
+        wanted = {"key": taint, "operator": "Exists", "effect": _NO_EXECUTE, "tolerationSeconds": seconds}
+        if any(is_superset(t, wanted) for t in result):
+            continue
+        for t in result:
+            # The taints carry no value, so an Equal toleration with an empty value matches them too.
+            if t.get("key") == taint and t.get("effect") == _NO_EXECUTE and not t.get("value"):
+                t["tolerationSeconds"] = seconds
+                break
+        else:
+            result.append(wanted)
+    return result

@@ -1,0 +1,107 @@
+"""Admit: the mutating decision that routes a pod into its sandbox profile.
+
+The mutation depends on what the API server does by itself (see docs/webhook-policy.md):
+
+* RuntimeClass mode (1.18+, or 1.16-1.17 with PodOverhead on): set `spec.runtimeClassName` only.
+  The API server re-runs its RuntimeClass admission after a webhook changed the pod and adds the
+  RuntimeClass's scheduling and `spec.overhead`; writing those ourselves would be rejected when
+  they differ. Only overhead the RuntimeClass cannot express (the request-dependent memory part)
+  is padded onto the containers.
+* Legacy mode (< 1.16, or 1.16-1.17 without PodOverhead): nothing helps, so set runtimeClassName,
+  merge the profile's nodeSelector and tolerations exactly like the built-in plugin, and pad the
+  whole overhead onto the containers.
+
+The pod is changed on a deep copy and the JSON Patch is the difference, so a denial at any step
+leaves no partial patch, and running admit on its own output yields no patch (reinvocation-safe).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jsonpatch
+
+from sandgate import keys
+from sandgate.clusterversion import Mode
+from sandgate.policy import Policy, Profile
+from webhooks.forbidden import forbidden_message
+from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.padding import QuantityError, pad_pod
+from webhooks.routing import Decision, Outcome, resolve
+from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations, \
+    with_edge_toleration_seconds
+
+
+def routed_warning(profile: Profile) -> str:
+    """The short explanation attached to every routed pod."""
+    return f'sandgate: routed to sandbox profile "{profile.name}" (runtimeClassName {profile.runtime_class_name})'
+
+
+def audit_annotations(decision: Decision) -> dict[str, str]:
+    """The auditAnnotations naming the profile and the rule that chose it."""
+    return {keys.AUDIT_PROFILE: decision.profile.name, keys.AUDIT_RULE: decision.rule.value}
+
+
+def unrouted_verdict(decision: Decision) -> Verdict:
+    """The Verdict of a pod the routing skipped or refused."""
+    if decision.outcome is Outcome.SKIP:
+        return Verdict(allowed=True, reason=decision.reason, warnings=list(decision.warnings))
+    return Verdict(allowed=False, message=decision.message, code=decision.code, reason=decision.reason)
+
+
+def _mutate(pod: dict, profile: Profile, mode: Mode) -> dict | None:
+    """Apply the profile to `pod` in place; return the padding record (or None).
+
+    Raises NodeSelectorConflict or QuantityError; the caller turns them into denials.
+    """
+    spec = pod["spec"]
+    spec.setdefault("runtimeClassName", profile.runtime_class_name)
+    if mode is Mode.LEGACY:
+        selector = merge_node_selector(spec.get("nodeSelector"), profile.node_selector)
+        if selector != (spec.get("nodeSelector") or {}):
+            spec["nodeSelector"] = selector
+        existing = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+        tolerations = merge_tolerations(existing, [t.to_k8s() for t in profile.tolerations])
+        if tolerations != existing:
+            spec["tolerations"] = tolerations
+    if profile.edge_toleration_seconds is not None:
+        existing = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+        tolerations = with_edge_toleration_seconds(existing, profile.edge_toleration_seconds)
+        if tolerations != existing:
+            spec["tolerations"] = tolerations
+    return pad_pod(pod, profile, mode)
+
+
+def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -> Verdict:
+    """Decide and build the mutation of one admission request (pure: no I/O, never raises on pod content)."""
+    decision = resolve(req, policy, routing)
+    if decision.outcome is not Outcome.ROUTE:
+        return unrouted_verdict(decision)
+    profile = decision.profile
+    audit = audit_annotations(decision)
+
+    def denied(reason: str, message: str, code: int = 403) -> Verdict:
+        return Verdict(allowed=False, message=message, code=code, reason=reason, profile=profile.name,
+                       audit_annotations=audit)
+
+    pod = req.object
+    if not isinstance(pod.get("spec"), dict):
+        return denied("invalid-pod", "spec: the pod has no spec", code=400)
+    forbidden = forbidden_message(pod, profile)
+    if forbidden:
+        return denied("forbidden", forbidden)
+    mutated = copy.deepcopy(pod)
+    try:
+        padding = _mutate(mutated, profile, mode)
+    except NodeSelectorConflict as exc:
+        # The built-in plugin refuses this with Forbidden (403) and the same text.
+        return denied("node-selector-conflict", str(exc))
+    except QuantityError as exc:
+        return denied("invalid-pod", str(exc), code=400)
+    warnings = [routed_warning(profile)]
+    if padding:
+        amounts = ", ".join(f"{r} +{padding[r]}" for r in padding if r not in ("containers", "initContainers"))
+        warnings.append(f"sandgate: container requests padded for sandbox overhead ({amounts}); "
+                        f"see annotation {keys.PADDING_ANNOTATION}")
+    return Verdict(allowed=True, patch=jsonpatch.make_patch(pod, mutated).patch, warnings=warnings,
+                   audit_annotations=audit, profile=profile.name, reason="routed")

@@ -1,0 +1,195 @@
+"""Which sandbox profile, if any, a pod is routed to: the one routing table of both webhooks.
+
+The mutating webhook (admit) and the validating guard (validate) resolve a pod through the same
+rules, so a pod the mutating webhook would route can never pass the guard unsandboxed, and a bad
+namespace label or annotation is refused by both with the same message. Every outcome that could
+let an untrusted pod run unsandboxed by mistake (unknown label value, unknown annotation value,
+namespace labels not known yet) is a denial: the routing fails closed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from sandgate import keys
+from sandgate.policy import Policy, Profile
+from webhooks.model import AdmissionRequest, Routing
+
+
+class Outcome(str, enum.Enum):
+    """What the webhooks do with the pod."""
+
+    ROUTE = "route"  # sandbox the pod with `Decision.profile`
+    SKIP = "skip"  # leave the pod alone
+    DENY = "deny"  # refuse the pod with `Decision.message`
+
+
+class Rule(str, enum.Enum):
+    """Which input chose the profile; reported in the `rule` audit annotation."""
+
+    NAMESPACE_LABEL = "namespace-label"
+    POD_ANNOTATION = "pod-annotation"
+    RUNTIME_CLASS = "runtime-class"
+    OPT_IN = "opt-in"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routing outcome for one pod; `reason` is a short stable name for metrics and logs."""
+
+    outcome: Outcome
+    reason: str
+    profile: Profile | None = None
+    rule: Rule | None = None
+    message: str = ""
+    code: int = 403
+    warnings: tuple[str, ...] = ()
+
+
+def skip(reason: str, *warnings: str) -> Decision:
+    """Leave the pod unchanged."""
+    return Decision(Outcome.SKIP, reason, warnings=warnings)
+
+
+def deny(reason: str, message: str, code: int = 403) -> Decision:
+    """Refuse the pod; `message` names the field or input at fault."""
+    return Decision(Outcome.DENY, reason, message=message, code=code)
+
+
+def applies_to(req: AdmissionRequest) -> bool:
+    """Only the creation of a pod itself is routed (no updates, subresources or other kinds).
+
+    A pod's runtimeClassName, nodeSelector and resources are immutable after creation, so routing
+    on CREATE is both necessary and sufficient.
+    """
+    return req.kind == "Pod" and req.group == "" and not req.sub_resource and req.operation == "CREATE"
+
+
+def pod_metadata(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod's metadata, or an empty mapping when it is missing or malformed."""
+    meta = pod.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def pod_spec(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod's spec, or an empty mapping when it is missing or malformed."""
+    spec = pod.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod's annotations, or an empty mapping."""
+    annotations = pod_metadata(pod).get("annotations")
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def _valid_values(policy: Policy, *fixed: str) -> str:
+    return ", ".join([*fixed, *policy.profiles])
+
+
+def _namespace_profile(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision | Profile | None:
+    """The profile the namespace routes to, None for an unlabelled namespace, or a denial."""
+    if routing.path_profile is not None:
+        segment = routing.path_profile
+        if segment == keys.OPT_IN_PATH_SEGMENT:
+            return None
+        if segment == keys.SANDBOXED_VALUE:
+            # The webhook entry for namespaces labelled "sandboxed" follows defaultProfile without
+            # rewriting the webhook configuration when the default changes.
+            return policy.profiles[policy.default_profile]
+        if segment in policy.profiles:
+            return policy.profiles[segment]
+        return deny("unknown-path-profile",
+                    f'webhook path profile "{segment}" is not a profile of the sandbox policy (valid: '
+                    f'{_valid_values(policy, keys.SANDBOXED_VALUE, keys.OPT_IN_PATH_SEGMENT)}); '
+                    f"fix the webhook configuration's clientConfig path")
+    if routing.namespace_labels is None:
+        return deny("namespace-routing-unknown",
+                    f'namespace routing for "{req.namespace}" is unknown: the namespace cache is not ready; '
+                    f"refusing the pod rather than guessing whether it must be sandboxed", code=503)
+    value = routing.namespace_labels.get(policy.namespace_label)
+    if value is None:
+        return None
+    if value == keys.SANDBOXED_VALUE:
+        return policy.profiles[policy.default_profile]
+    if value in policy.profiles:
+        return policy.profiles[value]
+    return deny("invalid-namespace-label",
+                f'namespace "{req.namespace}" has label {policy.namespace_label}="{value}", which is not a '
+                f"sandbox profile (valid values: {_valid_values(policy, keys.SANDBOXED_VALUE)}); "
+                f"refusing to admit the pod unsandboxed")
+
+
+def _by_runtime_class(profile: Profile, rule: Rule, policy: Policy, pod: Mapping[str, Any],
+                      annotation_chose: bool) -> Decision:
+    """Honour a runtimeClassName the user set, unless the annotation chose the profile."""
+    rcn = pod_spec(pod).get("runtimeClassName")
+    if not annotation_chose:
+        chosen = policy.profile_for_runtime_class(rcn if isinstance(rcn, str) else None)
+        if chosen is not None:
+            profile, rule = chosen, Rule.RUNTIME_CLASS
+    if rcn is not None and rcn != profile.runtime_class_name:
+        return deny("runtime-class-mismatch",
+                    f'spec.runtimeClassName: "{rcn}" does not match sandbox profile "{profile.name}", which '
+                    f'requires runtimeClassName "{profile.runtime_class_name}" (sandgate cannot replace it: '
+                    f"the API server has already applied RuntimeClass \"{rcn}\"); remove the field or set "
+                    f'"{profile.runtime_class_name}"')
+    return Decision(Outcome.ROUTE, "routed", profile=profile, rule=rule)
+
+
+def resolve(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision:
+    """Route the pod of `req`: to a profile, to nothing (skip), or to a denial naming the input at fault."""
+    if not applies_to(req):
+        return skip("not-applicable")
+    if req.namespace in policy.exempt_namespaces:
+        return skip("exempt")
+    pod = req.object
+    if not isinstance(pod, dict):
+        return deny("invalid-pod", "request.object: the pod to create is missing", code=400)
+    ns_profile = _namespace_profile(req, policy, routing)
+    if isinstance(ns_profile, Decision):
+        return ns_profile
+
+    key = policy.pod_annotation
+    field = f"metadata.annotations[{key}]"
+    value = pod_annotations(pod).get(key)
+
+    if ns_profile is not None:
+        if value is None or value == keys.SANDBOXED_VALUE:
+            return _by_runtime_class(ns_profile, Rule.NAMESPACE_LABEL, policy, pod, annotation_chose=False)
+        if value == keys.OPT_OUT_VALUE:
+            return deny("opt-out-refused",
+                        f'{field}: "{keys.OPT_OUT_VALUE}" (opt-out) is not allowed in a sandboxed namespace: '
+                        f'namespace "{req.namespace}" routes pods to sandbox profile "{ns_profile.name}"')
+        if value in policy.profiles:
+            return _by_runtime_class(policy.profiles[value], Rule.POD_ANNOTATION, policy, pod,
+                                     annotation_chose=True)
+        return deny("invalid-annotation",
+                    f'{field}: unknown sandbox profile "{value}" (valid values: '
+                    f"{_valid_values(policy, keys.SANDBOXED_VALUE)})")
+
+    # Unlabelled namespace: the pod stays unsandboxed unless it opts in.
+    if value == keys.OPT_OUT_VALUE:
+        return skip("not-routed")
+    if value is None:
+        rcn = pod_spec(pod).get("runtimeClassName")
+        chosen = policy.profile_for_runtime_class(rcn if isinstance(rcn, str) else None)
+        if chosen is not None and policy.allow_pod_opt_in:
+            # The user picked a sandbox runtime explicitly: schedule and check it like an opt-in.
+            return Decision(Outcome.ROUTE, "routed", profile=chosen, rule=Rule.RUNTIME_CLASS)
+        return skip("not-routed")
+    if value == keys.SANDBOXED_VALUE:
+        wanted = policy.profiles[policy.default_profile]
+    elif value in policy.profiles:
+        wanted = policy.profiles[value]
+    else:
+        return deny("invalid-annotation",
+                    f'{field}: unknown sandbox profile "{value}" (valid values: '
+                    f"{_valid_values(policy, keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)})")
+    if not policy.allow_pod_opt_in:
+        return skip("opt-in-disabled",
+                    f"sandgate: {field} asks for sandbox profile \"{wanted.name}\" but pod opt-in is disabled "
+                    f"by policy (allowPodOptIn: false); the pod is NOT sandboxed")
+    return _by_runtime_class(wanted, Rule.OPT_IN, policy, pod, annotation_chose=True)
