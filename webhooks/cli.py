@@ -17,6 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-version", metavar="X.Y",
                         help="Kubernetes version; overrides the policy's clusterVersion (no API call needed)")
     parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig (default: in-cluster service account)")
+    parser.add_argument("--workers", type=_positive, default=2, metavar="N",
+                        help="gunicorn worker processes (default 2: one can restart while the other serves)")
+    parser.add_argument("--threads", type=_positive, default=4, metavar="N",
+                        help="request threads per worker (default 4); kept-alive connections hold no thread")
+    parser.add_argument("--no-namespace-watch", action="store_true",
+                        help="do not watch namespaces: only the /mutate/<profile> and /validate/<profile> paths "
+                             "route; /mutate and /validate without a profile deny")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log level (default info); logs are JSON lines on stderr")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,191 @@
+"""The webhook's Flask application: thin HTTP around the pure decisions.
+
+`create_app(state)` wires one request path: wire.parse_review -> Routing (from the URL's profile or
+the namespace cache) -> webhooks.mutating.admit / webhooks.validating.validate -> wire.review_response.
+Everything that can go wrong on the way ends in a specific answer: a 400 with a JSON reason for a
+body that is not an AdmissionReview, a denial for a failure inside the decision (never an admission
+of a pod the logic did not approve), and JSON for every HTTP error Flask itself raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from sandgate.clusterversion import ClusterVersion, Mode
+from sandgate.policy import Policy, PolicyStore
+from webhooks import wire
+from webhooks.metrics import Metrics
+from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.mutating import admit
+from webhooks.namespaces import NamespaceCache
+from webhooks.tls import ReloadingContext
+from webhooks.validating import validate
+
+log = logging.getLogger("sandgate.webhook")
+
+DECIDERS = {"mutate": admit, "validate": validate}
+
+
+@dataclass
+class WebhookState:
+    """What one worker's application serves with.
+
+    `cluster_version` is the --cluster-version override; `start_version` is the version resolved
+    at start (override, policy, or the API server's /version) and applies whenever a reloaded
+    policy says "auto". `namespaces` is None when the cache is disabled, with `namespaces_off` the
+    reason shown in denials and /readyz.
+    """
+
+    policies: PolicyStore
+    start_version: ClusterVersion
+    metrics: Metrics
+    cluster_version: ClusterVersion | None = None
+    namespaces: NamespaceCache | None = None
+    namespaces_off: str = "disabled"
+    tls: ReloadingContext | None = None
+    lookup_wait: float = 1.0
+
+    def mode(self, policy: Policy) -> Mode:
+        """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
+        version = self.cluster_version or policy.cluster_version or self.start_version
+        return version.mode(policy.pod_overhead)
+
+    def routing(self, req: AdmissionRequest, profile: str | None) -> tuple[Routing, str | None]:
+        """The Routing for the request and, when namespace labels are unknown, why."""
+        if profile is not None:
+            return Routing(path_profile=profile), None
+        if self.namespaces is None:
+            return Routing(), f"namespace cache {self.namespaces_off}"
+        labels = self.namespaces.lookup(req.namespace, wait=self.lookup_wait)
+        if labels is None:
+            if self.namespaces.synced:
+                return Routing(), f'namespace "{req.namespace}" is not in the namespace cache'
+            return Routing(), f"namespace cache {self.namespaces.status()}"
+        return Routing(namespace_labels=labels), None
+
+
+def _json(doc: dict, status: int = 200) -> Response:
+    return Response(wire.encode(doc), status=status, mimetype="application/json")
+
+
+def _internal_error(uid: str) -> Verdict:
+    return Verdict(allowed=False, code=500, reason="internal-error",
+                   message=f"internal error in the sandgate webhook while deciding (uid {uid}); "
+                           f"denied rather than admitted unchecked, see the webhook log")
+
+
+def create_app(state: WebhookState) -> Flask:
+    """The Flask application serving /mutate, /validate (with or without a profile), health and metrics."""
+    app = Flask("sandgate.webhook")
+    # Werkzeug stops reading past this; the view turns its 413 into the contract's 400.
+    app.config["MAX_CONTENT_LENGTH"] = wire.MAX_BODY_BYTES
+
+    def review(endpoint: str, profile: str | None) -> Response:
+        started = time.perf_counter()
+        try:
+            wire.check_content_type(request.headers.get("Content-Type"))
+            try:
+                body = request.get_data(cache=False)
+            except RequestEntityTooLarge as exc:
+                raise wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large") from exc
+            req = wire.parse_review(body)
+        except wire.WireError as exc:
+            state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
+            log.warning("bad admission request", extra={"endpoint": request.path, "error": exc.reason,
+                                                        "remote": request.remote_addr})
+            return _json({"error": exc.reason}, 400)
+
+        policy = state.policies.current
+        routing, unknown = state.routing(req, profile)
+        try:
+            verdict = DECIDERS[endpoint](req, policy, state.mode(policy), routing)
+        except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
+            log.exception("decision failed; denying the request", extra={
+                "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": request.path})
+            verdict = _internal_error(req.uid)
+        if unknown and not verdict.allowed:
+            verdict.message = f"{verdict.message} ({unknown})"
+        answer = wire.review_response(req.api_version, req.uid, verdict)
+        elapsed = time.perf_counter() - started
+        outcome = "denied" if not verdict.allowed else "patched" if verdict.patch else "allowed"
+        state.metrics.observe(endpoint, outcome, verdict.reason, verdict.profile, elapsed)
+        facts = {
+            "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "kind": req.kind,
+            "operation": req.operation, "endpoint": request.path, "profile": verdict.profile,
+            "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3),
+            "dry_run": req.dry_run,
+        }
+        if not verdict.allowed:
+            facts["denial"] = verdict.message
+        if unknown:
+            facts["namespace_labels"] = unknown
+        log.log(logging.WARNING if unknown and not verdict.allowed else logging.INFO, "admission", extra=facts)
+        return _json(answer)
+
+    @app.post("/mutate")
+    def mutate() -> Response:
+        return review("mutate", None)
+
+    @app.post("/mutate/<profile>")
+    def mutate_profile(profile: str) -> Response:
+        return review("mutate", profile)
+
+    @app.post("/validate")
+    def validate_() -> Response:
+        return review("validate", None)
+
+    @app.post("/validate/<profile>")
+    def validate_profile(profile: str) -> Response:
+        return review("validate", profile)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        checks = {}
+        store = state.policies
+        store.reload_if_changed()
+        checks["policy"] = {"ready": True, "detail": f"loaded {store.path} (generation {store.generation})"
+                            + (f"; last change refused: {store.last_error}" if store.last_error else "")}
+        if state.tls is not None:
+            checks["certificate"] = {"ready": True, "detail": f"serving {state.tls.cert_file}"
+                                     + (f"; reload failed: {state.tls.last_error}" if state.tls.last_error else "")}
+        if state.namespaces is None:
+            checks["namespaces"] = {"ready": True, "detail": f"{state.namespaces_off}; /mutate and /validate "
+                                    f"without a profile deny, the /<profile> paths need no API access"}
+        else:
+            checks["namespaces"] = {"ready": state.namespaces.synced, "detail": state.namespaces.status()}
+        ready = all(c["ready"] for c in checks.values())
+        not_ready = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ready"]]
+        body = {"ready": ready, "checks": checks}
+        if not_ready:
+            body["notReady"] = not_ready
+        return _json(body, 200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = state.metrics.exposition()
+        return Response(body, mimetype=None, content_type=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        detail = {404: f"no such endpoint: {request.path}",
+                  405: f"method {request.method} is not allowed on {request.path}"}.get(exc.code, exc.description)
+        response = _json({"error": detail}, exc.code or 500)
+        if exc.code == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"endpoint": request.path})
+        return _json({"error": "internal error, see the webhook log"}, 500)
+
+    return app

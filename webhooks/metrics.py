@@ -1,0 +1,63 @@
+"""Prometheus metrics of the webhook, correct across several gunicorn worker processes.
+
+gunicorn forks workers that each count their own requests. In prometheus_client's multiprocess
+mode every process writes its samples to files in PROMETHEUS_MULTIPROC_DIR and /metrics sums them,
+so a scrape that lands on any worker reports the whole server. The variable must be set before
+prometheus_client is first imported (it picks its value storage at import), which
+`webhooks.server` does before importing this module; without it (tests, in-process use) the
+metrics live in a private registry of this process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Admission answers take well under a millisecond to a few ms; the API server's own timeout
+# (timeoutSeconds, default 10 s) bounds the top.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def multiprocess_enabled() -> bool:
+    """True when samples are shared through PROMETHEUS_MULTIPROC_DIR."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """The webhook's metrics; create one per process (after fork)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sandgate_webhook_requests", "Admission requests answered, by endpoint, verdict and reason.",
+            ["endpoint", "verdict", "reason", "profile"], registry=self.registry)
+        self.latency = Histogram(
+            "sandgate_webhook_request_duration_seconds", "Time to answer an admission request.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # livemin: the server reports 0 as soon as any live worker has no synced namespace cache.
+        self.namespace_cache_synced = Gauge(
+            "sandgate_webhook_namespace_cache_synced",
+            "1 when the watched namespace-label cache is synced with the API server, else 0.",
+            registry=self.registry, multiprocess_mode="livemin")
+
+    def observe(self, endpoint: str, verdict: str, reason: str, profile: str | None, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        self.requests.labels(endpoint, verdict, reason or "", profile or "").inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition (body, content type), summed over every worker in multiprocess mode."""
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (gunicorn child_exit hook); its counters stay summed."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,126 @@
+"""AdmissionReview JSON <-> `AdmissionRequest` / `Verdict`, for admission.k8s.io/v1 and v1beta1.
+
+Only this module touches the wire shape. The two versions carry identical request and response
+fields (k8s.io/api/admission/{v1,v1beta1}/types.go); the answer repeats the request's apiVersion,
+since an API server that sent v1 refuses a v1beta1 answer and vice versa. Anything that is not a
+well-formed AdmissionReview is a `WireError` with a reason naming the field, which the server
+returns as HTTP 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from webhooks.model import AdmissionRequest, Verdict
+
+V1 = "admission.k8s.io/v1"
+V1BETA1 = "admission.k8s.io/v1beta1"
+SUPPORTED_VERSIONS = (V1, V1BETA1)
+KIND = "AdmissionReview"
+PATCH_TYPE = "JSONPatch"
+# The API server caps a stored object at ~1.5 MiB; the review wraps the object (and oldObject on
+# UPDATE) in an envelope, so 3 MiB admits every real request and bounds what one request can cost.
+MAX_BODY_BYTES = 3 * 1024 * 1024
+
+
+class WireError(ValueError):
+    """The body is not an AdmissionReview we can answer; `kind` is a short label for metrics."""
+
+    def __init__(self, reason: str, kind: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Accept application/json with optional parameters (charset), nothing else."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise WireError(f'Content-Type must be application/json, got "{content_type or ""}"', "content_type")
+
+
+_JSON_TYPE_NAMES = {dict: "an object", str: "a string", bool: "a boolean"}
+
+
+def _field(doc: dict, key: str, path: str, expected: type, required: bool) -> Any:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise WireError(f"{path}.{key} is missing", "missing_field")
+        return None
+    if not isinstance(value, expected):
+        raise WireError(f"{path}.{key} must be {_JSON_TYPE_NAMES[expected]}, got {type(value).__name__}", "bad_field")
+    return value
+
+
+def decode(body: bytes) -> dict:
+    """The JSON object in `body`; WireError when it is not valid JSON or not an object."""
+    try:
+        doc = json.loads(body)
+    except RecursionError as exc:
+        raise WireError("body is not valid JSON: nested too deeply", "malformed_json") from exc
+    except ValueError as exc:
+        raise WireError(f"body is not valid JSON: {exc}", "malformed_json") from exc
+    if not isinstance(doc, dict):
+        raise WireError(f"body must be a JSON object (an AdmissionReview), got {type(doc).__name__}", "malformed_json")
+    return doc
+
+
+def parse_review(body: bytes) -> AdmissionRequest:
+    """Parse an AdmissionReview body into an AdmissionRequest, or raise WireError naming the field."""
+    doc = decode(body)
+    api_version = doc.get("apiVersion")
+    if api_version not in SUPPORTED_VERSIONS:
+        raise WireError(f"apiVersion must be {V1} or {V1BETA1}, got {api_version!r}", "api_version")
+    if doc.get("kind") != KIND:
+        raise WireError(f'kind must be "{KIND}", got {doc.get("kind")!r}', "kind")
+    request = doc.get("request")
+    if request is None:
+        raise WireError("request is missing", "missing_request")
+    if not isinstance(request, dict):
+        raise WireError(f"request must be an object, got {type(request).__name__}", "bad_field")
+    uid = _field(request, "uid", "request", str, required=True)
+    if not uid:
+        raise WireError("request.uid is empty", "missing_field")
+    kind = _field(request, "kind", "request", dict, required=True)
+    return AdmissionRequest(
+        uid=uid,
+        api_version=api_version,
+        kind=_field(kind, "kind", "request.kind", str, required=True),
+        group=_field(kind, "group", "request.kind", str, required=False) or "",
+        operation=_field(request, "operation", "request", str, required=True),
+        namespace=_field(request, "namespace", "request", str, required=False) or "",
+        name=_field(request, "name", "request", str, required=False) or None,
+        dry_run=bool(_field(request, "dryRun", "request", bool, required=False)),
+        object=_field(request, "object", "request", dict, required=False),
+        old_object=_field(request, "oldObject", "request", dict, required=False),
+        sub_resource=_field(request, "subResource", "request", str, required=False) or None,
+    )
+
+
+def review_response(api_version: str, uid: str, verdict: Verdict) -> dict:
+    """The AdmissionReview answering `uid` in `api_version` (the request's own version).
+
+    A denial never carries a patch (the API server would ignore it, and a half-applied decision
+    must not even look possible); `patchType` is only present together with a patch, and empty
+    warnings/auditAnnotations are left out, so an allowed no-op answer is exactly
+    {apiVersion, kind, response: {uid, allowed: true}} as the API server itself expects.
+    """
+    response: dict[str, Any] = {"uid": uid, "allowed": bool(verdict.allowed)}
+    if not verdict.allowed:
+        response["status"] = {"code": verdict.code, "message": verdict.message}
+    elif verdict.patch:
+        response["patchType"] = PATCH_TYPE
+        response["patch"] = base64.b64encode(json.dumps(verdict.patch, separators=(",", ":")).encode()).decode("ascii")
+    if verdict.warnings:
+        response["warnings"] = list(verdict.warnings)
+    if verdict.audit_annotations:
+        response["auditAnnotations"] = dict(verdict.audit_annotations)
+    return {"apiVersion": api_version, "kind": KIND, "response": response}
+
+
+def encode(doc: dict) -> bytes:
+    """Compact JSON bytes for an HTTP body."""
+    return json.dumps(doc, separators=(",", ":")).encode()
