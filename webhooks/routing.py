@@ -161,8 +161,8 @@ def resolve(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision
             return _by_runtime_class(ns_profile, Rule.NAMESPACE_LABEL, policy, pod, annotation_chose=False)
         if value == keys.OPT_OUT_VALUE:
             return deny("opt-out-refused",
-                        f'{field}: "{keys.OPT_OUT_VALUE}" (opt-out) is not allowed in a sandboxed namespace: '
-                        f'namespace "{req.namespace}" routes pods to sandbox profile "{ns_profile.name}"')
+                        f'{field}: "{keys.OPT_OUT_VALUE}": opt-out is not allowed in a sandboxed namespace '
+                        f'(namespace "{req.namespace}" routes pods to sandbox profile "{ns_profile.name}")')
         if value in policy.profiles:
             return _by_runtime_class(policy.profiles[value], Rule.POD_ANNOTATION, policy, pod,
                                      annotation_chose=True)
