@@ -1,0 +1,109 @@
+"""validate: the fail-closed guard refuses routed pods outside their runtime or with forbidden features."""
+
+import copy
+from dataclasses import replace
+
+import jsonpatch
+import pytest
+
+from sandgate import keys
+from sandgate.clusterversion import Mode
+from webhooks.model import Routing
+from webhooks.mutating import admit
+from webhooks.validating import validate
+
+from webhook_cases import FIXTURES, example_doc, fixture_request, policy_from, with_object
+
+LABEL = keys.DEFAULT_NAMESPACE_LABEL
+SANDBOXED = Routing(namespace_labels={LABEL: "sandboxed"})
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_pod_the_mutating_webhook_skipped_is_refused(policy, mode):
+    verdict = validate(fixture_request("v1-01-create-bare-pod"), policy, mode, SANDBOXED)
+    assert (verdict.allowed, verdict.reason, verdict.patch) == (False, "runtime-class-mismatch", [])
+    assert verdict.message.startswith('spec.runtimeClassName: sandbox profile "runv" requires "runv", it is not set')
+    assert verdict.audit_annotations == {keys.AUDIT_PROFILE: "runv", keys.AUDIT_RULE: "namespace-label"}
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("name", FIXTURES)
+def test_every_admitted_pod_passes_the_guard(policy, mode, name):
+    req = fixture_request(name)
+    mutated = admit(req, policy, mode, SANDBOXED)
+    if not mutated.allowed:
+        return
+    pod = jsonpatch.apply_patch(req.object, mutated.patch) if req.object and mutated.patch else req.object
+    verdict = validate(with_object(req, pod), policy, mode, SANDBOXED)
+    assert (verdict.allowed, verdict.patch, verdict.profile) == (True, [], mutated.profile)
+
+
+def test_runtime_class_changed_after_mutation_is_refused(policy):
+    # A later webhook cannot swap the sandbox: runv's namespace, pod now runs runc.
+    req = fixture_request("v1-01-create-bare-pod")
+    pod = copy.deepcopy(req.object)
+    pod["spec"]["runtimeClassName"] = "runc"
+    verdict = validate(with_object(req, pod), policy, Mode.RUNTIMECLASS, SANDBOXED)
+    assert not verdict.allowed
+    assert verdict.message.startswith('spec.runtimeClassName: "runc" does not match sandbox profile "runv"')
+
+
+def test_another_profiles_runtime_class_is_accepted_as_the_users_choice(policy):
+    verdict = validate(fixture_request("v1beta1-03b-create-runtimeclass-gvisor"), policy, Mode.RUNTIMECLASS, SANDBOXED)
+    assert (verdict.allowed, verdict.profile) == (True, "gvisor")
+
+
+def test_forbidden_feature_is_refused_even_in_the_right_runtime(policy):
+    req = fixture_request("v1-06-create-hostnetwork-privileged")
+    pod = copy.deepcopy(req.object)
+    pod["spec"]["runtimeClassName"] = "runv"
+    verdict = validate(with_object(req, pod), policy, Mode.LEGACY, SANDBOXED)
+    assert (verdict.allowed, verdict.reason) == (False, "forbidden")
+    assert verdict.message.startswith('spec.hostNetwork is forbidden by sandbox profile "runv"')
+
+
+def test_opted_in_pod_without_its_runtime_is_refused(policy):
+    req = fixture_request("v1-05a-create-init-limits-special-keys")  # annotation sandgate.io/runtime: runv
+    verdict = validate(req, policy, Mode.RUNTIMECLASS, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
+    assert (verdict.allowed, verdict.reason) == (False, "runtime-class-mismatch")
+    assert verdict.audit_annotations[keys.AUDIT_RULE] == "opt-in"
+
+
+def test_routing_denials_are_the_same_as_admits(policy):
+    req = fixture_request("v1-01-create-bare-pod")
+    for routing in (Routing(namespace_labels={LABEL: "kata"}), Routing(), Routing(path_profile="kata")):
+        mutating = admit(req, policy, Mode.LEGACY, routing)
+        validating = validate(req, policy, Mode.LEGACY, routing)
+        assert not validating.allowed
+        assert (validating.message, validating.code, validating.reason) == (
+            mutating.message, mutating.code, mutating.reason)
+    pod = copy.deepcopy(req.object)
+    pod["metadata"]["annotations"] = {keys.DEFAULT_POD_ANNOTATION: "none"}
+    verdict = validate(with_object(req, pod), policy, Mode.LEGACY, SANDBOXED)
+    assert (verdict.allowed, verdict.reason) == (False, "opt-out-refused")
+
+
+def test_pods_outside_routing_pass_without_noise(policy):
+    req = fixture_request("v1-01-create-bare-pod")
+    for routing in (Routing(namespace_labels={}), Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)):
+        verdict = validate(req, policy, Mode.LEGACY, routing)
+        assert (verdict.allowed, verdict.warnings, verdict.reason) == (True, [], "not-routed")
+    assert validate(replace(req, namespace="kube-system"), policy, Mode.LEGACY, SANDBOXED).reason == "exempt"
+    for name in ("v1-08a-update-kubectl-label", "v1beta1-08c-update-dry-run-server"):
+        verdict = validate(fixture_request(name), policy, Mode.LEGACY, SANDBOXED)
+        assert (verdict.allowed, verdict.reason) == (True, "not-applicable")
+
+
+def test_opt_in_disabled_pod_passes_the_guard_silently():
+    doc = example_doc()
+    doc["allowPodOptIn"] = False
+    strict = policy_from(doc)
+    req = fixture_request("v1-05a-create-init-limits-special-keys")
+    verdict = validate(req, strict, Mode.LEGACY, Routing(namespace_labels={}))
+    assert (verdict.allowed, verdict.warnings, verdict.reason) == (True, [], "opt-in-disabled")
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_validate_never_patches(policy, name):
+    for mode in Mode:
+        assert validate(fixture_request(name), policy, mode, SANDBOXED).patch == []
