@@ -18,6 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
     parser.add_argument("--cert-file", metavar="CRT", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--key-file", metavar="KEY", help="private key for --cert-file (PEM)")
+    parser.add_argument("--cluster-version", metavar="X.Y",
+                        help="Kubernetes version; overrides the policy's clusterVersion (needed in snapshot mode "
+                             "unless the policy or the snapshot's kubelet versions say it)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="log level (default info)")
+    parser.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True,
+                        help="elect a leader among replicas with a Lease; only the leader binds (default on; "
+                             "ignored with --snapshot)")
+    parser.add_argument("--leader-election-namespace", metavar="NS",
+                        help="namespace of the leader Lease (default: the policy's agent.namespace)")
+    parser.add_argument("--threads", type=int, default=8, help="request threads of the server (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,287 @@
+"""Typed, precomputed views of Nodes and Pods: what the extender's decisions need, parsed once.
+
+A Node or Pod is turned into a `NodeInfo` / `PodInfo` when the cache (or a request carrying full
+objects) first sees it, so that answering a filter for 5,000 nodes touches only a few attributes
+per node instead of walking labels, annotations and quantities again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Mapping
+
+from kubernetes.utils import parse_quantity
+
+from sandgate import keys
+from sandgate.policy import Policy, Profile
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+class ObjectError(ValueError):
+    """A Node or Pod field that cannot be understood; the message names the field."""
+
+
+def cpu_millis(value: Any, path: str) -> int:
+    """A cpu quantity in millicores, rounded up (as the scheduler does)."""
+    return int(math.ceil(_quantity(value, path) * 1000))
+
+
+def memory_bytes(value: Any, path: str) -> int:
+    """A memory quantity in bytes, rounded up."""
+    return int(math.ceil(_quantity(value, path)))
+
+
+def _quantity(value: Any, path: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ObjectError(f"{path}: not a quantity: {value!r}")
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        raise ObjectError(f'{path}: invalid quantity "{value}"') from None
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ObjectError(f"{path}: must be an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, path: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ObjectError(f"{path}: must be a list, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A Node reduced to the facts the extender decides on."""
+
+    name: str
+    handlers: frozenset[str]  # runtime handlers the agent advertises as working ("true" label)
+    capacity: Mapping[str, int]  # handler -> sandbox capacity from the agent's annotation
+    bad_capacity: Mapping[str, str]  # handler -> raw annotation value that is not a non-negative integer
+    cpu_millis: int  # allocatable
+    memory_bytes: int  # allocatable
+
+    @property
+    def serves_sandboxes(self) -> bool:
+        """The node advertises at least one sandbox runtime."""
+        return bool(self.handlers)
+
+
+def node_info(node: Any, path: str = "node") -> NodeInfo:
+    """Build a NodeInfo from a Node object (dict in Kubernetes JSON form); ObjectError names a bad field."""
+    node = _mapping(node, path)
+    meta = _mapping(node.get("metadata"), f"{path}.metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ObjectError(f"{path}.metadata.name: required")
+    labels = _mapping(meta.get("labels"), f"{path}.metadata.labels")
+    annotations = _mapping(meta.get("annotations"), f"{path}.metadata.annotations")
+    prefix = keys.RUNTIME_LABEL_PREFIX
+    handlers = frozenset(k[len(prefix):] for k, v in labels.items()
+                         if k.startswith(prefix) and v == keys.RUNTIME_LABEL_VALUE)
+    capacity: dict[str, int] = {}
+    bad: dict[str, str] = {}
+    cap_prefix = keys.CAPACITY_ANNOTATION_PREFIX
+    for key, value in annotations.items():
+        if not key.startswith(cap_prefix):
+            continue
+        handler = key[len(cap_prefix):]
+        text = str(value).strip()
+        if text.isdigit():
+            capacity[handler] = int(text)
+        else:
+            bad[handler] = str(value)
+    allocatable = _mapping(_mapping(node.get("status"), f"{path}.status").get("allocatable"),
+                           f"{path}.status.allocatable")
+    cpu = cpu_millis(allocatable["cpu"], f"{path}.status.allocatable.cpu") if "cpu" in allocatable else 0
+    mem = memory_bytes(allocatable["memory"], f"{path}.status.allocatable.memory") if "memory" in allocatable else 0
+    return NodeInfo(name, handlers, capacity, bad, cpu, mem)
+
+
+@dataclass
+class PodInfo:
+    """A Pod reduced to identity, placement and resource demand.
+
+    `cpu_millis`/`memory_bytes` are the effective requests (max of the container sum and of each
+    init container), without overhead; `handler`, `profile` and the overhead are filled in by
+    `classify`, because they depend on the policy and on the cluster mode.
+    """
+
+    uid: str
+    namespace: str
+    name: str
+    node_name: str
+    terminal: bool
+    runtime_class: str | None
+    annotations: Mapping[str, str]
+    cpu_millis: int
+    memory_bytes: int
+    spec_overhead: tuple[int, int] | None  # (cpu m, memory bytes) from spec.overhead
+    profile: str | None = None
+    handler: str | None = None
+    overhead_cpu: int = 0
+    overhead_memory: int = 0
+
+    @property
+    def padded(self) -> bool:
+        """The webhook already folded the sandbox overhead into the container requests."""
+        return keys.PADDING_ANNOTATION in self.annotations
+
+    @property
+    def total_cpu(self) -> int:
+        """Requests plus the overhead the extender accounts for this pod."""
+        return self.cpu_millis + self.overhead_cpu
+
+    @property
+    def total_memory(self) -> int:
+        """Requests plus the overhead the extender accounts for this pod."""
+        return self.memory_bytes + self.overhead_memory
+
+    @property
+    def ref(self) -> str:
+        """namespace/name for messages."""
+        return f"{self.namespace}/{self.name}"
+
+    def classify(self, policy: Policy, legacy: bool) -> None:
+        """Find the pod's profile and the overhead to account, for `policy` in this cluster mode."""
+        profile = profile_for_pod(policy, self.runtime_class, self.annotations)
+        self.profile = profile.name if profile else None
+        self.handler = profile.handler if profile else None
+        if self.spec_overhead is not None:
+            self.overhead_cpu, self.overhead_memory = self.spec_overhead
+        elif legacy and profile is not None and profile.overhead is not None and not self.padded:
+            # No PodOverhead in this cluster: the scheduler never sees the sandbox's own cost.
+            fixed = profile.overhead.pod_fixed
+            self.overhead_cpu = cpu_millis(fixed["cpu"], "overhead.podFixed.cpu") if "cpu" in fixed else 0
+            self.overhead_memory = int(profile.overhead.memory_total(Decimal(self.memory_bytes)))
+        else:
+            self.overhead_cpu = self.overhead_memory = 0
+
+
+def profile_for_pod(policy: Policy, runtime_class: str | None,
+                    annotations: Mapping[str, str]) -> Profile | None:
+    """The profile a pod runs under: its runtimeClassName, else the policy's routing annotation."""
+    profile = policy.profile_for_runtime_class(runtime_class)
+    if profile is not None:
+        return profile
+    value = annotations.get(policy.pod_annotation)
+    if value == keys.SANDBOXED_VALUE:
+        return policy.profiles.get(policy.default_profile)
+    if isinstance(value, str):
+        return policy.profiles.get(value)
+    return None
+
+
+def _requests(container: Any, path: str) -> tuple[int, int]:
+    container = _mapping(container, path)
+    resources = _mapping(container.get("resources"), f"{path}.resources")
+    requests = _mapping(resources.get("requests"), f"{path}.resources.requests")
+    cpu = cpu_millis(requests["cpu"], f"{path}.resources.requests.cpu") if "cpu" in requests else 0
+    mem = memory_bytes(requests["memory"], f"{path}.resources.requests.memory") if "memory" in requests else 0
+    return cpu, mem
+
+
+def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int, int]:
+    """The pod's effective cpu/memory requests, as the scheduler computes them.
+
+    max(sum of containers (+ restartable init "sidecar" containers), each init container plus the
+    sidecars started before it).
+    """
+    cpu = mem = 0
+    for i, c in enumerate(_list(spec.get("containers"), f"{path}.containers")):
+        c_cpu, c_mem = _requests(c, f"{path}.containers[{i}]")
+        cpu += c_cpu
+        mem += c_mem
+    side_cpu = side_mem = 0
+    init_cpu = init_mem = 0
+    for i, c in enumerate(_list(spec.get("initContainers"), f"{path}.initContainers")):
+        c_cpu, c_mem = _requests(c, f"{path}.initContainers[{i}]")
+        if isinstance(c, dict) and c.get("restartPolicy") == "Always":
+            side_cpu += c_cpu
+            side_mem += c_mem
+            init_cpu = max(init_cpu, side_cpu)
+            init_mem = max(init_mem, side_mem)
+        else:
+            init_cpu = max(init_cpu, side_cpu + c_cpu)
+            init_mem = max(init_mem, side_mem + c_mem)
+    return max(cpu + side_cpu, init_cpu), max(mem + side_mem, init_mem)
+
+
+def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
+    """Build an (unclassified) PodInfo from a Pod object; ObjectError names a bad field."""
+    pod = _mapping(pod, path)
+    meta = _mapping(pod.get("metadata"), f"{path}.metadata")
+    spec = _mapping(pod.get("spec"), f"{path}.spec")
+    status = _mapping(pod.get("status"), f"{path}.status")
+    name = meta.get("name") or ""
+    namespace = meta.get("namespace") or ""
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        raise ObjectError(f"{path}.metadata: name and namespace must be strings")
+    annotations = _mapping(meta.get("annotations"), f"{path}.metadata.annotations")
+    runtime_class = spec.get("runtimeClassName")
+    if runtime_class is not None and not isinstance(runtime_class, str):
+        raise ObjectError(f"{path}.spec.runtimeClassName: must be a string")
+    cpu, mem = effective_requests(spec, f"{path}.spec")
+    overhead = spec.get("overhead")
+    spec_overhead = None
+    if overhead:
+        overhead = _mapping(overhead, f"{path}.spec.overhead")
+        spec_overhead = (
+            cpu_millis(overhead["cpu"], f"{path}.spec.overhead.cpu") if "cpu" in overhead else 0,
+            memory_bytes(overhead["memory"], f"{path}.spec.overhead.memory") if "memory" in overhead else 0,
+        )
+    return PodInfo(
+        uid=str(meta.get("uid") or ""),
+        namespace=namespace,
+        name=name,
+        node_name=str(spec.get("nodeName") or ""),
+        terminal=status.get("phase") in TERMINAL_PHASES,
+        runtime_class=runtime_class,
+        annotations=annotations,
+        cpu_millis=cpu,
+        memory_bytes=mem,
+        spec_overhead=spec_overhead,
+    )
+
+
+@dataclass
+class NodeUsage:
+    """What is already placed on a node: bound pods plus the extender's own live reservations."""
+
+    bound: dict[str, int]  # handler -> sandboxed pods bound to the node (non-terminal)
+    reserved: dict[str, int]  # handler -> reservations not yet seen bound
+    cpu_millis: int = 0  # requests + accounted overhead of bound pods and reservations
+    memory_bytes: int = 0
+
+    @classmethod
+    def empty(cls) -> "NodeUsage":
+        """A node with nothing on it."""
+        return cls({}, {})
+
+    def in_use(self, handler: str) -> int:
+        """Sandboxes of `handler` bound or reserved on the node."""
+        return self.bound.get(handler, 0) + self.reserved.get(handler, 0)
+
+    def add(self, pod: PodInfo, sign: int = 1, reservation: bool = False) -> None:
+        """Count (sign=1) or uncount (sign=-1) a pod or a reservation for it."""
+        if pod.handler is not None:
+            counts = self.reserved if reservation else self.bound
+            counts[pod.handler] = counts.get(pod.handler, 0) + sign
+        self.cpu_millis += sign * pod.total_cpu
+        self.memory_bytes += sign * pod.total_memory
+
+    def without(self, pods: list[PodInfo]) -> "NodeUsage":
+        """A copy with `pods` (bound on this node) removed, e.g. the victims of a preemption."""
+        copy = NodeUsage(dict(self.bound), dict(self.reserved), self.cpu_millis, self.memory_bytes)
+        for pod in pods:
+            copy.add(pod, -1)
+        return copy

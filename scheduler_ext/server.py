@@ -1,0 +1,188 @@
+"""`sandgate extender`: build the extender and serve it with gunicorn.
+
+One gunicorn worker process with request threads (gthread): the reservation cache must be one
+in-memory object, or two workers could hand out the same slot. Everything that can fail on bad
+input (policy, snapshot, cluster version, credentials) is done in the master before gunicorn
+starts, so a mistake exits with a clear message instead of a worker boot loop; the app is then
+preloaded and forked, and background threads (watches, leader election) start in the worker,
+because threads do not survive fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gunicorn.app.base import BaseApplication
+
+from sandgate import jsonlog
+from sandgate.clusterversion import ClusterVersion, VersionError
+from sandgate.kube import KubeConfigError, load_api_client, server_version
+from sandgate.policy import Policy, PolicyError, PolicyStore
+from scheduler_ext import kube_sync
+from scheduler_ext.app import Runtime, SoleReplica, create_app
+from scheduler_ext.binder import ApiPoster, Binder, SnapshotPoster
+from scheduler_ext.leader import LeaseElector
+from scheduler_ext.snapshot import SnapshotError, apply_snapshot, kubelet_version, read_list
+from scheduler_ext.state import ClusterCache
+
+log = logging.getLogger(__name__)
+
+LEADER_LEASE = "sandgate-extender"
+
+
+class StartupError(RuntimeError):
+    """The extender cannot start; the message says what to fix."""
+
+
+@dataclass
+class Built:
+    """A ready app and what to start in the worker process."""
+
+    app: Any
+    start_background: Callable[[], None]
+
+
+def _version(args: argparse.Namespace, policy: Policy, fallback: Callable[[], ClusterVersion | None],
+             where: str) -> ClusterVersion:
+    try:
+        if args.cluster_version:
+            return ClusterVersion.parse(args.cluster_version)
+    except VersionError as exc:
+        raise StartupError(f"--cluster-version: {exc}") from None
+    if policy.cluster_version is not None:
+        return policy.cluster_version
+    version = fallback()
+    if version is None:
+        raise StartupError(f"cannot tell the Kubernetes version {where}: pass --cluster-version X.Y "
+                           f"or set clusterVersion in the policy")
+    return version
+
+
+def build(args: argparse.Namespace) -> Built:
+    """Load the policy and the cluster state source, and assemble the app (no threads yet)."""
+    store = PolicyStore(args.config)
+    policy = store.current
+    if args.snapshot:
+        items = read_list(args.snapshot)
+        version = _version(args, policy, lambda: kubelet_version(items),
+                           "in snapshot mode (no API server; the snapshot's nodes carry no kubeletVersion)")
+        cache = ClusterCache(policy, version)
+        apply_snapshot(cache, items, args.snapshot)
+        binder = Binder(cache, SnapshotPoster(cache), lambda: True, lambda: None)
+        runtime = Runtime(store, cache, binder, SoleReplica(), "snapshot")
+
+        def start_background() -> None:
+            return None
+    else:
+        try:
+            api = load_api_client(args.kubeconfig)
+        except KubeConfigError as exc:
+            raise StartupError(str(exc)) from None
+
+        def ask_api() -> ClusterVersion:
+            try:
+                return server_version(load_api_client(args.kubeconfig))
+            except Exception as exc:  # any failure to reach /version is a startup error with its cause
+                raise StartupError(f"cannot read the API server version ({exc}); pass --cluster-version") from None
+
+        version = _version(args, policy, ask_api, "")
+        cache = ClusterCache(policy, version)
+        stop = threading.Event()
+        if args.leader_election:
+            identity = f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
+            leadership: Any = LeaseElector(api, args.leader_election_namespace or policy.agent.namespace,
+                                           LEADER_LEASE, identity, stop=stop)
+        else:
+            leadership = SoleReplica()
+        binder = Binder(cache, ApiPoster(api), leadership.is_leader, leadership.holder)
+        runtime = Runtime(store, cache, binder, leadership, "cluster")
+
+        def start_background() -> None:
+            kube_sync.start(api, cache, stop)
+            if isinstance(leadership, LeaseElector):
+                leadership.start()
+
+    store.on_reload = cache.set_policy
+    log.info("extender configured", extra={"policy": args.config, "source": runtime.source,
+                                           "clusterVersion": str(version),
+                                           "mode": "legacy" if cache.legacy else "runtimeclass"})
+    return Built(create_app(runtime), start_background)
+
+
+def _ssl_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, app: Any, options: dict[str, Any]):
+        self.application = app
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings:  # control_socket_disable exists from gunicorn 24 on only
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.application
+
+
+def gunicorn_options(args: argparse.Namespace, start_background: Callable[[], None]) -> dict[str, Any]:
+    """gunicorn settings: one gthread worker, JSON logs, TLS 1.2+ when a certificate is given."""
+    level = args.log_level.upper()
+    options: dict[str, Any] = {
+        "bind": f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": args.threads,
+        "preload_app": True,
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "keepalive": 75,  # kube-scheduler's Go client reuses connections; don't make it reconnect per pod
+        "proc_name": "sandgate-extender",
+        "accesslog": None,
+        "control_socket_disable": True,  # no admin socket under $HOME (read-only root filesystem)
+        "post_worker_init": lambda _worker: start_background(),
+        "logconfig_dict": {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "sandgate.jsonlog.JsonFormatter"}},
+            "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json",
+                                  "stream": "ext://sys.stderr"}},
+            "root": {"level": level, "handlers": ["json"]},
+            "loggers": {
+                "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+                "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+                "urllib3": {"level": "ERROR", "handlers": [], "propagate": True},
+            },
+        },
+    }
+    if args.cert_file:
+        options.update(certfile=args.cert_file, keyfile=args.key_file, ssl_context=_ssl_context)
+    return options
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the extender until stopped; returns the exit code (2 on a configuration error)."""
+    jsonlog.configure(args.log_level)
+    if bool(args.cert_file) != bool(args.key_file):
+        print("sandgate extender: --cert-file and --key-file go together", file=sys.stderr)
+        return 2
+    try:
+        built = build(args)
+    except (PolicyError, SnapshotError, StartupError) as exc:
+        print(f"sandgate extender: {exc}", file=sys.stderr)
+        return 2
+    _Gunicorn(built.app, gunicorn_options(args, built.start_background)).run()
+    return 0
