@@ -10,11 +10,12 @@ of a pod the logic did not approve), and JSON for every HTTP error Flask itself 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from sandgate.clusterversion import ClusterVersion, Mode
 from sandgate.policy import Policy, PolicyStore
@@ -29,6 +30,9 @@ from webhooks.validating import validate
 log = logging.getLogger("sandgate.webhook")
 
 DECIDERS = {"mutate": admit, "validate": validate}
+READ_CHUNK = 64 * 1024
+# How much of an oversized body is read to answer it cleanly before giving up on the connection.
+DRAIN_LIMIT = 4 * wire.MAX_BODY_BYTES
 
 
 @dataclass
@@ -79,21 +83,40 @@ def _internal_error(uid: str) -> Verdict:
                            f"denied rather than admitted unchecked, see the webhook log")
 
 
+def _read_body() -> bytes:
+    """The request body, at most wire.MAX_BODY_BYTES; WireError beyond.
+
+    An oversized body is still read (and dropped) up to DRAIN_LIMIT so the client, which is still
+    sending, reads our 400 instead of a connection reset; past that gunicorn's own time-bounded
+    drain before keep-alive decides.
+    """
+    too_large = wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large")
+    length = request.content_length
+    if length is not None and length > DRAIN_LIMIT:
+        raise too_large
+    stream = request.stream
+    chunks, size = [], 0
+    while size <= wire.MAX_BODY_BYTES:
+        chunk = stream.read(min(READ_CHUNK, wire.MAX_BODY_BYTES + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    chunks.clear()
+    while size <= DRAIN_LIMIT and stream.read(READ_CHUNK):
+        size += READ_CHUNK
+    raise too_large
+
+
 def create_app(state: WebhookState) -> Flask:
     """The Flask application serving /mutate, /validate (with or without a profile), health and metrics."""
     app = Flask("sandgate.webhook")
-    # Werkzeug stops reading past this; the view turns its 413 into the contract's 400.
-    app.config["MAX_CONTENT_LENGTH"] = wire.MAX_BODY_BYTES
 
     def review(endpoint: str, profile: str | None) -> Response:
         started = time.perf_counter()
         try:
             wire.check_content_type(request.headers.get("Content-Type"))
-            try:
-                body = request.get_data(cache=False)
-            except RequestEntityTooLarge as exc:
-                raise wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large") from exc
-            req = wire.parse_review(body)
+            req = wire.parse_review(_read_body())
         except wire.WireError as exc:
             state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
             log.warning("bad admission request", extra={"endpoint": request.path, "error": exc.reason,
@@ -118,7 +141,7 @@ def create_app(state: WebhookState) -> Flask:
             "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "kind": req.kind,
             "operation": req.operation, "endpoint": request.path, "profile": verdict.profile,
             "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3),
-            "dry_run": req.dry_run,
+            "dry_run": req.dry_run, "pid": os.getpid(),
         }
         if not verdict.allowed:
             facts["denial"] = verdict.message
