@@ -1,0 +1,244 @@
+"""The terminal report: what ran, each pod's decision and why, each node's sandboxes, and a summary.
+
+Columns are padded before colouring so they stay aligned; colour is used only when the output is
+a terminal (and NO_COLOR is unset); non-UTF-8 terminals get ASCII slot bars and arrows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TextIO
+
+from sandgate import keys
+from sandgate.clusterversion import Mode
+from sandgate.demo.results import DENIED, SCHEDULED, UNSCHEDULABLE, DemoRun, NodeView, PodOutcome
+
+_CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "cyan": "36"}
+
+
+class _Style:
+    def __init__(self, stream: TextIO):
+        self.color = stream.isatty() and not os.environ.get("NO_COLOR")
+        self.utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+        self.arrow = "→" if self.utf8 else "->"
+
+    def __call__(self, text: str, *styles: str) -> str:
+        if not self.color or not styles:
+            return text
+        return "".join(f"\033[{_CODES[s]}m" for s in styles) + text + "\033[0m"
+
+    def bar(self, used: int, total: int) -> str:
+        full, empty = ("■", "□") if self.utf8 else ("#", ".")
+        shown = min(total, 12)
+        filled = round(shown * used / total) if total else 0
+        return full * filled + empty * (shown - filled)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (0 for an empty list)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def mode_lines(run: DemoRun) -> list[str]:
+    """What this cluster version means for sandgate, and what differs in the other mode."""
+    v = run.version
+    review = run.review_version.rsplit("/", 1)[-1]
+    if run.mode == Mode.RUNTIMECLASS:
+        return [
+            f"RuntimeClass mode: the API server ({v}) sends AdmissionReview {review}; the webhook sets only "
+            f"spec.runtimeClassName",
+            "(plus request padding for the request-dependent part of the overhead). The API server's built-in "
+            "RuntimeClass",
+            "admission then merges the RuntimeClass's nodeSelector and tolerations and sets spec.overhead, "
+            "which the scheduler adds",
+            "to the pod's requests. Legacy clusters (try --cluster-version 1.15) have none of that: "
+            "the webhook does it all itself.",
+        ]
+    builtin = ("the API server merges RuntimeClass scheduling but PodOverhead is off"
+               if v.runtimeclass_scheduling else "the API server has no RuntimeClass admission and no PodOverhead")
+    return [
+        f"Legacy mode: on Kubernetes {v} {builtin}, and sends AdmissionReview {review}.",
+        "So the webhook merges the profile's nodeSelector and tolerations itself (refusing a conflicting "
+        "nodeSelector with",
+        "the built-in plugin's text) and pads container requests by the whole sandbox overhead, recorded "
+        f"in {keys.PADDING_ANNOTATION},",
+        "so the scheduler and kubelet account for it. On 1.18+ (the default, 1.24) the API server does "
+        "this work from the RuntimeClass.",
+    ]
+
+
+def _isolation(outcome: PodOutcome, label: str) -> str:
+    return outcome.namespace_labels.get(label, "-")
+
+
+def _decision(outcome: PodOutcome) -> tuple[str, tuple[str, ...]]:
+    if outcome.status == DENIED:
+        return "denied", ("red", "bold")
+    if outcome.profile:
+        return f"routed: {outcome.profile}", ("cyan",)
+    return "not sandboxed", ()
+
+
+def _placement(outcome: PodOutcome) -> tuple[str, tuple[str, ...]]:
+    if outcome.status == SCHEDULED:
+        return outcome.schedule.node, ("green",)
+    if outcome.status == UNSCHEDULABLE:
+        return "unschedulable", ("yellow", "bold")
+    return "-", ()
+
+
+def _admission_lines(outcome: PodOutcome, style: _Style) -> list[str]:
+    a = outcome.admission
+    lines = []
+    called = [f"{e.name} (POST {e.path})" for e in a.mutating]
+    if called:
+        lines.append("mutating webhook: " + ", ".join(called))
+    else:
+        lines.append("no sandgate webhook selects this namespace: the API server never calls sandgate")
+    for step in a.steps:
+        lines.append(f"{step.actor}: " + "; ".join(step.changes))
+    if a.allowed and called and not any(s.actor.startswith("webhook") for s in a.steps):
+        lines.append("webhook left the pod unchanged")
+    lines += [f"webhook warning: {w}" for w in a.warnings]
+    if a.audit:
+        lines.append("audit: " + ", ".join(f"{k.rsplit('/', 1)[-1]}={v}" for k, v in sorted(a.audit.items())))
+    if not a.allowed:
+        lines.append(style(f"refused by {a.denied_by}: {a.message}", "red"))
+    return lines
+
+
+def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> list[str]:
+    s = outcome.schedule
+    if s is None:
+        return []
+    arrow = style.arrow
+    steps = [f"{total_nodes} nodes", f"{len(s.extender_input)} pass in-tree filters"]
+    if s.extender_input:
+        kept = len(s.extender_input) - len(s.extender_failed) - len(s.extender_unresolvable)
+        steps.append(f"extender keeps {kept}")
+    if s.node:
+        if s.prioritize_skipped:
+            steps.append("one node left, no prioritize")
+        else:
+            steps.append("scores " + " ".join(f"{n}={v}" for n, v in sorted(s.scores.items(), key=lambda x: -x[1])))
+        steps.append(style(f"bound to {s.node}", "green"))
+    lines = ["scheduler: " + f" {arrow} ".join(steps)]
+    for node, reason in sorted({**s.extender_failed, **s.extender_unresolvable}.items()):
+        lines.append(f"  extender: {node}: {reason}")
+    if s.error:
+        lines.append(style(f"scheduling error: {s.error}", "yellow"))
+    elif not s.node:
+        lines.append(style(s.diagnosis(total_nodes), "yellow"))
+    return lines
+
+
+def _table(rows: list[list[tuple[str, tuple[str, ...]]]], style: _Style, indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i][0]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        cells = [style(text.ljust(w) if i < len(row) - 1 else text, *st)
+                 for i, ((text, st), w) in enumerate(zip(row, widths))]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out
+
+
+def _pods(run: DemoRun, style: _Style, label: str) -> list[str]:
+    header = [(h, ("bold",)) for h in ("POD", "ISOLATION LABEL", "DECISION", "NODE")]
+    rows = [header] + [[(o.pod.ref, ()), (_isolation(o, label), ()), _decision(o), _placement(o)]
+                       for o in run.outcomes]
+    table = _table(rows, style)
+    out = [style(f"PODS ({len(run.outcomes)})", "bold"), table[0]]
+    for outcome, line in zip(run.outcomes, table[1:]):
+        out.append(line)
+        details = [style(f"# {outcome.pod.story}", "dim")]
+        details += _admission_lines(outcome, style) + _schedule_lines(outcome, len(run.nodes), style)
+        out += ["      " + d for d in details]
+    return out
+
+
+def _heartbeat(node: NodeView) -> tuple[str, tuple[str, ...]]:
+    age = node.spec.heartbeat_age_seconds
+    ago = f"{age // 60}m ago" if age >= 120 else f"{age}s ago"
+    return (f"STALE ({ago})", ("red",)) if node.heartbeat_stale else (f"fresh ({ago})", ())
+
+
+def _slots(node: NodeView, handler: str, style: _Style) -> tuple[str, tuple[str, ...]]:
+    total = node.capacity.get(handler)
+    if total is None:
+        return "-", ("dim",)
+    used = node.used(handler)
+    text = f"{used}/{total} {style.bar(used, total)}"
+    if used >= total:
+        return text + " full", ("yellow",)
+    return text, ()
+
+
+def _nodes(run: DemoRun, style: _Style) -> list[str]:
+    handlers = sorted(set(run.handlers.values()))
+    header = [(h, ("bold",)) for h in ("NODE", "SITE", "AGENT HEARTBEAT", "RUNTIMES",
+                                        *(f"{h} SLOTS" for h in handlers), "PODS (+ placed by this run)")]
+    rows = [header]
+    for node in run.nodes:
+        if run.synthetic:
+            new = sum(1 for p in node.pods if p.new)
+            pods = f"{len(node.pods)} pods ({new} new, {node.new_sandboxes()} new sandboxes)"
+        else:
+            pods = ", ".join(("+" if p.new else "") + p.ref for p in node.pods) or "-"
+        rows.append([(node.spec.name, ()), (node.spec.site, ()), _heartbeat(node),
+                     (",".join(sorted(node.capacity)) or "none", ()),
+                     *(_slots(node, h, style) for h in handlers), (pods, ())])
+    table = _table(rows, style)
+    out = [style(f"NODES ({len(run.nodes)})", "bold"), table[0]]
+    for node, line in zip(run.nodes, table[1:]):
+        out.append(line)
+        if node.spec.note and not run.synthetic:
+            out.append("      " + style(f"# {node.spec.note}", "dim"))
+    return out
+
+
+def summary_lines(run: DemoRun, style: _Style) -> list[str]:
+    """Counts per outcome (they add up to the number of pods) and per-pod latency."""
+    outcomes = run.outcomes
+    rows = [[(h, ("bold",)) for h in ("OUTCOME", "PODS", "SCHEDULED", "UNSCHEDULABLE")]]
+    groups = [(f"routed to {p}", [o for o in outcomes if o.status != DENIED and o.profile == p])
+              for p in run.handlers]
+    groups.append(("not sandboxed", [o for o in outcomes if o.status != DENIED and not o.profile]))
+    for name, group in groups:
+        rows.append([(name, ()), (str(len(group)), ()),
+                     (str(sum(o.status == SCHEDULED for o in group)), ()),
+                     (str(sum(o.status == UNSCHEDULABLE for o in group)), ())])
+    denied = sum(o.status == DENIED for o in outcomes)
+    rows.append([("denied", ()), (str(denied), ()), ("-", ()), ("-", ())])
+    rows.append([("total", ("bold",)), (str(len(outcomes)), ("bold",)),
+                 (str(sum(o.status == SCHEDULED for o in outcomes)), ("bold",)),
+                 (str(sum(o.status == UNSCHEDULABLE for o in outcomes)), ("bold",))])
+    latencies = [o.seconds * 1000 for o in outcomes]
+    out = [style("SUMMARY", "bold")] + _table(rows, style)
+    out.append(f"  per pod, admission + scheduling: p50 {percentile(latencies, 50):.1f} ms, "
+               f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies, default=0):.1f} ms")
+    out.append(f"  whole run {run.seconds:.1f} s (certificates, start-up, {len(outcomes)} pods, shutdown)")
+    return out
+
+
+def render(run: DemoRun, stream: TextIO) -> None:
+    """Write the report for `run` to `stream`."""
+    style = _Style(stream)
+    label = keys.DEFAULT_NAMESPACE_LABEL
+    lines = [style(f"sandgate demo: {run.title}, Kubernetes {run.version} ({run.mode.value} mode)", "bold")]
+    lines += ["  " + line for line in mode_lines(run)]
+    lines.append("")
+    for c in run.components:
+        lines.append(f"  {c.name:<9} pid {c.pid:<8} {c.url:<25} {c.detail} (ready in {c.ready_after:.1f} s)")
+    lines.append(f"  {'workdir':<9} {run.workdir} (certificates, policy, snapshot, logs; removed, "
+                 f"components stopped)")
+    lines.append("")
+    if not run.synthetic:
+        lines += _pods(run, style, label) + [""]
+    lines += _nodes(run, style) + [""]
+    lines += summary_lines(run, style)
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()

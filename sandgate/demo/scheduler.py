@@ -1,0 +1,229 @@
+"""kube-scheduler's scheduling cycle for one pod, emulated around the real extender.
+
+In-tree filters run first (in kube-scheduler's plugin order: NodeUnschedulable, TaintToleration,
+NodeAffinity/nodeSelector, NodeResourcesFit); only the nodes that pass are sent to the extender's
+/filter (nodeCacheCapable: true, so as `NodeNames`). /prioritize is skipped when one node is left,
+as the scheduler does. The demo uses only the extender's scores and, where kube-scheduler would
+pick at random among equal scores, takes the first node by name so that runs are reproducible.
+Binding goes through the extender's /bind (bindVerb), which records it in its snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kubernetes.utils import parse_quantity
+
+from sandgate.demo.wire import JsonClient, WireError
+
+EXTENDER_WEIGHT = 1
+# kube-scheduler scales extender scores (0..MaxExtenderPriority=10) to its own 0..100 range.
+EXTENDER_SCORE_SCALE = 10
+_FILTER_EFFECTS = ("NoSchedule", "NoExecute")
+
+
+def _millis(value: Any) -> int:
+    return int(math.ceil(parse_quantity(value) * 1000))
+
+
+def _bytes(value: Any) -> int:
+    return int(math.ceil(parse_quantity(value)))
+
+
+@dataclass
+class NodeState:
+    """What the scheduler's cache knows about a node: labels, taints, allocatable and what is placed."""
+
+    name: str
+    labels: Mapping[str, str]
+    taints: list[Mapping[str, Any]]
+    unschedulable: bool
+    cpu_millis: int
+    memory_bytes: int
+    max_pods: int
+    used_cpu: int = 0
+    used_memory: int = 0
+    pod_count: int = 0
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> "NodeState":
+        """Build from a Node object."""
+        allocatable = node["status"]["allocatable"]
+        spec = node.get("spec") or {}
+        return cls(node["metadata"]["name"], dict(node["metadata"].get("labels") or {}),
+                   list(spec.get("taints") or []), bool(spec.get("unschedulable")),
+                   _millis(allocatable.get("cpu", 0)), _bytes(allocatable.get("memory", 0)),
+                   int(allocatable.get("pods", 110)))
+
+    def place(self, request: tuple[int, int]) -> None:
+        """Account a pod bound to this node."""
+        self.used_cpu += request[0]
+        self.used_memory += request[1]
+        self.pod_count += 1
+
+
+def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]:
+    """(cpu millicores, memory bytes) the scheduler reserves: max(containers, each init) + spec.overhead."""
+    spec = pod.get("spec") or {}
+
+    def requests(c: Mapping[str, Any]) -> tuple[int, int]:
+        r = (c.get("resources") or {}).get("requests") or {}
+        return _millis(r.get("cpu", 0)), _bytes(r.get("memory", 0))
+
+    cpu = mem = 0
+    for c in spec.get("containers") or []:
+        c_cpu, c_mem = requests(c)
+        cpu, mem = cpu + c_cpu, mem + c_mem
+    for c in spec.get("initContainers") or []:
+        c_cpu, c_mem = requests(c)
+        cpu, mem = max(cpu, c_cpu), max(mem, c_mem)
+    overhead = spec.get("overhead") or {}
+    if count_overhead and overhead:
+        cpu += _millis(overhead.get("cpu", 0))
+        mem += _bytes(overhead.get("memory", 0))
+    return cpu, mem
+
+
+def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    """v1.Toleration.ToleratesTaint: empty effect and empty key match any; Exists ignores the value."""
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("key") and toleration["key"] != taint.get("key"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Equal":
+        return (toleration.get("value") or "") == (taint.get("value") or "")
+    return operator == "Exists"
+
+
+def in_tree_filter(pod: Mapping[str, Any], node: NodeState, count_overhead: bool) -> str | None:
+    """The first in-tree filter `node` fails for `pod`, in kube-scheduler's wording, or None."""
+    spec = pod.get("spec") or {}
+    tolerations = spec.get("tolerations") or []
+    if node.unschedulable and not any(
+            tolerates(t, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}) for t in tolerations):
+        return "node(s) were unschedulable"
+    for taint in node.taints:
+        if taint.get("effect") in _FILTER_EFFECTS and not any(tolerates(t, taint) for t in tolerations):
+            return f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+    for key, value in (spec.get("nodeSelector") or {}).items():
+        if node.labels.get(key) != value:
+            return "node(s) didn't match Pod's node affinity/selector"
+    cpu, mem = pod_request(pod, count_overhead)
+    if node.pod_count + 1 > node.max_pods:
+        return "Too many pods"
+    if cpu and node.used_cpu + cpu > node.cpu_millis:
+        return "Insufficient cpu"
+    if mem and node.used_memory + mem > node.memory_bytes:
+        return "Insufficient memory"
+    return None
+
+
+def _get(answer: Mapping[str, Any], name: str) -> Any:
+    """A field of an extender answer, matched case-insensitively as Go's JSON decoder does."""
+    if name in answer:
+        return answer[name]
+    for key, value in answer.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+@dataclass
+class ScheduleResult:
+    """The outcome of one scheduling cycle."""
+
+    node: str | None = None
+    in_tree_failed: dict[str, str] = field(default_factory=dict)
+    extender_input: list[str] = field(default_factory=list)
+    extender_failed: dict[str, str] = field(default_factory=dict)
+    extender_unresolvable: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, int] = field(default_factory=dict)  # extender score 0..10 per node
+    prioritize_skipped: bool = False
+    error: str = ""  # extender error or binding rejection
+
+    def diagnosis(self, total_nodes: int) -> str:
+        """kube-scheduler's FailedScheduling message: "0/N nodes are available: ..."."""
+        reasons = Counter(self.in_tree_failed.values())
+        reasons.update(self.extender_failed.values())
+        reasons.update(self.extender_unresolvable.values())
+        parts = sorted(f"{count} {reason}" for reason, count in reasons.items())
+        return f"0/{total_nodes} nodes are available: {', '.join(parts)}."
+
+
+class Scheduler:
+    """One scheduler instance with its node cache and the extender it calls."""
+
+    def __init__(self, nodes: list[NodeState], extender: JsonClient, count_overhead: bool):
+        self.nodes = {n.name: n for n in nodes}
+        self.extender = extender
+        self.count_overhead = count_overhead
+
+    def place_existing(self, pod: Mapping[str, Any]) -> None:
+        """Account a pod that is already bound (from the snapshot)."""
+        node = self.nodes.get((pod.get("spec") or {}).get("nodeName", ""))
+        if node is not None:
+            node.place(pod_request(pod, self.count_overhead))
+
+    def _wire_pod(self, pod: Mapping[str, Any]) -> dict[str, Any]:
+        # The scheduler sends the Pod without kind/apiVersion (see the captured fixtures).
+        return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
+
+    def schedule(self, pod: Mapping[str, Any]) -> ScheduleResult:
+        """Filter, prioritize and bind `pod`; the result says where it went or why nowhere."""
+        result = ScheduleResult()
+        feasible = []
+        for name in sorted(self.nodes):
+            reason = in_tree_filter(pod, self.nodes[name], self.count_overhead)
+            if reason:
+                result.in_tree_failed[name] = reason
+            else:
+                feasible.append(name)
+        if not feasible:
+            return result
+        wire_pod = self._wire_pod(pod)
+        result.extender_input = feasible
+        try:
+            answer = self.extender.post("/filter", {"Pod": wire_pod, "Nodes": None, "NodeNames": feasible})
+        except WireError as exc:
+            result.error = f"failed filter with extender: {exc}"
+            return result
+        if _get(answer, "Error"):
+            result.error = f"extender filter error: {_get(answer, 'Error')}"
+            return result
+        result.extender_failed = dict(_get(answer, "FailedNodes") or {})
+        result.extender_unresolvable = dict(_get(answer, "FailedAndUnresolvableNodes") or {})
+        passed = list(_get(answer, "NodeNames") or [])
+        unknown = [n for n in passed if n not in feasible]
+        if unknown:
+            result.error = f'extender claims a filtered node "{unknown[0]}" which is not found in the input node list'
+            return result
+        if not passed:
+            return result
+        if len(passed) == 1:
+            result.prioritize_skipped = True
+            chosen = passed[0]
+        else:
+            try:
+                scores = self.extender.post("/prioritize", {"Pod": wire_pod, "Nodes": None, "NodeNames": passed})
+            except WireError as exc:
+                result.error = f"failed prioritize with extender: {exc}"
+                return result
+            result.scores = {_get(s, "Host"): int(_get(s, "Score") or 0) for s in scores or []}
+            chosen = max(sorted(passed), key=lambda n: result.scores.get(n, 0) * EXTENDER_WEIGHT * EXTENDER_SCORE_SCALE)
+        meta = pod["metadata"]
+        try:
+            bound = self.extender.post("/bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"],
+                                                 "PodUID": meta["uid"], "Node": chosen})
+        except WireError as exc:
+            result.error = f"failed bind with extender: {exc}"
+            return result
+        if _get(bound, "Error"):
+            result.error = f"binding rejected: {_get(bound, 'Error')}"
+            return result
+        self.nodes[chosen].place(pod_request(pod, self.count_overhead))
+        result.node = chosen
+        return result
