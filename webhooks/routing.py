@@ -155,6 +155,9 @@ def resolve(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision
     key = policy.pod_annotation
     field = f"metadata.annotations[{key}]"
     value = pod_annotations(pod).get(key)
+    if value is not None and not isinstance(value, str):
+        # Only a hand-made request can carry this; treat it as the unknown value it is.
+        value = str(value)
 
     if ns_profile is not None:
         if value is None or value == keys.SANDBOXED_VALUE:

@@ -215,3 +215,11 @@ def test_create_without_a_pod_object_is_refused(policy):
     decision = resolve(replace(req, object=None), policy, SANDBOXED)
     assert (decision.outcome, decision.code) == (Outcome.DENY, 400)
     assert decision.message.startswith("request.object")
+
+
+def test_non_string_annotation_value_is_an_unknown_value_not_a_crash(policy):
+    odd = pod()
+    odd["metadata"]["annotations"] = {ANNOTATION: ["runv"]}
+    decision = resolve(pod_request(odd), policy, SANDBOXED)
+    assert (decision.outcome, decision.reason) == (Outcome.DENY, "invalid-annotation")
+    assert "['runv']" in decision.message
