@@ -1,5 +1,7 @@
 """The routing table: which profile a pod gets from namespace labels, path, annotation and runtimeClassName."""
 
+from dataclasses import replace
+
 import pytest
 
 from sandgate import keys
@@ -211,7 +213,6 @@ def test_annotation_and_runtime_class_must_agree(policy):
 
 def test_create_without_a_pod_object_is_refused(policy):
     req = pod_request(pod())
-    from dataclasses import replace
     decision = resolve(replace(req, object=None), policy, SANDBOXED)
     assert (decision.outcome, decision.code) == (Outcome.DENY, 400)
     assert decision.message.startswith("request.object")
