@@ -4,61 +4,75 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from kubernetes.utils import parse_quantity
 
-def _toleration(t: Mapping[str, Any]) -> str:
+_MI = 1024 * 1024
+_LONG_VALUE = 40
+
+
+def quantity(value: Any) -> str:
+    """A quantity as written, except plain byte counts, shown in Mi (the webhook writes exact bytes)."""
+    text = str(value)
+    if text.isdigit() and int(text) >= _MI:
+        return f"{int(text) / _MI:.1f}Mi"
+    return text
+
+
+def toleration(t: Mapping[str, Any]) -> str:
+    """A toleration in the compact form `key=value:Effect 86400s` (`key:Effect` for Exists)."""
     text = t.get("key") or "*"
-    if t.get("operator") == "Exists":
-        text += " (exists)"
-    elif t.get("value"):
+    if t.get("operator") != "Exists" and t.get("value"):
         text += f"={t['value']}"
     if t.get("effect"):
         text += f":{t['effect']}"
     if t.get("tolerationSeconds") is not None:
-        text += f" for {t['tolerationSeconds']}s"
+        text += f" {t['tolerationSeconds']}s"
     return text
 
 
-def _resources(spec: Mapping[str, Any]) -> dict[tuple[str, str, str], str]:
-    """(container, requests|limits, resource) -> quantity for every container."""
-    out = {}
+def _resources(spec: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, str]]:
+    """(container, requests|limits) -> {resource: quantity} for every container."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
     for group in ("initContainers", "containers"):
         for c in spec.get(group) or []:
             resources = c.get("resources") or {}
             for kind in ("requests", "limits"):
-                for name, value in (resources.get(kind) or {}).items():
-                    out[(c.get("name", "?"), kind, name)] = str(value)
+                out[(c.get("name", "?"), kind)] = {k: str(v) for k, v in (resources.get(kind) or {}).items()}
     return out
 
 
+def _same_quantity(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a == b
+    return parse_quantity(a) == parse_quantity(b)
+
+
 def describe(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """What changed between two versions of a pod, one short phrase per change."""
+    """What changed between two versions of a pod, one short phrase per kind of change."""
     out: list[str] = []
     b_spec, a_spec = before.get("spec") or {}, after.get("spec") or {}
     if b_spec.get("runtimeClassName") != a_spec.get("runtimeClassName"):
         out.append(f"runtimeClassName={a_spec.get('runtimeClassName')}")
     b_sel, a_sel = b_spec.get("nodeSelector") or {}, a_spec.get("nodeSelector") or {}
-    for key, value in a_sel.items():
-        if b_sel.get(key) != value:
-            out.append(f"nodeSelector {key}={value}")
-    b_tols = b_spec.get("tolerations") or []
-    a_tols = a_spec.get("tolerations") or []
-    for t in a_tols:
-        if t not in b_tols:
-            out.append(f"toleration {_toleration(t)}")
-    for t in b_tols:
-        if t not in a_tols and not any(x.get("key") == t.get("key") for x in a_tols if x not in b_tols):
-            out.append(f"dropped toleration {_toleration(t)}")
+    added = [f"{k}={v}" for k, v in a_sel.items() if b_sel.get(k) != v]
+    if added:
+        out.append("nodeSelector " + ", ".join(added))
+    b_tols, a_tols = b_spec.get("tolerations") or [], a_spec.get("tolerations") or []
+    new = [t for t in a_tols if t not in b_tols]
+    if new:
+        out.append("tolerations " + ", ".join(toleration(t) for t in new))
     if b_spec.get("overhead") != a_spec.get("overhead") and a_spec.get("overhead"):
-        out.append("overhead " + " ".join(f"{k}={v}" for k, v in a_spec["overhead"].items()))
-    b_res, a_res = _resources(b_spec), _resources(a_spec)
-    for key, value in a_res.items():
-        if b_res.get(key) != value:
-            container, kind, name = key
-            old = b_res.get(key, "none")
-            out.append(f"{container} {kind}.{name} {old} -> {value}")
+        out.append("overhead " + ", ".join(f"{k} {quantity(v)}" for k, v in a_spec["overhead"].items()))
+    b_res = _resources(b_spec)
+    for (container, kind), values in _resources(a_spec).items():
+        old = b_res.get((container, kind), {})
+        moved = [f"{name} {quantity(old.get(name, '0'))} -> {quantity(value)}"
+                 for name, value in values.items() if not _same_quantity(old.get(name), value)]
+        if moved:
+            out.append(f"{container} {kind} " + ", ".join(moved))
     b_ann = (before.get("metadata") or {}).get("annotations") or {}
     a_ann = (after.get("metadata") or {}).get("annotations") or {}
     for key, value in a_ann.items():
         if b_ann.get(key) != value:
-            out.append(f"annotation {key}={value}")
+            out.append(f"annotation {key}" + (f"={value}" if len(str(value)) <= _LONG_VALUE else ""))
     return out

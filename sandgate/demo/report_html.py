@@ -55,18 +55,21 @@ th{background:#f9fafb;font-size:12px;text-transform:uppercase;color:#6b7280}
 td.why{font-size:12px;color:#374151}
 td.why div{margin:1px 0}
 .story{color:#6b7280;font-style:italic}
+.warn{color:#6b7280}
 .denial{color:#b91c1c;font-weight:500}
 .unsched{color:#b45309;font-weight:500}
 .d-routed{background:#e0e7ff;color:#3730a3}.d-plain{background:#e5e7eb;color:#374151}
 .d-denied{background:#fee2e2;color:#b91c1c}.d-unsched{background:#fef3c7;color:#92400e}
 .dec{display:inline-block;border-radius:4px;padding:1px 7px;font-size:12px;font-weight:600;white-space:nowrap}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
+td.nowrap{white-space:nowrap}
+table.summary{width:auto;min-width:420px}
 .summary td,.summary th{text-align:right}.summary td:first-child,.summary th:first-child{text-align:left}
 """
 
 
 def _colors(run: DemoRun) -> dict[str, str]:
-    handlers = sorted(set(run.handlers.values()))
+    handlers = list(dict.fromkeys(run.handlers.values()))
     return {h: _PALETTE[i % len(_PALETTE)] for i, h in enumerate(handlers)}
 
 
@@ -76,7 +79,7 @@ def _runtime_names(run: DemoRun) -> dict[str, str]:
 
 
 def _node(node: NodeView, colors: dict[str, str], names: dict[str, str], synthetic: bool) -> str:
-    full = any(node.used(h) >= c for h, c in node.capacity.items()) and bool(node.capacity)
+    full = [h for h, c in node.capacity.items() if node.used(h) >= c]
     classes = "node" + (" stale" if node.heartbeat_stale else "") + (" full" if full and not node.heartbeat_stale else "")
     age = node.spec.heartbeat_age_seconds
     ago = f"{age // 60} min ago" if age >= 120 else f"{age} s ago"
@@ -84,7 +87,7 @@ def _node(node: NodeView, colors: dict[str, str], names: dict[str, str], synthet
     if node.heartbeat_stale:
         badges += ' <span class="badge b-stale">heartbeat stale</span>'
     elif full:
-        badges += ' <span class="badge b-full">full</span>'
+        badges += "".join(f' <span class="badge b-full">{escape(h)} full</span>' for h in full)
     parts = [f'<div class="{classes}"><h3><span>{escape(node.spec.name)}</span><span>{badges}</span></h3>',
              f'<div class="meta">{escape(node.spec.cpu)} CPU · {escape(node.spec.memory)} · {escape(node.spec.arch)}'
              f' · agent {"stale" if node.heartbeat_stale else "alive"}, renewed {ago}</div>']
@@ -97,8 +100,11 @@ def _node(node: NodeView, colors: dict[str, str], names: dict[str, str], synthet
                  f'title="{escape(p.ref)}{" (placed by this run)" if p.new else " (already running)"}"></div>'
                  for p in pods]
         cells += [f'<div class="cell" style="--c:{color}55" title="free slot"></div>'] * max(0, capacity - len(pods))
+        listed = "" if synthetic else "".join(
+            f'<span class="pod{" new" if p.new else ""}">{escape(p.ref)}</span>' for p in pods)
         parts.append(f'<div class="rt"><div class="name"><span>{escape(names.get(handler, handler))}</span>'
-                     f'<span>{len(pods)}/{capacity} slots</span></div><div class="cells">{"".join(cells)}</div></div>')
+                     f'<span>{len(pods)}/{capacity} slots</span></div><div class="cells">{"".join(cells)}</div>'
+                     f'<div class="others">{listed}</div></div>')
     others = [p for p in node.pods if not p.handler]
     if others:
         if synthetic:
@@ -131,6 +137,7 @@ def _why(o: PodOutcome, total_nodes: int) -> str:
         lines.append("<div>no sandgate webhook selects this namespace</div>")
     for step in a.steps:
         lines.append(f"<div><b>{escape(step.actor)}</b>: {escape('; '.join(step.changes))}</div>")
+    lines += [f'<div class="warn">kubectl warning: {escape(w)}</div>' for w in a.warnings]
     if not a.allowed:
         lines.append(f'<div class="denial">{escape(a.message)}</div>')
     s = o.schedule
@@ -178,13 +185,15 @@ def render(run: DemoRun) -> str:
                '<span><span class="cell" style="--c:#6b728055"></span>free slot</span>')
     label = keys.DEFAULT_NAMESPACE_LABEL
     pod_rows = "".join(
-        f"<tr><td><b>{escape(o.pod.ref)}</b></td><td><code>{escape(o.namespace_labels.get(label, '-'))}</code></td>"
-        f"<td>{_decision(o)}</td><td>{escape(o.schedule.node or '-') if o.schedule else '-'}</td>"
+        f'<tr><td class="nowrap"><b>{escape(o.pod.ref)}</b></td>'
+        f"<td><code>{escape(o.namespace_labels.get(label, '-'))}</code></td>"
+        f'<td>{_decision(o)}</td><td class="nowrap">{escape(o.schedule.node or "-") if o.schedule else "-"}</td>'
         f'<td class="why">{_why(o, len(run.nodes))}</td></tr>' for o in outcomes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>sandgate demo: {escape(run.title)} on Kubernetes {run.version}</title><style>{_CSS}</style></head>
-<body><header><h1>sandgate demo: {escape(run.title)}, Kubernetes {run.version} ({run.mode.value} mode)</h1>
+<body><header><h1>sandgate demo: {escape(run.title)}, Kubernetes {run.version}
+({report_text.MODE_NAMES[run.mode]})</h1>
 <p>{escape(" ".join(report_text.mode_lines(run)))}</p>
 <div class="chips">{"".join(f'<span class="chip"><b>{escape(str(v))}</b>{escape(k)}</span>' for v, k in chips)}</div>
 </header><main>

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import textwrap
+from collections import Counter
 from typing import TextIO
 
 from sandgate import keys
 from sandgate.clusterversion import Mode
 from sandgate.demo.results import DENIED, SCHEDULED, UNSCHEDULABLE, DemoRun, NodeView, PodOutcome
 
+_PIPE_WIDTH = 120
+MODE_NAMES = {Mode.RUNTIMECLASS: "RuntimeClass mode", Mode.LEGACY: "legacy mode"}
 _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "cyan": "36"}
 
 
@@ -22,6 +27,8 @@ class _Style:
         self.color = stream.isatty() and not os.environ.get("NO_COLOR")
         self.utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
         self.arrow = "→" if self.utf8 else "->"
+        # Wrap to the terminal; a pipe or file gets a fixed, roomy width.
+        self.width = shutil.get_terminal_size((_PIPE_WIDTH, 24)).columns if stream.isatty() else _PIPE_WIDTH
 
     def __call__(self, text: str, *styles: str) -> str:
         if not self.color or not styles:
@@ -91,23 +98,38 @@ def _placement(outcome: PodOutcome) -> tuple[str, tuple[str, ...]]:
     return "-", ()
 
 
-def _admission_lines(outcome: PodOutcome, style: _Style) -> list[str]:
+def selection_reason(outcome: PodOutcome, label: str) -> str:
+    """Why the API server called the webhook entries it called (or none), from the namespace's labels."""
+    labels = outcome.namespace_labels
+    if label in labels:
+        return f"namespace label {label}={labels[label]}"
+    if keys.IGNORE_NAMESPACE_LABEL in labels:
+        return f"namespace labelled {keys.IGNORE_NAMESPACE_LABEL}"
+    return f"namespace has no {label} label"
+
+
+def _admission_lines(outcome: PodOutcome, style: _Style, label: str) -> list[str]:
     a = outcome.admission
-    lines = []
-    called = [f"{e.name} (POST {e.path})" for e in a.mutating]
-    if called:
-        lines.append("mutating webhook: " + ", ".join(called))
+    arrow = style.arrow
+    reason = selection_reason(outcome, label)
+    if a.mutating:
+        entry = a.mutating[0]
+        line = f"admission: {reason} {arrow} {entry.name} {arrow} POST {entry.path}"
+        rule = a.audit.get(f"{entry.name}/{keys.AUDIT_RULE}")
+        if rule:
+            line += f" {arrow} rule {rule}"
+        lines = [line]
     else:
-        lines.append("no sandgate webhook selects this namespace: the API server never calls sandgate")
+        lines = [f"admission: {reason} {arrow} no sandgate webhook selects it, never sent to sandgate"]
     for step in a.steps:
-        lines.append(f"{step.actor}: " + "; ".join(step.changes))
-    if a.allowed and called and not any(s.actor.startswith("webhook") for s in a.steps):
-        lines.append("webhook left the pod unchanged")
-    lines += [f"webhook warning: {w}" for w in a.warnings]
-    if a.audit:
-        lines.append("audit: " + ", ".join(f"{k.rsplit('/', 1)[-1]}={v}" for k, v in sorted(a.audit.items())))
+        actor = "webhook" if step.actor.startswith("webhook") else step.actor
+        lines.append(f"{actor}: " + "; ".join(step.changes))
+    if a.allowed and a.mutating and not any(s.actor.startswith("webhook") for s in a.steps):
+        lines.append("webhook: allowed unchanged")
+    if a.allowed and a.validating:
+        lines.append("validation: " + ", ".join(f"POST {e.path}" for e in a.validating) + " allowed")
     if not a.allowed:
-        lines.append(style(f"refused by {a.denied_by}: {a.message}", "red"))
+        lines.append(style(f"DENIED by {a.denied_by}: {a.message}", "red"))
     return lines
 
 
@@ -116,10 +138,14 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
     if s is None:
         return []
     arrow = style.arrow
-    steps = [f"{total_nodes} nodes", f"{len(s.extender_input)} pass in-tree filters"]
+    passed = f"{len(s.extender_input)} pass in-tree filters"
+    if s.in_tree_failed:
+        counts = Counter(s.in_tree_failed.values())
+        passed += " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) + ")"
+    steps = [f"{total_nodes} nodes", passed]
+    rejected = {**s.extender_failed, **s.extender_unresolvable}
     if s.extender_input:
-        kept = len(s.extender_input) - len(s.extender_failed) - len(s.extender_unresolvable)
-        steps.append(f"extender keeps {kept}")
+        steps.append(f"extender keeps {len(s.extender_input) - len(rejected)}")
     if s.node:
         if s.prioritize_skipped:
             steps.append("one node left, no prioritize")
@@ -127,13 +153,23 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
             steps.append("scores " + " ".join(f"{n}={v}" for n, v in sorted(s.scores.items(), key=lambda x: -x[1])))
         steps.append(style(f"bound to {s.node}", "green"))
     lines = ["scheduler: " + f" {arrow} ".join(steps)]
-    for node, reason in sorted({**s.extender_failed, **s.extender_unresolvable}.items()):
-        lines.append(f"  extender: {node}: {reason}")
+    for node, reason in sorted(rejected.items()):
+        lines.append(f"  extender rejected {node}: {reason}")
     if s.error:
-        lines.append(style(f"scheduling error: {s.error}", "yellow"))
+        lines.append(style(f"UNSCHEDULABLE: {s.error}", "yellow"))
     elif not s.node:
-        lines.append(style(s.diagnosis(total_nodes), "yellow"))
+        counts = Counter(s.in_tree_failed.values())
+        parts = [f"{n} {reason}" for reason, n in sorted(counts.items())]
+        if rejected:
+            parts.append(f"{len(rejected)} rejected by the sandgate extender (above)")
+        lines.append(style(f"UNSCHEDULABLE: 0/{total_nodes} nodes are available: {', '.join(parts)}", "yellow"))
     return lines
+
+
+def _wrap(line: str, width: int, indent: str) -> list[str]:
+    """Wrap one detail line, continuation lines indented a little further."""
+    return textwrap.wrap(line, width=width, initial_indent=indent, subsequent_indent=indent + "    ",
+                         break_on_hyphens=False, break_long_words=False) or [indent]
 
 
 def _table(rows: list[list[tuple[str, tuple[str, ...]]]], style: _Style, indent: str = "  ") -> list[str]:
@@ -154,9 +190,9 @@ def _pods(run: DemoRun, style: _Style, label: str) -> list[str]:
     out = [style(f"PODS ({len(run.outcomes)})", "bold"), table[0]]
     for outcome, line in zip(run.outcomes, table[1:]):
         out.append(line)
-        details = [style(f"# {outcome.pod.story}", "dim")]
-        details += _admission_lines(outcome, style) + _schedule_lines(outcome, len(run.nodes), style)
-        out += ["      " + d for d in details]
+        out.append("      " + style(f"# {outcome.pod.story}", "dim"))
+        for detail in _admission_lines(outcome, style, label) + _schedule_lines(outcome, len(run.nodes), style):
+            out += _wrap(detail, style.width, "      ")
     return out
 
 
@@ -178,7 +214,7 @@ def _slots(node: NodeView, handler: str, style: _Style) -> tuple[str, tuple[str,
 
 
 def _nodes(run: DemoRun, style: _Style) -> list[str]:
-    handlers = sorted(set(run.handlers.values()))
+    handlers = list(dict.fromkeys(run.handlers.values()))
     header = [(h, ("bold",)) for h in ("NODE", "SITE", "AGENT HEARTBEAT", "RUNTIMES",
                                         *(f"{h} SLOTS" for h in handlers), "PODS (+ placed by this run)")]
     rows = [header]
@@ -228,7 +264,7 @@ def render(run: DemoRun, stream: TextIO) -> None:
     """Write the report for `run` to `stream`."""
     style = _Style(stream)
     label = keys.DEFAULT_NAMESPACE_LABEL
-    lines = [style(f"sandgate demo: {run.title}, Kubernetes {run.version} ({run.mode.value} mode)", "bold")]
+    lines = [style(f"sandgate demo: {run.title}, Kubernetes {run.version} ({MODE_NAMES[run.mode]})", "bold")]
     lines += ["  " + line for line in mode_lines(run)]
     lines.append("")
     for c in run.components:
