@@ -18,6 +18,7 @@ from sandgate.clusterversion import Mode
 from sandgate.demo.results import DENIED, SCHEDULED, UNSCHEDULABLE, DemoRun, NodeView, PodOutcome
 
 _PIPE_WIDTH = 120
+_MAX_NODE_ROWS = 30
 MODE_NAMES = {Mode.RUNTIMECLASS: "RuntimeClass mode", Mode.LEGACY: "legacy mode"}
 _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "cyan": "36"}
 
@@ -40,6 +41,10 @@ class _Style:
         shown = min(total, 12)
         filled = round(shown * used / total) if total else 0
         return full * filled + empty * (shown - filled)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else ("es" if noun.endswith("x") else "s"))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -150,7 +155,9 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
         if s.prioritize_skipped:
             steps.append("one node left, no prioritize")
         else:
-            steps.append("scores " + " ".join(f"{n}={v}" for n, v in sorted(s.scores.items(), key=lambda x: -x[1])))
+            ranked = sorted(s.in_tree_scores, key=lambda n: (-s.total(n), n))
+            steps.append("scores (extender x10 + in-tree) " + ", ".join(
+                f"{n} {s.scores.get(n, 0)}x10+{s.in_tree_scores[n]}" for n in ranked))
         steps.append(style(f"bound to {s.node}", "green"))
     lines = ["scheduler: " + f" {arrow} ".join(steps)]
     for node, reason in sorted(rejected.items()):
@@ -221,7 +228,7 @@ def _nodes(run: DemoRun, style: _Style) -> list[str]:
     for node in run.nodes:
         if run.synthetic:
             new = sum(1 for p in node.pods if p.new)
-            pods = f"{len(node.pods)} pods ({new} new, {node.new_sandboxes()} new sandboxes)"
+            pods = f"{_plural(len(node.pods), 'pod')} ({new} new, {_plural(node.new_sandboxes(), 'new sandbox')})"
         else:
             pods = ", ".join(("+" if p.new else "") + p.ref for p in node.pods) or "-"
         rows.append([(node.spec.name, ()), (node.spec.site, ()), _heartbeat(node),
@@ -234,6 +241,26 @@ def _nodes(run: DemoRun, style: _Style) -> list[str]:
         if node.spec.note and not run.synthetic:
             out.append("      " + style(f"# {node.spec.note}", "dim"))
     return out
+
+
+def _node_groups(run: DemoRun, style: _Style) -> list[str]:
+    """Nodes summed per family (cloud-kata-1, cloud-kata-2, ... -> cloud-kata), for large synthetic runs."""
+    handlers = list(dict.fromkeys(run.handlers.values()))
+    families: dict[str, list[NodeView]] = {}
+    for node in run.nodes:
+        families.setdefault(node.spec.name.rsplit("-", 1)[0], []).append(node)
+    header = [(h, ("bold",)) for h in ("NODES", "COUNT", "STALE HEARTBEAT", *(f"{h} SLOTS USED" for h in handlers),
+                                        "PODS", "NEW PODS")]
+    rows = [header]
+    for family, nodes in families.items():
+        slots = []
+        for h in handlers:
+            total = sum(n.capacity.get(h, 0) for n in nodes)
+            slots.append((f"{sum(n.used(h) for n in nodes)}/{total}" if total else "-", ()))
+        rows.append([(f"{family}-*", ()), (str(len(nodes)), ()), (str(sum(n.heartbeat_stale for n in nodes)), ()),
+                     *slots, (str(sum(len(n.pods) for n in nodes)), ()),
+                     (str(sum(p.new for n in nodes for p in n.pods)), ())])
+    return [style(f"NODES ({len(run.nodes)}, summed per kind)", "bold")] + _table(rows, style)
 
 
 def summary_lines(run: DemoRun, style: _Style) -> list[str]:
@@ -274,7 +301,10 @@ def render(run: DemoRun, stream: TextIO) -> None:
     lines.append("")
     if not run.synthetic:
         lines += _pods(run, style, label) + [""]
-    lines += _nodes(run, style) + [""]
+    if len(run.nodes) > _MAX_NODE_ROWS:
+        lines += _node_groups(run, style) + [""]
+    else:
+        lines += _nodes(run, style) + [""]
     lines += summary_lines(run, style)
     stream.write("\n".join(lines) + "\n")
     stream.flush()

@@ -3,9 +3,11 @@
 In-tree filters run first (in kube-scheduler's plugin order: NodeUnschedulable, TaintToleration,
 NodeAffinity/nodeSelector, NodeResourcesFit); only the nodes that pass are sent to the extender's
 /filter (nodeCacheCapable: true, so as `NodeNames`). /prioritize is skipped when one node is left,
-as the scheduler does. The demo uses only the extender's scores and, where kube-scheduler would
-pick at random among equal scores, takes the first node by name so that runs are reproducible.
-Binding goes through the extender's /bind (bindVerb), which records it in its snapshot.
+as the scheduler does. A node's score is the extender's (0..10, times weight 1, times 10) plus the
+in-tree NodeResourcesFit LeastAllocated score (0..100), the part of kube-scheduler's default
+scoring that matters on this cluster; where kube-scheduler picks at random among equal scores,
+the demo takes the first node by name so that runs are reproducible. Binding goes through the
+extender's /bind (bindVerb), which records it in its snapshot.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
     return operator == "Exists"
 
 
+def least_allocated(pod: Mapping[str, Any], node: NodeState, count_overhead: bool) -> int:
+    """NodeResourcesFit's LeastAllocated score (0..100): the mean free share of cpu and memory after placing."""
+    cpu, mem = pod_request(pod, count_overhead)
+    shares = []
+    for used, allocatable in ((node.used_cpu + cpu, node.cpu_millis), (node.used_memory + mem, node.memory_bytes)):
+        shares.append(0 if not allocatable or used > allocatable else (allocatable - used) * 100 // allocatable)
+    return sum(shares) // len(shares)
+
+
 def in_tree_filter(pod: Mapping[str, Any], node: NodeState, count_overhead: bool) -> str | None:
     """The first in-tree filter `node` fails for `pod`, in kube-scheduler's wording, or None."""
     spec = pod.get("spec") or {}
@@ -142,8 +153,14 @@ class ScheduleResult:
     extender_failed: dict[str, str] = field(default_factory=dict)
     extender_unresolvable: dict[str, str] = field(default_factory=dict)
     scores: dict[str, int] = field(default_factory=dict)  # extender score 0..10 per node
+    in_tree_scores: dict[str, int] = field(default_factory=dict)  # LeastAllocated 0..100 per node
     prioritize_skipped: bool = False
     error: str = ""  # extender error or binding rejection
+
+    def total(self, node: str) -> int:
+        """The node's final score: extender score x weight x 10 + the in-tree score."""
+        return (self.scores.get(node, 0) * EXTENDER_WEIGHT * EXTENDER_SCORE_SCALE
+                + self.in_tree_scores.get(node, 0))
 
     def diagnosis(self, total_nodes: int) -> str:
         """kube-scheduler's FailedScheduling message: "0/N nodes are available: ..."."""
@@ -213,7 +230,8 @@ class Scheduler:
                 result.error = f"failed prioritize with extender: {exc}"
                 return result
             result.scores = {_get(s, "Host"): int(_get(s, "Score") or 0) for s in scores or []}
-            chosen = max(sorted(passed), key=lambda n: result.scores.get(n, 0) * EXTENDER_WEIGHT * EXTENDER_SCORE_SCALE)
+            result.in_tree_scores = {n: least_allocated(pod, self.nodes[n], self.count_overhead) for n in passed}
+            chosen = max(sorted(passed), key=result.total)
         meta = pod["metadata"]
         try:
             bound = self.extender.post("/bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"],
