@@ -17,6 +17,7 @@ import tempfile
 from datetime import timedelta
 
 from gunicorn import glogging
+from kubernetes.client.exceptions import ApiException
 from gunicorn.app.base import BaseApplication
 
 from sandgate import jsonlog
@@ -128,8 +129,9 @@ def serve(args: argparse.Namespace) -> int:
         try:
             version = server_version(load_api_client(args.kubeconfig))
         except Exception as exc:  # any failure: unreachable, TLS, 403, unsupported version
+            reason = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
             return _fail(f"clusterVersion is auto and --cluster-version is not set, and the API server's "
-                         f"/version could not be read: {exc}", 1)
+                         f"/version could not be read ({reason}); set --cluster-version X.Y to start without it", 1)
 
     if args.no_namespace_watch:
         namespaces_off = "disabled by --no-namespace-watch"

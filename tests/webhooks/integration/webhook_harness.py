@@ -149,7 +149,11 @@ class FakeKubeAPI:
         self.watch_idle_seconds = watch_idle_seconds
         self.lists = 0
         self.watches = 0
-        self.version = {"major": "1", "minor": "24", "gitVersion": "v1.24.1"}
+        # GET /version of a real v1.24.1 API server (every field is required by the client's model).
+        self.version = {"major": "1", "minor": "24", "gitVersion": "v1.24.1",
+                        "gitCommit": "3ddd0f45aa91e2f30c70734b175631bec5b5825a", "gitTreeState": "clean",
+                        "buildDate": "2022-05-24T12:18:48Z", "goVersion": "go1.18.2", "compiler": "gc",
+                        "platform": "linux/amd64"}
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -161,7 +165,7 @@ class FakeKubeAPI:
             def do_GET(self):
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                if url.path == "/version":
+                if url.path.rstrip("/") == "/version":
                     return self._json(200, api.version)
                 if url.path != "/api/v1/namespaces":
                     return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
