@@ -73,7 +73,7 @@ class ApiPoster:
             resp = self.core.create_namespaced_pod_binding(args.pod_name, args.pod_namespace, body,
                                                            _preload_content=False,
                                                            _request_timeout=self.timeout)
-            resp.release_conn()
+            resp.data  # noqa: B018 - read the body so the pooled connection is clean for the next request
         except ApiException as exc:
             raise BindError(f"the API server refused the binding: {exc.status} {_status_message(exc)}") from None
         except Exception as exc:  # urllib3/socket errors: the API server is unreachable

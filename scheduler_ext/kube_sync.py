@@ -130,6 +130,7 @@ class Watcher(threading.Thread):
                     if self.stop_event.is_set():
                         return
             finally:
+                resp.close()  # a watch left early has unread data: never return it to the pool
                 resp.release_conn()
             self.status.last_ok = self.clock()
 

@@ -87,9 +87,9 @@ class LeaseElector(threading.Thread):
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.lease_name, "namespace": self.namespace},
                     "spec": self._spec(now, True, 0)}
-            try:
+            try:  # .data reads the answer: a pooled connection must not keep an unread body
                 self.coordination.create_namespaced_lease(self.namespace, body, _preload_content=False,
-                                                          _request_timeout=5)
+                                                          _request_timeout=5).data
             except ApiException as conflict:
                 if conflict.status == 409:
                     return
@@ -107,9 +107,9 @@ class LeaseElector(threading.Thread):
             return
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
         lease["spec"] = {**spec, **self._spec(now, not mine, transitions)}
-        try:
+        try:  # .data reads the answer (see above)
             self.coordination.replace_namespaced_lease(self.lease_name, self.namespace, lease,
-                                                       _preload_content=False, _request_timeout=5)
+                                                       _preload_content=False, _request_timeout=5).data
         except ApiException as exc:
             if exc.status == 409:  # someone else wrote first
                 self._leader_until = 0.0

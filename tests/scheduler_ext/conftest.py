@@ -93,13 +93,16 @@ class Server:
         return out
 
 
-def start_server(tmp_path: Path, items: dict, *extra: str, policy: Path = EXAMPLE_POLICY,
+def start_server(tmp_path: Path, items: dict | None, *extra: str, policy: Path = EXAMPLE_POLICY,
                  cluster_version: str | None = "1.24") -> Server:
-    snap = tmp_path / f"snapshot-{uuid.uuid4().hex[:6]}.json"
-    snap.write_text(json.dumps(items))
+    """Start the extender from a snapshot of `items`, or (items None) with the source given in `extra`."""
     port = free_port()
-    args = [sys.executable, "-m", "sandgate", "extender", "--config", str(policy), "--snapshot", str(snap),
+    args = [sys.executable, "-m", "sandgate", "extender", "--config", str(policy),
             "--host", "127.0.0.1", "--port", str(port), *extra]
+    if items is not None:
+        snap = tmp_path / f"snapshot-{uuid.uuid4().hex[:6]}.json"
+        snap.write_text(json.dumps(items))
+        args += ["--snapshot", str(snap)]
     if cluster_version:
         args += ["--cluster-version", cluster_version]
     log_path = tmp_path / f"extender-{port}.log"
@@ -135,7 +138,7 @@ def extender(tmp_path):
     """Factory: start(items, *flags) -> Server; every server is stopped at teardown."""
     started: list[Server] = []
 
-    def start(items: dict, *extra: str, **kwargs) -> Server:
+    def start(items: dict | None, *extra: str, **kwargs) -> Server:
         server = start_server(tmp_path, items, *extra, **kwargs)
         started.append(server)
         return server
@@ -152,3 +155,199 @@ def k8s():
 
     return SimpleNamespace(manifest_nodes=manifest_nodes, lease=lease, pod=pod, fresh_leases=fresh_leases,
                            snapshot_list=snapshot_list, micro_time=micro_time)
+
+
+class FakeApiServer:
+    """A tiny kube-apiserver stand-in over real HTTP: list/watch of nodes, pods and leases (with
+    resourceVersions, bookmarks-free streams and an injectable 410 Gone), pod bindings and Lease CRUD.
+    Just enough of the API for the extender's client code to be exercised end to end."""
+
+    WATCH_CAP_SECONDS = 2  # end every watch stream quickly so tests see re-watches
+
+    def __init__(self):
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.cond = threading.Condition()
+        self.rv = 100
+        self.objects: dict[str, dict[str, dict]] = {"nodes": {}, "pods": {}, "leases": {}}
+        self.events: list[tuple[int, str, str, dict]] = []  # (rv, kind, type, object)
+        self.gone_next_watch: set[str] = set()
+        self.down = False
+        self.bindings: list[dict] = []
+        self.binding_status = 201
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @staticmethod
+    def key(obj: dict) -> str:
+        meta = obj["metadata"]
+        return f"{meta.get('namespace', '')}/{meta['name']}"
+
+    def put(self, kind: str, obj: dict, event: str | None = None) -> dict:
+        obj = copy.deepcopy(obj)
+        with self.cond:
+            self.rv += 1
+            obj["metadata"]["resourceVersion"] = str(self.rv)
+            existed = self.key(obj) in self.objects[kind]
+            self.objects[kind][self.key(obj)] = obj
+            self.events.append((self.rv, kind, event or ("MODIFIED" if existed else "ADDED"), obj))
+            self.cond.notify_all()
+        return obj
+
+    def delete(self, kind: str, obj: dict) -> None:
+        with self.cond:
+            self.rv += 1
+            gone = self.objects[kind].pop(self.key(obj))
+            gone = dict(gone, metadata={**gone["metadata"], "resourceVersion": str(self.rv)})
+            self.events.append((self.rv, kind, "DELETED", gone))
+            self.cond.notify_all()
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}]}))
+        return path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        import re
+        from http.server import BaseHTTPRequestHandler
+        from urllib.parse import parse_qs, urlparse
+
+        fake = self
+        lists = {"/api/v1/nodes": "nodes", "/api/v1/pods": "pods",
+                 f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases": "leases"}
+        lease_path = re.compile(rf"^/apis/coordination.k8s.io/v1/namespaces/({AGENT_NS})/leases/([^/]+)$")
+        binding_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/binding$")
+        pod_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # watches stream chunked, as kube-apiserver does
+
+            def log_message(self, *args):
+                return None
+
+            def send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def status(self, code: int, reason: str, message: str) -> None:
+                self.send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                                 "reason": reason, "message": message})
+
+            def body(self) -> dict:
+                return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+
+            def do_GET(self):
+                if fake.down:
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path.rstrip("/") == "/version":
+                    return self.send(200, {"major": "1", "minor": "24", "gitVersion": "v1.24.1", "gitCommit": "x",
+                                           "gitTreeState": "clean", "buildDate": "2022-05-24T12:18:48Z",
+                                           "goVersion": "go1.18.2", "compiler": "gc",
+                                           "platform": "linux/amd64"})
+                if url.path in lists:
+                    kind = lists[url.path]
+                    return self.watch(kind, query) if query.get("watch") == "true" else self.list(kind)
+                m = lease_path.match(url.path)
+                if m:
+                    lease = fake.objects["leases"].get(f"{m.group(1)}/{m.group(2)}")
+                    return self.send(200, lease) if lease else self.status(404, "NotFound", "lease not found")
+                m = pod_path.match(url.path)
+                if m:
+                    pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
+                    return self.send(200, pod) if pod else self.status(404, "NotFound", "pod not found")
+                self.status(404, "NotFound", url.path)
+
+            def list(self, kind: str) -> None:
+                with fake.cond:
+                    items = list(fake.objects[kind].values())
+                    rv = str(fake.rv)
+                self.send(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
+                                "items": items})
+
+            def chunk(self, event: dict) -> None:
+                data = json.dumps(event).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def watch(self, kind: str, query: dict) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                if kind in fake.gone_next_watch:
+                    fake.gone_next_watch.discard(kind)
+                    self.chunk({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                            "message": "too old resource version"}})
+                else:
+                    since = int(query.get("resourceVersion") or 0)
+                    deadline = time.monotonic() + fake.WATCH_CAP_SECONDS
+                    while time.monotonic() < deadline and not fake.down:
+                        with fake.cond:
+                            pending = [e for e in fake.events if e[0] > since and e[1] == kind]
+                            if not pending:
+                                fake.cond.wait(0.1)
+                                continue
+                        for rv, _kind, typ, obj in pending:
+                            self.chunk({"type": typ, "object": obj})
+                            since = rv
+                self.wfile.write(b"0\r\n\r\n")
+
+            def do_POST(self):
+                url = urlparse(self.path).path
+                body = self.body()
+                m = binding_path.match(url)
+                if m:
+                    fake.bindings.append(body)
+                    if fake.binding_status != 201:
+                        return self.status(fake.binding_status, "Conflict", "pod is being deleted")
+                    pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
+                    if pod is None or pod["metadata"]["uid"] != body["metadata"].get("uid"):
+                        return self.status(409, "Conflict", "Precondition failed: UID in precondition")
+                    fake.put("pods", {**pod, "spec": {**pod["spec"], "nodeName": body["target"]["name"]}})
+                    return self.send(201, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201})
+                if url == f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases":
+                    if fake.key(body) in fake.objects["leases"]:
+                        return self.status(409, "AlreadyExists", "lease exists")
+                    return self.send(201, fake.put("leases", body))
+                self.status(404, "NotFound", url)
+
+            def do_PUT(self):
+                url = urlparse(self.path).path
+                body = self.body()
+                m = lease_path.match(url)
+                if not m:
+                    return self.status(404, "NotFound", url)
+                current = fake.objects["leases"].get(fake.key(body))
+                if current and current["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
+                    return self.status(409, "Conflict", "the object has been modified")
+                self.send(200, fake.put("leases", body))
+
+        return Handler
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeApiServer()
+    yield api
+    api.close()
