@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 from sandgate.clusterversion import ClusterVersion, Mode
 from sandgate.demo.apiserver import AdmissionResult
@@ -33,11 +33,6 @@ class PodOutcome:
         if not self.admission.allowed:
             return DENIED
         return SCHEDULED if self.schedule and self.schedule.node else UNSCHEDULABLE
-
-    @property
-    def stored_pod(self) -> Mapping[str, Any]:
-        """The pod as the API server stored it ({} when denied)."""
-        return self.admission.pod or {}
 
 
 @dataclass

@@ -75,7 +75,6 @@ class Namespace:
 
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,13 +124,6 @@ class Scenario:
     existing: tuple[ExistingPod, ...]
     pods: tuple[DemoPod, ...]
 
-    def namespace(self, name: str) -> Namespace:
-        """The namespace called `name` (a pod's namespace always exists in a scenario)."""
-        for ns in self.namespaces:
-            if ns.name == name:
-                return ns
-        raise KeyError(name)
-
 
 def demo_policy_document(cluster_version: str) -> dict[str, Any]:
     """The SandboxPolicy the demo runs with (the example policy, with gVisor's real handler name)."""
@@ -173,12 +165,12 @@ def demo_policy_document(cluster_version: str) -> dict[str, Any]:
 def _namespaces() -> tuple[Namespace, ...]:
     label = keys.DEFAULT_NAMESPACE_LABEL
     return (
-        Namespace("shop", {}, "no isolation label: trusted, pods may opt in"),
-        Namespace("tenant-a", {label: keys.SANDBOXED_VALUE}, "sandboxed: the default profile"),
-        Namespace("ci-runners", {label: "gvisor"}, "routed to the gvisor profile"),
-        Namespace("edge-analytics", {label: "runv"}, "routed to the runv profile"),
+        Namespace("shop", {}),
+        Namespace("tenant-a", {label: keys.SANDBOXED_VALUE}),
+        Namespace("ci-runners", {label: "gvisor"}),
+        Namespace("edge-analytics", {label: "runv"}),
         # The install labels the system namespaces so no sandgate webhook entry ever selects them.
-        Namespace("kube-system", {keys.IGNORE_NAMESPACE_LABEL: "true"}, "exempt: never sent to the webhook"),
+        Namespace("kube-system", {keys.IGNORE_NAMESPACE_LABEL: "true"}),
     )
 
 
