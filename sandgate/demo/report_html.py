@@ -108,7 +108,7 @@ def _node(node: NodeView, colors: dict[str, str], names: dict[str, str], synthet
     others = [p for p in node.pods if not p.handler]
     if others:
         if synthetic:
-            parts.append(f'<div class="others">{len(others)} ordinary pods</div>')
+            parts.append(f'<div class="others">{len(others)} ordinary pod{"" if len(others) == 1 else "s"}</div>')
         else:
             chips = "".join(f'<span class="pod{" new" if p.new else ""}">{escape(p.ref)}</span>' for p in others)
             parts.append(f'<div class="others">ordinary pods: {chips}</div>')

@@ -190,14 +190,14 @@ def _cluster(copy: int) -> tuple[list[NodeSpec], list[ExistingPod]]:
                  runv_taint, note="Kata pool, full: every sandbox slot is taken"),
         NodeSpec(n("cloud-gvisor", 0), "cloud", "4", "16Gi", {GVISOR_HANDLER: 4},
                  {**gvisor_label, ZONE_LABEL: "eu-1a"}, note="gVisor pool"),
-        NodeSpec(n("cloud-general", 0), "cloud", "4", "16Gi", {}, {ZONE_LABEL: "eu-1b"},
+        NodeSpec(n("cloud-general", 0), "cloud", "8", "32Gi", {}, {ZONE_LABEL: "eu-1b"},
                  note="no sandbox runtime"),
         NodeSpec(n("edge-kata", 1), "edge", "4", "8Gi", {RUNV_HANDLER: 2, GVISOR_HANDLER: 2},
                  {**runv_label, **gvisor_label, **edge, ZONE_LABEL: "store-17"}, note="edge box with Kata and gVisor"),
         NodeSpec(n("edge-kata", 2), "edge", "4", "8Gi", {RUNV_HANDLER: 2}, {**runv_label, **edge, ZONE_LABEL: "store-23"},
                  heartbeat_age_seconds=STALE_HEARTBEAT_SECONDS,
                  note="agent heartbeat stale (site offline): no new sandboxes"),
-        NodeSpec(n("edge-gw", 0), "edge", "2", "4Gi", {}, {**runv_label, **edge, ZONE_LABEL: "store-23"},
+        NodeSpec(n("edge-gw", 0), "edge", "1", "2Gi", {}, {**runv_label, **edge, ZONE_LABEL: "store-23"},
                  arch="arm64", note='labelled runtime=runv by hand, but no /dev/kvm: the agent advertises nothing'),
     ]
     existing = [
@@ -205,7 +205,7 @@ def _cluster(copy: int) -> tuple[list[NodeSpec], list[ExistingPod]]:
         ExistingPod(f"report-{copy}-a", "tenant-a", nodes[1].name, "1", "2Gi", "runv"),
         ExistingPod(f"report-{copy}-b", "tenant-a", nodes[1].name, "1", "2Gi", "runv"),
         ExistingPod(f"build-cache-{copy}", "ci-runners", nodes[2].name, "500m", "1Gi", "gvisor"),
-        ExistingPod(f"postgres-{copy}", "shop", nodes[3].name, "1", "4Gi"),
+        ExistingPod(f"postgres-{copy}", "shop", nodes[3].name, "500m", "2Gi"),
     ]
     return nodes, existing
 
