@@ -78,6 +78,31 @@ class WebhookApplication(BaseApplication):
         return self.app_factory()
 
 
+def gunicorn_options(host: str, port: int, workers: int, threads: int, tls: ReloadingContext,
+                     log_level: str = "info") -> dict:
+    """The gunicorn settings of the webhook (also used by bench/webhook.py for its no-op baseline)."""
+    return {
+        "bind": [_bind(host, port)],
+        "worker_class": "gthread",
+        "workers": workers,
+        "threads": threads,
+        "worker_connections": WORKER_CONNECTIONS,
+        "keepalive": KEEPALIVE_SECONDS,
+        "certfile": tls.cert_file,
+        "keyfile": tls.key_file,
+        # Called for every accepted connection: hands out the current (possibly rotated) context.
+        "ssl_context": lambda conf, default_factory: tls.context(),
+        "logger_class": JsonGunicornLogger,
+        "loglevel": log_level,
+        "accesslog": "-",
+        "errorlog": "-",
+        "graceful_timeout": 15,
+        "proc_name": "sandgate-webhook",
+        # A control socket would be a second, unauthenticated management endpoint; we need none.
+        "control_socket_disable": True,
+    }
+
+
 def _fail(message: str, code: int = 2) -> int:
     log.error(message)
     print(f"sandgate webhook: {message}", file=sys.stderr)
@@ -169,26 +194,8 @@ def serve(args: argparse.Namespace) -> int:
                              namespaces=cache, namespaces_off=namespaces_off or "", tls=tls)
         return create_app(state)
 
-    options = {
-        "bind": [_bind(args.host, args.port)],
-        "worker_class": "gthread",
-        "workers": args.workers,
-        "threads": args.threads,
-        "worker_connections": WORKER_CONNECTIONS,
-        "keepalive": KEEPALIVE_SECONDS,
-        "certfile": args.cert_file,
-        "keyfile": args.key_file,
-        "ssl_context": lambda conf, default_factory: tls.context(),
-        "logger_class": JsonGunicornLogger,
-        "loglevel": args.log_level,
-        "accesslog": "-",
-        "errorlog": "-",
-        "child_exit": lambda arbiter, worker: mark_worker_dead(worker.pid),
-        "graceful_timeout": 15,
-        "proc_name": "sandgate-webhook",
-        # A control socket would be a second, unauthenticated management endpoint; we need none.
-        "control_socket_disable": True,
-    }
+    options = gunicorn_options(args.host, args.port, args.workers, args.threads, tls, args.log_level)
+    options["child_exit"] = lambda arbiter, worker: mark_worker_dead(worker.pid)
     master_pid = os.getpid()
     try:
         WebhookApplication(options, build_app).run()
