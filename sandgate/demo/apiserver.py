@@ -43,6 +43,7 @@ class Step:
 
     actor: str  # e.g. 'webhook runv.mutate.sandgate.io' or 'RuntimeClass admission'
     changes: list[str]
+    reinvoked: bool = False  # a webhook's second call (reinvocationPolicy IfNeeded)
 
 
 @dataclass
@@ -226,6 +227,39 @@ class ApiServer:
             result.steps.append(Step("RuntimeClass admission", changes.describe(pod, after)))
         return after
 
+    def _webhooks(self, entries: list[WebhookEntry], pod: dict[str, Any], result: AdmissionResult,
+                  reinvoked: bool = False) -> tuple[dict[str, Any], bool]:
+        """Call mutating webhooks in order; returns the pod and whether any of them changed it."""
+        changed = False
+        for entry in entries:
+            before = pod
+            pod = self._mutate(entry, pod, result)
+            if pod != before:
+                changed = True
+                result.steps.append(Step(f"webhook {entry.name}", changes.describe(before, pod), reinvoked))
+            elif reinvoked:
+                result.steps.append(Step(f"webhook {entry.name}", [], reinvoked))
+        return pod, changed
+
+    def _mutating_phase(self, pod: dict[str, Any], result: AdmissionResult) -> dict[str, Any]:
+        """Built-in plugins, then webhooks; a second pass when a webhook changed the pod.
+
+        As kube-apiserver's reinvoker does: if a webhook changed the object, the built-in plugins
+        run again (RuntimeClass admission then merges scheduling and overhead into the webhook's
+        output), and a webhook with reinvocationPolicy IfNeeded is called once more when the
+        object changed after its last call. A correct webhook answers that call with no patch.
+        """
+        pod = self._builtin(pod, result)
+        pod, changed = self._webhooks(result.mutating, pod, result)
+        if not changed:
+            return pod
+        after_webhooks = pod
+        pod = self._builtin(pod, result)
+        if pod != after_webhooks:
+            again = [e for e in result.mutating if e.reinvocation_policy == "IfNeeded"]
+            pod, _ = self._webhooks(again, pod, result, reinvoked=True)
+        return pod
+
     def create(self, manifest: Mapping[str, Any], now: dt.datetime) -> AdmissionResult:
         """Run a pod CREATE through the whole chain."""
         namespace = (manifest.get("metadata") or {}).get("namespace", "default")
@@ -234,14 +268,7 @@ class ApiServer:
                                  mutating=entries_for_namespace(self.mutating, labels),
                                  validating=entries_for_namespace(self.validating, labels))
         try:
-            pod = self._builtin(default_pod(manifest, self.version, self._rng), result)
-            for entry in result.mutating:
-                before = pod
-                pod = self._mutate(entry, pod, result)
-                if pod != before:
-                    result.steps.append(Step(f"webhook {entry.name}", changes.describe(before, pod)))
-                    # A webhook changed the pod: the built-in plugins run again on its output.
-                    pod = self._builtin(pod, result)
+            pod = self._mutating_phase(default_pod(manifest, self.version, self._rng), result)
             try:
                 self.runtimeclass.validate(pod)
             except Forbidden as exc:

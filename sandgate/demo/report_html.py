@@ -136,7 +136,8 @@ def _why(o: PodOutcome, total_nodes: int) -> str:
     else:
         lines.append("<div>no sandgate webhook selects this namespace</div>")
     for step in a.steps:
-        lines.append(f"<div><b>{escape(step.actor)}</b>: {escape('; '.join(step.changes))}</div>")
+        actor = step.actor + (" (reinvoked)" if step.reinvoked else "")
+        lines.append(f"<div><b>{escape(actor)}</b>: {escape('; '.join(step.changes) or 'no patch')}</div>")
     lines += [f'<div class="warn">kubectl warning: {escape(w)}</div>' for w in a.warnings]
     if not a.allowed:
         lines.append(f'<div class="denial">{escape(a.message)}</div>')

@@ -127,8 +127,12 @@ def _admission_lines(outcome: PodOutcome, style: _Style, label: str) -> list[str
     else:
         lines = [f"admission: {reason} {arrow} no sandgate webhook selects it, never sent to sandgate"]
     for step in a.steps:
-        actor = "webhook" if step.actor.startswith("webhook") else step.actor
-        lines.append(f"{actor}: " + "; ".join(step.changes))
+        if step.reinvoked:
+            lines.append("webhook reinvoked after that (reinvocationPolicy IfNeeded): "
+                         + ("; ".join(step.changes) if step.changes else "no patch, the mutation is idempotent"))
+        else:
+            actor = "webhook" if step.actor.startswith("webhook") else step.actor
+            lines.append(f"{actor}: " + "; ".join(step.changes))
     if a.allowed and a.mutating and not any(s.actor.startswith("webhook") for s in a.steps):
         lines.append("webhook: allowed unchanged")
     if a.allowed and a.validating:

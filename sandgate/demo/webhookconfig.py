@@ -39,6 +39,7 @@ class WebhookEntry:
     namespace_selector: Mapping[str, Any]  # metav1.LabelSelector, wire form
     profile: str | None  # None for the opt-in and unknown-profile entries
     failure_policy: str = "Fail"  # what the API server does when the webhook cannot be reached
+    reinvocation_policy: str | None = None  # mutating entries: "IfNeeded" = called again after later changes
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -67,6 +68,8 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
 def webhook_entries(policy: Policy, phase: str, version: ClusterVersion) -> list[WebhookEntry]:
     """The entries of the shipped configuration for `phase` (MUTATE or VALIDATE), in order."""
     label = policy.namespace_label
+    # reinvocationPolicy exists from 1.15, but the legacy install (for 1.14 too) leaves it out.
+    reinvocation = "IfNeeded" if phase == MUTATE and version.admission_v1 else None
     not_exempt = []
     if version >= NAMESPACE_NAME_LABEL_SINCE:
         not_exempt = [{"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": sorted(policy.exempt_namespaces)}]
@@ -74,13 +77,14 @@ def webhook_entries(policy: Policy, phase: str, version: ClusterVersion) -> list
     for name in policy.profiles:
         values = [name] + ([keys.SANDBOXED_VALUE] if name == policy.default_profile else [])
         selector = {"matchExpressions": [{"key": label, "operator": "In", "values": values}, *not_exempt]}
-        entries.append(WebhookEntry(f"{name}.{phase}.{keys.DOMAIN}", f"/{phase}/{name}", selector, name))
+        entries.append(WebhookEntry(f"{name}.{phase}.{keys.DOMAIN}", f"/{phase}/{name}", selector, name,
+                                    reinvocation_policy=reinvocation))
     if policy.allow_pod_opt_in:
         selector = {"matchExpressions": [{"key": label, "operator": "DoesNotExist"},
                                          {"key": keys.IGNORE_NAMESPACE_LABEL, "operator": "DoesNotExist"},
                                          *not_exempt]}
         entries.append(WebhookEntry(f"optin.{phase}.{keys.DOMAIN}", f"/{phase}/{keys.OPT_IN_PATH_SEGMENT}",
-                                    selector, None, failure_policy="Ignore"))
+                                    selector, None, failure_policy="Ignore", reinvocation_policy=reinvocation))
     if phase == VALIDATE:
         known = [*policy.profiles, keys.SANDBOXED_VALUE]
         selector = {"matchExpressions": [{"key": label, "operator": "Exists"},

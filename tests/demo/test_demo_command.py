@@ -163,8 +163,10 @@ def test_version_changes_who_adds_scheduling_and_overhead(demo):
         assert "RuntimeClass admission: nodeSelector runtime=runv" in block
         assert "overhead cpu 100m, memory 50Mi" in block
         assert "webhook: runtimeClassName=runv;" in block and "webhook: runtimeClassName=runv; nodeSelector" not in block
+        # The API server calls the webhook again after RuntimeClass admission changed its output.
+        assert "webhook reinvoked after that (reinvocationPolicy IfNeeded): no patch" in block
     else:
-        assert "RuntimeClass admission" not in block
+        assert "RuntimeClass admission" not in block and "reinvoked" not in block
         assert "webhook: runtimeClassName=runv; nodeSelector runtime=runv" in block
         assert "main requests cpu 100m -> 200m" in block  # the whole overhead, as padding
 

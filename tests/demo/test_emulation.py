@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
+import json
 import random
 
 import pytest
@@ -16,6 +18,7 @@ from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission, runtime
 from sandgate.demo.scheduler import NodeState, Scheduler, in_tree_filter, least_allocated, pod_request, tolerates
 from sandgate.demo.webhookconfig import (MUTATE, VALIDATE, SelectorError, entries_for_namespace, namespace_labels,
                                          selector_matches, webhook_entries)
+from sandgate.demo.wire import WireError
 from sandgate.policy import load_policy, parse_policy
 from support import EXAMPLE_POLICY, REPO, load_shared
 
@@ -91,9 +94,9 @@ def test_opt_in_entry_only_when_the_policy_allows_it(policy):
 def test_emulated_entries_are_the_shipped_configuration(overlay, version, kind, phase):
     """The demo calls exactly what the install manifests configure for the example policy."""
     shipped = yaml.safe_load((REPO / "manifests" / "overlays" / overlay / f"{kind}.yaml").read_text())
-    expected = [(w["name"], w["clientConfig"]["service"]["path"], w["namespaceSelector"], w["failurePolicy"])
-                for w in shipped["webhooks"]]
-    emulated = [(e.name, e.path, e.namespace_selector, e.failure_policy)
+    expected = [(w["name"], w["clientConfig"]["service"]["path"], w["namespaceSelector"], w["failurePolicy"],
+                 w.get("reinvocationPolicy")) for w in shipped["webhooks"]]
+    emulated = [(e.name, e.path, e.namespace_selector, e.failure_policy, e.reinvocation_policy)
                 for e in webhook_entries(load_policy(EXAMPLE_POLICY), phase, version)]
     assert emulated == expected
 
@@ -167,6 +170,94 @@ def test_defaulted_pod_has_the_captured_shape():
     review = apiserver.admission_review(pod, apiserver.V1, "uid-1")
     assert list(review["request"]) == list(captured)
     assert review["request"]["oldObject"] is None and review["request"]["dryRun"] is False
+
+
+class FakeWebhook:
+    """Answers AdmissionReviews from a list of (allowed, patch ops, message); records the paths called."""
+
+    def __init__(self, *answers, fail: bool = False):
+        self.answers = list(answers)
+        self.fail = fail
+        self.calls = []
+
+    def post(self, path, review):
+        self.calls.append((path, review))
+        if self.fail:
+            raise WireError("connection refused")
+        allowed, ops, message = self.answers.pop(0) if self.answers else (True, [], "")
+        response = {"uid": review["request"]["uid"], "allowed": allowed}
+        if ops:
+            response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(ops).encode()).decode())
+        if not allowed:
+            response["status"] = {"code": 403, "message": message}
+        return {"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": response}
+
+
+def _apiserver(policy, webhook, version=V124):
+    return apiserver.ApiServer(version, webhook, webhook_entries(policy, MUTATE, version),
+                               webhook_entries(policy, VALIDATE, version), _admission(policy, version),
+                               {"tenant": namespace_labels("tenant", {LABEL: "sandboxed"}, version),
+                                "plain": namespace_labels("plain", {}, version)})
+
+
+def _manifest(namespace="tenant"):
+    return scenarios.DemoPod("p", namespace, "test").manifest()
+
+
+NOW = dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc)
+
+
+def test_chain_reruns_runtimeclass_admission_and_reinvokes_the_webhook(policy):
+    webhook = FakeWebhook((True, [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}], ""))
+    result = _apiserver(policy, webhook).create(_manifest(), NOW)
+    assert result.allowed
+    spec = result.pod["spec"]
+    assert spec["runtimeClassName"] == "runv" and spec["nodeSelector"] == {"runtime": "runv"}
+    assert spec["overhead"] == {"cpu": "100m", "memory": "50Mi"}
+    assert result.pod["metadata"]["uid"] and result.pod["status"]["phase"] == "Pending"
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/mutate/runv?timeout=10s",
+                                            "/validate/runv?timeout=10s"]
+    # The reinvocation sees what RuntimeClass admission added.
+    assert webhook.calls[1][1]["request"]["object"]["spec"]["overhead"] == {"cpu": "100m", "memory": "50Mi"}
+    assert [(s.actor, s.reinvoked) for s in result.steps] == [
+        ("webhook runv.mutate.sandgate.io", False), ("RuntimeClass admission", False),
+        ("webhook runv.mutate.sandgate.io", True)]
+    assert webhook.calls[0][1]["apiVersion"] == "admission.k8s.io/v1"
+
+
+def test_legacy_cluster_gets_v1beta1_and_no_builtin_plugin(policy):
+    webhook = FakeWebhook((True, [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}], ""))
+    result = _apiserver(policy, webhook, V115).create(_manifest(), NOW)
+    assert result.allowed and "nodeSelector" not in result.pod["spec"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/validate/runv?timeout=10s"]
+    assert webhook.calls[0][1]["apiVersion"] == "admission.k8s.io/v1beta1"
+
+
+def test_webhook_denial_stops_the_chain_with_the_api_servers_text(policy):
+    webhook = FakeWebhook((False, [], "spec.hostNetwork is forbidden"))
+    result = _apiserver(policy, webhook).create(_manifest(), NOW)
+    assert not result.allowed and result.pod is None
+    assert result.message == 'admission webhook "runv.mutate.sandgate.io" denied the request: ' \
+                             "spec.hostNetwork is forbidden"
+    assert len(webhook.calls) == 1
+
+
+def test_unreachable_webhook_follows_the_failure_policy(policy):
+    closed = _apiserver(policy, FakeWebhook(fail=True)).create(_manifest("tenant"), NOW)
+    assert not closed.allowed and 'failed calling webhook "runv.mutate.sandgate.io"' in closed.message
+    ignored = _apiserver(policy, FakeWebhook(fail=True)).create(_manifest("plain"), NOW)
+    assert ignored.allowed and "failurePolicy Ignore" in ignored.warnings[0]
+
+
+def test_webhook_answer_for_another_request_is_refused(policy):
+    class WrongUid(FakeWebhook):
+        def post(self, path, review):
+            answer = super().post(path, review)
+            answer["response"]["uid"] = "other"
+            return answer
+
+    result = _apiserver(policy, WrongUid()).create(_manifest(), NOW)
+    assert not result.allowed and "expected response.uid" in result.message
 
 
 def test_review_version_follows_the_cluster():
