@@ -59,15 +59,17 @@ class AdmissionResult:
     message: str = ""  # what kubectl would print
     warnings: list[str] = field(default_factory=list)
     audit: dict[str, str] = field(default_factory=dict)
+    component_error: str = ""  # a webhook call failed or its answer was unusable (not a policy decision)
 
 
 class Denied(Exception):
-    """The chain stopped: `actor` refused the pod with `message`."""
+    """The chain stopped: `actor` refused the pod with `message` (`broken`: the webhook failed, not decided)."""
 
-    def __init__(self, actor: str, message: str):
+    def __init__(self, actor: str, message: str, broken: bool = False):
         super().__init__(message)
         self.actor = actor
         self.message = message
+        self.broken = broken
 
 
 def _suffix(rng: random.Random) -> str:
@@ -187,14 +189,15 @@ class ApiServer:
             answer = self.webhook.post(f"{entry.path}?timeout={WEBHOOK_TIMEOUT_SECONDS}s", review)
         except WireError as exc:
             if entry.failure_policy == "Ignore":
-                result.warnings.append(f'failed calling webhook "{entry.name}" (failurePolicy Ignore): {exc}')
+                result.component_error = f'failed calling webhook "{entry.name}": {exc}'
+                result.warnings.append(f"{result.component_error} (failurePolicy Ignore: admitted without it)")
                 return {"allowed": True}
             raise Denied(f"webhook {entry.name}", f'Internal error occurred: failed calling webhook '
-                                                 f'"{entry.name}": {exc}') from None
+                                                 f'"{entry.name}": {exc}', broken=True) from None
         response = answer.get("response") if isinstance(answer, dict) else None
         if not isinstance(response, dict) or response.get("uid") != uid:
             raise Denied(f"webhook {entry.name}", f'Internal error occurred: failed calling webhook "{entry.name}": '
-                                                 f'expected response.uid="{uid}", got {answer!r:.200}')
+                                                 f'expected response.uid="{uid}", got {answer!r:.200}', broken=True)
         result.warnings += response.get("warnings") or []
         for key, value in (response.get("auditAnnotations") or {}).items():
             result.audit[f"{entry.name}/{key}"] = value
@@ -210,13 +213,14 @@ class ApiServer:
             return pod
         if response.get("patchType") != "JSONPatch":
             raise Denied(f"webhook {entry.name}", f'Internal error occurred: webhook "{entry.name}" returned '
-                                                 f'patchType {response.get("patchType")!r}, not "JSONPatch"')
+                                                 f'patchType {response.get("patchType")!r}, not "JSONPatch"',
+                         broken=True)
         try:
             patch = jsonpatch.JsonPatch(json.loads(base64.b64decode(response["patch"])))
             return patch.apply(pod)
         except (ValueError, jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise Denied(f"webhook {entry.name}", f'Internal error occurred: JSONPatch from webhook '
-                                                 f'"{entry.name}" cannot be applied: {exc}') from None
+                                                 f'"{entry.name}" cannot be applied: {exc}', broken=True) from None
 
     def _builtin(self, pod: dict[str, Any], result: AdmissionResult) -> dict[str, Any]:
         try:
@@ -278,6 +282,8 @@ class ApiServer:
         except Denied as exc:
             result.denied_by = exc.actor
             result.message = exc.message
+            if exc.broken:
+                result.component_error = exc.message
             return result
         result.allowed = True
         result.pod = persist(pod, now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import socket
@@ -185,6 +186,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.pods is not None and args.pods < 1:
         print(f"sandgate demo: --pods must be at least 1, got {args.pods}", file=sys.stderr)
         return 2
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        print(f"sandgate demo: --html {args.html}: directory {Path(args.html).resolve().parent} does not exist",
+              file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="sandgate-demo-"))
     started: list[Component] = []
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -205,12 +210,23 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
     run.seconds = time.monotonic() - began
-    report_text.render(run, sys.stdout)
     if args.html:
         try:
             Path(args.html).write_text(report_html.render(run), encoding="utf-8")
         except OSError as exc:
             print(f"sandgate demo: cannot write --html {args.html}: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        print(f"\nHTML report written to {args.html}")
+    try:
+        report_text.render(run, sys.stdout)
+        if args.html:
+            print(f"\nHTML report written to {args.html}", flush=True)
+    except BrokenPipeError:
+        # The reader went away (`sandgate demo | head`): not the demo's failure; silence the final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    broken = [o for o in run.outcomes if o.component_error]
+    if broken:
+        # Denials are the demo's subject; a webhook or extender that fails or answers garbage is not.
+        print(f"sandgate demo: a component misbehaved for {len(broken)} of {len(run.outcomes)} pods; first: "
+              f"{broken[0].pod.ref}: {broken[0].component_error}", file=sys.stderr)
+        return 1
     return 0

@@ -28,6 +28,11 @@ class PodOutcome:
     seconds: float  # admission + scheduling, wall clock
 
     @property
+    def component_error(self) -> str:
+        """What went wrong in a component for this pod ("" when the webhook and extender behaved)."""
+        return self.admission.component_error or (self.schedule.error if self.schedule else "")
+
+    @property
     def status(self) -> str:
         """DENIED, UNSCHEDULABLE or SCHEDULED."""
         if not self.admission.allowed:

@@ -133,6 +133,10 @@ def in_tree_filter(pod: Mapping[str, Any], node: NodeState, count_overhead: bool
     return None
 
 
+class AnswerError(ValueError):
+    """An extender answer that would not decode into the scheduler's Go type."""
+
+
 def _get(answer: Mapping[str, Any], name: str) -> Any:
     """A field of an extender answer, matched case-insensitively as Go's JSON decoder does."""
     if name in answer:
@@ -141,6 +145,57 @@ def _get(answer: Mapping[str, Any], name: str) -> Any:
         if key.lower() == name.lower():
             return value
     return None
+
+
+def _object(answer: Any, kind: str) -> Mapping[str, Any]:
+    if not isinstance(answer, dict):
+        raise AnswerError(f"{kind} must be a JSON object, got {type(answer).__name__}")
+    return answer
+
+
+def _reasons(answer: Mapping[str, Any], name: str) -> dict[str, str]:
+    value = _get(answer, name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise AnswerError(f"{name} must map node names to strings, got {value!r:.120}")
+    return dict(value)
+
+
+def _error(answer: Mapping[str, Any]) -> str:
+    value = _get(answer, "Error")
+    if value is not None and not isinstance(value, str):
+        raise AnswerError(f"Error must be a string, got {value!r:.120}")
+    return value or ""
+
+
+def decode_filter(answer: Any) -> tuple[list[str], dict[str, str], dict[str, str], str]:
+    """ExtenderFilterResult -> (NodeNames, FailedNodes, FailedAndUnresolvableNodes, Error)."""
+    answer = _object(answer, "ExtenderFilterResult")
+    names = _get(answer, "NodeNames")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise AnswerError(f"NodeNames must be a list of node names, got {names!r:.120}")
+    return list(names or []), _reasons(answer, "FailedNodes"), _reasons(answer, "FailedAndUnresolvableNodes"), \
+        _error(answer)
+
+
+def decode_priorities(answer: Any) -> dict[str, int]:
+    """HostPriorityList -> {Host: Score}."""
+    if not isinstance(answer, list):
+        raise AnswerError(f"HostPriorityList must be a JSON list, got {type(answer).__name__}")
+    scores = {}
+    for entry in answer:
+        entry = _object(entry, "HostPriority")
+        host, score = _get(entry, "Host"), _get(entry, "Score")
+        if not isinstance(host, str) or isinstance(score, bool) or not isinstance(score, int):
+            raise AnswerError(f"HostPriority must have a string Host and an integer Score, got {entry!r:.120}")
+        scores[host] = score
+    return scores
+
+
+def decode_binding(answer: Any) -> str:
+    """ExtenderBindingResult -> its Error ("" when the binding succeeded)."""
+    return _error(_object(answer, "ExtenderBindingResult"))
 
 
 @dataclass
@@ -189,6 +244,37 @@ class Scheduler:
         # The scheduler sends the Pod without kind/apiVersion (see the captured fixtures).
         return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
 
+    def _extender_cycle(self, pod: Mapping[str, Any], feasible: list[str], result: ScheduleResult) -> str | None:
+        """Filter, prioritize and bind through the extender; the node bound, or None (reasons in `result`)."""
+        wire_pod = self._wire_pod(pod)
+        result.extender_input = feasible
+        passed, result.extender_failed, result.extender_unresolvable, error = decode_filter(
+            self.extender.post("/filter", {"Pod": wire_pod, "Nodes": None, "NodeNames": feasible}))
+        if error:
+            result.error = f"extender filter error: {error}"
+            return None
+        unknown = [n for n in passed if n not in feasible]
+        if unknown:
+            result.error = f'extender claims a filtered node "{unknown[0]}" which is not found in the input node list'
+            return None
+        if not passed:
+            return None
+        if len(passed) == 1:
+            result.prioritize_skipped = True
+            chosen = passed[0]
+        else:
+            result.scores = decode_priorities(
+                self.extender.post("/prioritize", {"Pod": wire_pod, "Nodes": None, "NodeNames": passed}))
+            result.in_tree_scores = {n: least_allocated(pod, self.nodes[n], self.count_overhead) for n in passed}
+            chosen = max(sorted(passed), key=result.total)
+        meta = pod["metadata"]
+        error = decode_binding(self.extender.post("/bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"],
+                                                            "PodUID": meta["uid"], "Node": chosen}))
+        if error:
+            result.error = f"binding rejected: {error}"
+            return None
+        return chosen
+
     def schedule(self, pod: Mapping[str, Any]) -> ScheduleResult:
         """Filter, prioritize and bind `pod`; the result says where it went or why nowhere."""
         result = ScheduleResult()
@@ -201,46 +287,15 @@ class Scheduler:
                 feasible.append(name)
         if not feasible:
             return result
-        wire_pod = self._wire_pod(pod)
-        result.extender_input = feasible
         try:
-            answer = self.extender.post("/filter", {"Pod": wire_pod, "Nodes": None, "NodeNames": feasible})
+            chosen = self._extender_cycle(pod, feasible, result)
         except WireError as exc:
-            result.error = f"failed filter with extender: {exc}"
+            result.error = f"extender call failed: {exc}"
             return result
-        if _get(answer, "Error"):
-            result.error = f"extender filter error: {_get(answer, 'Error')}"
+        except AnswerError as exc:
+            result.error = f"extender answer cannot be decoded: {exc}"
             return result
-        result.extender_failed = dict(_get(answer, "FailedNodes") or {})
-        result.extender_unresolvable = dict(_get(answer, "FailedAndUnresolvableNodes") or {})
-        passed = list(_get(answer, "NodeNames") or [])
-        unknown = [n for n in passed if n not in feasible]
-        if unknown:
-            result.error = f'extender claims a filtered node "{unknown[0]}" which is not found in the input node list'
-            return result
-        if not passed:
-            return result
-        if len(passed) == 1:
-            result.prioritize_skipped = True
-            chosen = passed[0]
-        else:
-            try:
-                scores = self.extender.post("/prioritize", {"Pod": wire_pod, "Nodes": None, "NodeNames": passed})
-            except WireError as exc:
-                result.error = f"failed prioritize with extender: {exc}"
-                return result
-            result.scores = {_get(s, "Host"): int(_get(s, "Score") or 0) for s in scores or []}
-            result.in_tree_scores = {n: least_allocated(pod, self.nodes[n], self.count_overhead) for n in passed}
-            chosen = max(sorted(passed), key=result.total)
-        meta = pod["metadata"]
-        try:
-            bound = self.extender.post("/bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"],
-                                                 "PodUID": meta["uid"], "Node": chosen})
-        except WireError as exc:
-            result.error = f"failed bind with extender: {exc}"
-            return result
-        if _get(bound, "Error"):
-            result.error = f"binding rejected: {_get(bound, 'Error')}"
+        if chosen is None:
             return result
         self.nodes[chosen].place(pod_request(pod, self.count_overhead))
         result.node = chosen

@@ -278,6 +278,27 @@ def test_component_that_cannot_start_fails_the_demo_with_its_output(monkeypatch,
     assert not leftovers
 
 
+def test_misbehaving_component_fails_the_demo(monkeypatch, capsys):
+    """An extender answer that does not decode is reported per pod and makes the run fail (exit 1)."""
+    from sandgate.demo import scheduler
+
+    def garbage(answer):
+        raise scheduler.AnswerError("Score must be an integer")
+
+    monkeypatch.setattr(scheduler, "decode_priorities", garbage)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert demo_main.run_demo(parser.parse_args([])) == 1
+    captured = capsys.readouterr()
+    assert "extender answer cannot be decoded: Score must be an integer" in captured.out
+    assert "sandgate demo: a component misbehaved for" in captured.err
+
+
+def test_unwritable_html_path_is_refused_before_anything_starts():
+    done = _run_demo("--html", "/nonexistent-dir/report.html")
+    assert done.returncode == 2 and "does not exist" in done.stderr and "webhook" not in done.stdout
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

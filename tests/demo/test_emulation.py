@@ -381,6 +381,26 @@ def test_unschedulable_and_broken_extender_answers():
     assert unused.calls == []
 
 
+@pytest.mark.parametrize("answer", [
+    [{"Host": "a", "Score": {"value": 3}}],
+    [{"Host": 1, "Score": 3}],
+    {"Host": "a", "Score": 3},
+    ["a"],
+])
+def test_malformed_prioritize_answer_is_a_scheduling_error_not_a_crash(answer):
+    extender = FakeExtender({"NodeNames": ["a", "b"]}, answer)
+    result = Scheduler([_node(name="a"), _node(name="b")], extender, True).schedule(_pod())
+    assert result.node is None and result.error.startswith("extender answer cannot be decoded: ")
+    assert "/bind" not in [c[0] for c in extender.calls]
+
+
+@pytest.mark.parametrize("answer", [None, [], {"NodeNames": "a"}, {"NodeNames": ["a"], "FailedNodes": ["b"]},
+                                    {"NodeNames": ["a"], "Error": 3}])
+def test_malformed_filter_answer_is_a_scheduling_error(answer):
+    result = Scheduler([_node(name="a")], FakeExtender(answer), True).schedule(_pod())
+    assert result.node is None and "cannot be decoded" in result.error
+
+
 # --- scenario and snapshot ------------------------------------------------------------------------
 
 def test_snapshot_uses_the_contract_keys_and_fresh_or_stale_leases(policy):
