@@ -1,8 +1,8 @@
 """`sandgate demo`: certificates, policy and snapshot in a temporary directory, the real webhook and
 extender as subprocesses, every pod through the emulated API server and scheduler, then a report.
 
-Denials and unschedulable pods are outcomes the demo exists to show, so they exit 0; only a
-component that cannot start (or dies during the run) makes the command fail.
+Denials and unschedulable pods are outcomes the demo exists to show, so they exit 0; a component
+that cannot start, dies during the run, or answers with something unusable makes the command fail.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 import yaml
 
 from sandgate.clusterversion import ClusterVersion, VersionError
@@ -61,6 +62,7 @@ class _Progress:
         self._shown = -1
 
     def update(self, done: int) -> None:
+        """Show that `done` of the pods are through."""
         if not self.enabled:
             return
         if self.tty:
@@ -175,6 +177,17 @@ def _execute(args: argparse.Namespace, version: ClusterVersion, workdir: Path, s
         handlers={p.name: p.handler for p in policy.profiles.values()})
 
 
+def _cleanup(started: list[Component], workdir: Path) -> None:
+    """Stop every component and remove the work directory; a second Ctrl-C must not cut this short."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for component in started:
+            component.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo end to end and print the report; returns the exit code."""
     began = time.monotonic()
@@ -205,9 +218,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print("\nsandgate demo: interrupted; stopping the components", file=sys.stderr)
         return 130
     finally:
-        for component in started:
-            component.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        _cleanup(started, workdir)
         signal.signal(signal.SIGTERM, previous)
     run.seconds = time.monotonic() - began
     if args.html:
