@@ -195,7 +195,7 @@ def render(run: DemoRun) -> str:
 <title>sandgate demo: {escape(run.title)} on Kubernetes {run.version}</title><style>{_CSS}</style></head>
 <body><header><h1>sandgate demo: {escape(run.title)}, Kubernetes {run.version}
 ({report_text.MODE_NAMES[run.mode]})</h1>
-<p>{escape(" ".join(report_text.mode_lines(run)))}</p>
+<p>{escape(report_text.mode_text(run))}</p>
 <div class="chips">{"".join(f'<span class="chip"><b>{escape(str(v))}</b>{escape(k)}</span>' for v, k in chips)}</div>
 </header><main>
 <h2>Nodes and their sandboxes</h2><div class="legend">{legend}</div>

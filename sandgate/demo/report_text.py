@@ -24,6 +24,8 @@ _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "
 
 
 class _Style:
+    """How to write to one stream: colour, UTF-8 symbols, line width."""
+
     def __init__(self, stream: TextIO):
         self.color = stream.isatty() and not os.environ.get("NO_COLOR")
         self.utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
@@ -32,11 +34,13 @@ class _Style:
         self.width = shutil.get_terminal_size((_PIPE_WIDTH, 24)).columns if stream.isatty() else _PIPE_WIDTH
 
     def __call__(self, text: str, *styles: str) -> str:
+        """`text` in the given styles (unchanged without colour)."""
         if not self.color or not styles:
             return text
         return "".join(f"\033[{_CODES[s]}m" for s in styles) + text + "\033[0m"
 
     def bar(self, used: int, total: int) -> str:
+        """A small slot bar: one cell per slot, up to 12."""
         full, empty = ("■", "□") if self.utf8 else ("#", ".")
         shown = min(total, 12)
         filled = round(shown * used / total) if total else 0
@@ -55,32 +59,23 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def mode_lines(run: DemoRun) -> list[str]:
-    """What this cluster version means for sandgate, and what differs in the other mode."""
+def mode_text(run: DemoRun) -> str:
+    """What this cluster version means for sandgate, and what differs in the other mode (one paragraph)."""
     v = run.version
     review = run.review_version.rsplit("/", 1)[-1]
     if run.mode == Mode.RUNTIMECLASS:
-        return [
-            f"RuntimeClass mode: the API server ({v}) sends AdmissionReview {review}; the webhook sets only "
-            f"spec.runtimeClassName",
-            "(plus request padding for the request-dependent part of the overhead). The API server's built-in "
-            "RuntimeClass",
-            "admission then merges the RuntimeClass's nodeSelector and tolerations and sets spec.overhead, "
-            "which the scheduler adds",
-            "to the pod's requests. Legacy clusters (try --cluster-version 1.15) have none of that: "
-            "the webhook does it all itself.",
-        ]
+        return (f"RuntimeClass mode: the API server ({v}) sends AdmissionReview {review}; the webhook sets only "
+                "spec.runtimeClassName (plus request padding for the request-dependent part of the overhead). "
+                "The API server's built-in RuntimeClass admission then merges the RuntimeClass's nodeSelector and "
+                "tolerations and sets spec.overhead, which the scheduler adds to the pod's requests. Legacy "
+                "clusters (try --cluster-version 1.15) have none of that: the webhook does it all itself.")
     builtin = ("the API server merges RuntimeClass scheduling but PodOverhead is off"
                if v.runtimeclass_scheduling else "the API server has no RuntimeClass admission and no PodOverhead")
-    return [
-        f"Legacy mode: on Kubernetes {v} {builtin}, and sends AdmissionReview {review}.",
-        "So the webhook merges the profile's nodeSelector and tolerations itself (refusing a conflicting "
-        "nodeSelector with",
-        "the built-in plugin's text) and pads container requests by the whole sandbox overhead, recorded "
-        f"in {keys.PADDING_ANNOTATION},",
-        "so the scheduler and kubelet account for it. On 1.18+ (the default, 1.24) the API server does "
-        "this work from the RuntimeClass.",
-    ]
+    return (f"Legacy mode: on Kubernetes {v} {builtin}, and it sends AdmissionReview {review}. So the webhook "
+            "merges the profile's nodeSelector and tolerations itself (refusing a conflicting nodeSelector with the "
+            "built-in plugin's text) and pads container requests by the whole sandbox overhead, recorded in "
+            f"{keys.PADDING_ANNOTATION}, so the scheduler and kubelet account for it. On 1.18+ (the default, "
+            "1.24) the API server does this work from the RuntimeClass.")
 
 
 def _isolation(outcome: PodOutcome, label: str) -> str:
@@ -177,9 +172,9 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
     return lines
 
 
-def _wrap(line: str, width: int, indent: str) -> list[str]:
-    """Wrap one detail line, continuation lines indented a little further."""
-    return textwrap.wrap(line, width=width, initial_indent=indent, subsequent_indent=indent + "    ",
+def _wrap(line: str, width: int, indent: str, hanging: str = "    ") -> list[str]:
+    """Wrap one line; continuation lines are indented by `hanging` more."""
+    return textwrap.wrap(line, width=width, initial_indent=indent, subsequent_indent=indent + hanging,
                          break_on_hyphens=False, break_long_words=False) or [indent]
 
 
@@ -296,7 +291,7 @@ def render(run: DemoRun, stream: TextIO) -> None:
     style = _Style(stream)
     label = keys.DEFAULT_NAMESPACE_LABEL
     lines = [style(f"sandgate demo: {run.title}, Kubernetes {run.version} ({MODE_NAMES[run.mode]})", "bold")]
-    lines += ["  " + line for line in mode_lines(run)]
+    lines += _wrap(mode_text(run), style.width, "  ", hanging="")
     lines.append("")
     for c in run.components:
         lines.append(f"  {c.name:<9} pid {c.pid:<8} {c.url:<25} {c.detail} (ready in {c.ready_after:.1f} s)")
