@@ -110,23 +110,23 @@ def start_servers(workdir: Path, workers: int, threads: int, want_sandgate: bool
     write(generate("bench", "bench", ips=["127.0.0.1"]), workdir)
     shutil.copy(REPO / "examples/policy.yaml", workdir / "policy.yaml")
     ctx = ssl.create_default_context(cafile=str(workdir / "ca.crt"))
-    procs, urls = [], {}
+    procs, urls = {}, {}
     common = ["--workers", str(workers), "--threads", str(threads)]
     log = open(workdir / "servers.log", "wb")
     if want_sandgate:
         port = free_port()
-        procs.append(subprocess.Popen(
+        procs["sandgate"] = subprocess.Popen(
             [sys.executable, "-m", "sandgate", "webhook", "--config", str(workdir / "policy.yaml"),
              "--cert-file", str(workdir / "tls.crt"), "--key-file", str(workdir / "tls.key"), "--host", "127.0.0.1",
-             "--port", str(port), "--cluster-version", "1.24", *common], cwd=REPO, stdout=log, stderr=log))
+             "--port", str(port), "--cluster-version", "1.24", *common], cwd=REPO, stdout=log, stderr=log)
         urls["sandgate"] = f"https://127.0.0.1:{port}/mutate/runv"
     port = free_port()
-    procs.append(subprocess.Popen(
+    procs["noop"] = subprocess.Popen(
         [sys.executable, __file__, "--serve-noop", "--port", str(port), "--cert", str(workdir / "tls.crt"),
-         "--key", str(workdir / "tls.key"), *common], cwd=REPO, stdout=log, stderr=log))
+         "--key", str(workdir / "tls.key"), *common], cwd=REPO, stdout=log, stderr=log)
     urls["noop"] = f"https://127.0.0.1:{port}/mutate/runv"
-    for proc, url in zip(procs, urls.values()):
-        wait_healthy(url, ctx, proc)
+    for name, proc in procs.items():
+        wait_healthy(urls[name], ctx, proc)
     return procs, urls, ctx
 
 
@@ -178,6 +178,21 @@ def fixed_rate(url: str, body: bytes, ctx: ssl.SSLContext, connections: int, dur
     return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "rps": len(latencies) / duration, "errors": errors[0]}
 
 
+def worker_cpu_seconds(master: subprocess.Popen | None) -> float | None:
+    """CPU time (user+system) of the gunicorn workers under `master`, from /proc (Linux)."""
+    if master is None:
+        return None
+    try:
+        children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+        ticks = 0
+        for pid in children:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -191,15 +206,20 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def saturation(url: str, body_file: Path, connections: int, duration: float, workdir: Path) -> dict:
-    """wrk at full speed with `connections` keep-alive connections."""
+def saturation(url: str, body_file: Path, connections: int, duration: float, workdir: Path,
+               server: subprocess.Popen | None = None) -> dict:
+    """wrk at full speed with `connections` keep-alive connections (+ the server's CPU per request)."""
+    cpu_before = worker_cpu_seconds(server)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     # One wrk thread: it keeps up with one Python worker and leaves the other core to the server.
     out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True,
                          env={**os.environ, "BENCH_BODY": str(body_file)}, timeout=duration + 60).stdout
+    cpu_after = worker_cpu_seconds(server)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = (cpu_after - cpu_before) / total * 1e6 if cpu_before is not None and cpu_after is not None and total else float("nan")
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_errors = re.search(r"Socket errors: (.*)", out)
@@ -208,7 +228,7 @@ def saturation(url: str, body_file: Path, connections: int, duration: float, wor
         m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
         return _ms(m.group(1), m.group(2))
 
-    return {"rps": rps, "p50_ms": parse(lat["50"]), "p99_ms": parse(lat["99"]),
+    return {"rps": rps, "p50_ms": parse(lat["50"]), "p99_ms": parse(lat["99"]), "cpu_us": cpu_us,
             "errors": (int(errors.group(1)) if errors else 0), "socket_errors": sock_errors.group(1) if sock_errors else ""}
 
 
@@ -269,13 +289,14 @@ def main() -> int:
             for name in ("sandgate", "noop"):
                 results[(name, conns, "rate")] = fixed_rate(urls[name], body, ctxs[name], conns, duration)
             for name in ("sandgate", "noop"):
-                results[(name, conns, "sat")] = saturation(urls[name], body_file, conns, duration, workdir)
+                results[(name, conns, "sat")] = saturation(urls[name], body_file, conns, duration, workdir,
+                                                           procs.get(name))
         print_table(results)
         print_targets(results)
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
-        for proc in procs:
+        for proc in procs.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -291,7 +312,8 @@ def print_table(results: dict) -> None:
                                     ("rate", "p99_ms", f"{RATE} req/s, {conns} conn: p99 ms"),
                                     ("sat", "rps", f"saturation, {conns} conn: req/s"),
                                     ("sat", "p50_ms", f"saturation, {conns} conn: p50 ms"),
-                                    ("sat", "p99_ms", f"saturation, {conns} conn: p99 ms")):
+                                    ("sat", "p99_ms", f"saturation, {conns} conn: p99 ms"),
+                                    ("sat", "cpu_us", f"saturation, {conns} conn: CPU us/req")):
             a, b = results[("sandgate", conns, kind)][metric], results[("noop", conns, kind)][metric]
             rows.append((label, a, b, a / b if b else float("nan")))
     print(f"\n| {'scenario':34} | {'sandgate':>9} | {'no-op':>9} | {'ratio':>6} |")
