@@ -117,12 +117,11 @@ def evaluate(node: NodeInfo, usage: NodeUsage, pod: PodInfo, lease_expires: floa
     return PASSED
 
 
-def score(node: NodeInfo | None, usage: NodeUsage, pod: PodInfo, strategy: str,
+def score(node: NodeInfo | None, usage: NodeUsage, handler: str | None, strategy: str,
           prefer_non_sandbox_nodes: bool) -> int:
-    """The node's priority 0..10 for `pod` (formula in the module docstring)."""
+    """The node's priority 0..10 for a pod of `handler` (None: not sandboxed); formula in the module docstring."""
     if node is None:
         return 0
-    handler = pod.handler
     if handler is None:
         if prefer_non_sandbox_nodes and not node.handlers:
             return MAX_SCORE

@@ -1,8 +1,10 @@
 """The extender's in-memory view of the cluster: nodes, pods, agent heartbeats and slot reservations.
 
-Everything is kept precomputed and updated incrementally (one event changes one node's counters), so
-a filter over N nodes is N dict look-ups plus the pure checks of `scheduler_ext.decisions`. One
-re-entrant lock guards all of it: a reservation is checked and taken under the same lock as the
+Everything is kept precomputed and updated incrementally (one event refreshes one node's entries):
+per runtime handler, the free slots of every node that advertises it and every node's score. A
+filter over N nodes is then a few dict look-ups per node, and only nodes that fail go through the
+full checks of `scheduler_ext.decisions` (for their reason); prioritize is one look-up per node.
+One re-entrant lock guards all of it: a reservation is checked and taken under the same lock as the
 counters it changes, which is what makes parallel binds unable to overcommit a node.
 
 Reservation lifecycle (keyed by pod UID, never by name, so a deleted and re-created pod of the same
@@ -21,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
+
+import orjson
 
 from sandgate import keys
 from sandgate.clusterversion import ClusterVersion, Mode
@@ -102,6 +106,68 @@ class ClusterCache:
         self.recent: OrderedDict[str, PodInfo] = OrderedDict()
         self.sync = {"nodes": SyncStatus(), "pods": SyncStatus(), "leases": SyncStatus()}
         self._next_expiry = float("inf")
+        # handler -> nodes with at least one free slot / nodes advertising the handler
+        self.open: dict[str, set[str]] = {}
+        self.advertising: dict[str, set[str]] = {}
+        # handler (None: unsandboxed pods) -> node -> its HostPriority entry as JSON, encoded once per
+        # change: a 5,000-node prioritize answer is then one bytes.join
+        self.scored: dict[str | None, dict[str, bytes]] = {}
+        # nodes whose heartbeat is fresh; recomputed when the earliest recorded expiry passes
+        self.fresh: set[str] = set()
+        self._fresh_until = float("inf")
+        self._changes = 0  # bumped by every index change; keys the memo of eligible nodes
+        self._eligible_memo: dict[str, tuple[int, set[str]]] = {}
+        self._reindex()
+
+    # -- precomputed per-node entries -------------------------------------------------------------
+
+    def _reindex(self) -> None:
+        handlers = self.policy.handlers
+        self.open = {h: set() for h in handlers}
+        self.advertising = {h: set() for h in handlers}
+        self.scored = {h: {} for h in (*handlers, None)}
+        for name in set(self.nodes) | set(self.usage):
+            self._refresh(name)
+        self._changes += 1
+
+    def _eligible(self, handler: str, now: float) -> set[str]:
+        """Nodes that pass checks 1-3 for `handler` at `now`: a free slot and a fresh heartbeat."""
+        if now > self._fresh_until:
+            self.fresh = {node for node, expiry in self.leases.items() if expiry >= now}
+            self._fresh_until = min((self.leases[node] for node in self.fresh), default=float("inf"))
+            self._changes += 1
+        memo = self._eligible_memo.get(handler)
+        if memo is None or memo[0] != self._changes:
+            memo = self._eligible_memo[handler] = (self._changes, self.open.get(handler, set()) & self.fresh)
+        return memo[1]
+
+    def _refresh(self, name: str) -> None:
+        """Recompute `name`'s index entries after its Node or what is placed on it changed."""
+        self._changes += 1
+        info = self.nodes.get(name)
+        usage = self.usage.get(name) or NodeUsage.empty()
+        scheduling = self.policy.scheduling
+        for handler, scored in self.scored.items():
+            if info is None:
+                scored.pop(name, None)
+            else:
+                scored[name] = orjson.dumps({"Host": name, "Score": decisions.score(
+                    info, usage, handler, scheduling.strategy, scheduling.prefer_non_sandbox_nodes)})
+        for handler, advertising in self.advertising.items():
+            slots = 0
+            if info is not None and handler in info.handlers:
+                advertising.add(name)
+                slots = info.capacity.get(handler, 0) - usage.in_use(handler)
+            else:
+                advertising.discard(name)
+            if slots >= 1:
+                self.open[handler].add(name)
+            else:
+                self.open[handler].discard(name)
+
+    def _count(self, node: str, pod: PodInfo, sign: int = 1, reservation: bool = False) -> None:
+        self._usage(node).add(pod, sign, reservation)
+        self._refresh(node)
 
     # -- policy ---------------------------------------------------------------------------------
 
@@ -113,6 +179,7 @@ class ClusterCache:
             for pod in list(self.pods.values()) + [r.pod for r in self.reservations.values()]:
                 pod.classify(policy, self.legacy)
             self._rebuild_usage()
+            self._reindex()
 
     def classify(self, pod: PodInfo) -> PodInfo:
         """Fill in the profile and accounted overhead of `pod` under the current policy."""
@@ -130,11 +197,13 @@ class ClusterCache:
             return
         with self.lock:
             self.nodes[info.name] = info
+            self._refresh(info.name)
 
     def delete_node(self, name: str) -> None:
         """Forget a Node (its pods are deleted by their own events)."""
         with self.lock:
             self.nodes.pop(name, None)
+            self._refresh(name)
 
     def replace_nodes(self, objs: Iterable[Mapping[str, Any]]) -> None:
         """Replace every Node after a (re)list."""
@@ -148,6 +217,7 @@ class ClusterCache:
             infos[info.name] = info
         with self.lock:
             self.nodes = infos
+            self._reindex()
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -169,22 +239,32 @@ class ClusterCache:
             log.warning("ignoring a heartbeat Lease with a bad renewTime", extra={"node": node, "error": str(exc)})
             return
         with self.lock:
+            self._changes += 1
             if expiry is None:
                 self.leases.pop(node, None)
+                self.fresh.discard(node)
             else:
                 self.leases[node] = expiry
+                if expiry >= self.clock():
+                    self.fresh.add(node)
+                    self._fresh_until = min(self._fresh_until, expiry)
+                else:
+                    self.fresh.discard(node)
 
     def delete_lease(self, obj: Mapping[str, Any]) -> None:
         """Forget a heartbeat Lease."""
         node = self._lease_node(obj)
         if node is not None:
             with self.lock:
+                self._changes += 1
                 self.leases.pop(node, None)
+                self.fresh.discard(node)
 
     def replace_leases(self, objs: Iterable[Mapping[str, Any]]) -> None:
         """Replace every heartbeat after a (re)list."""
         with self.lock:
-            self.leases = {}
+            self.leases, self.fresh, self._fresh_until = {}, set(), float("inf")
+            self._changes += 1
             for obj in objs:
                 self.upsert_lease(obj)
 
@@ -220,10 +300,10 @@ class ClusterCache:
         with self.lock:
             old = self.pods.get(pod.uid)
             if old is not None and self._counts(old):
-                self._usage(old.node_name).add(old, -1)
+                self._count(old.node_name, old, -1)
             self.pods[pod.uid] = pod
             if self._counts(pod):
-                self._usage(pod.node_name).add(pod)
+                self._count(pod.node_name, pod)
             if pod.node_name or pod.terminal:
                 self._drop_reservation(pod.uid, "converted" if pod.node_name else "pod finished")
 
@@ -233,7 +313,7 @@ class ClusterCache:
         with self.lock:
             old = self.pods.pop(uid, None)
             if old is not None and self._counts(old):
-                self._usage(old.node_name).add(old, -1)
+                self._count(old.node_name, old, -1)
             self._drop_reservation(uid, "pod deleted")
             self.recent.pop(uid, None)
 
@@ -251,6 +331,7 @@ class ClusterCache:
                 if pod is None or pod.node_name or pod.terminal:
                     del self.reservations[uid]
             self._rebuild_usage()
+            self._reindex()
 
     def _rebuild_usage(self) -> None:
         self.usage = {}
@@ -280,7 +361,7 @@ class ClusterCache:
     def _drop_reservation(self, uid: str, why: str) -> Reservation | None:
         res = self.reservations.pop(uid, None)
         if res is not None:
-            self._usage(res.node).add(res.pod, -1, reservation=True)
+            self._count(res.node, res.pod, -1, reservation=True)
             log.info("reservation ended", extra={"namespace": res.pod.namespace, "pod": res.pod.name,
                                                  "uid": uid, "node": res.node, "why": why})
         return res
@@ -324,7 +405,7 @@ class ClusterCache:
                     return verdict
             expires = now + self.policy.scheduling.reservation_timeout_seconds
             self.reservations[pod.uid] = Reservation(pod, node, expires)
-            usage.add(pod, reservation=True)
+            self._count(node, pod, reservation=True)
             self._next_expiry = min(self._next_expiry, expires)
             return decisions.PASSED
 
@@ -342,44 +423,84 @@ class ClusterCache:
     def filter(self, pod: PodInfo, names: list[str], given: Mapping[str, NodeInfo] | None = None) -> FilterOutcome:
         """Evaluate `pod` on each named node; `given` overrides the cached NodeInfo (nodeCacheCapable=false)."""
         out = FilterOutcome()
-        if pod.handler is None:
+        handler = pod.handler
+        if handler is None:
             out.passed = list(names)
             out.reasons[(Verdict.PASS.value, decisions.NOT_SANDBOXED.reason)] = len(names)
             return out
         now = self.clock()
         evaluate, empty = decisions.evaluate, NodeUsage.empty()
         passed, failed, unresolvable, reasons = out.passed, out.failed, out.unresolvable, out.reasons
+        missing: list[str] = []
         with self.lock:
             self._expire(now)
-            nodes = given if given is not None else self.nodes
             legacy, leases, usage_of = self.legacy, self.leases, self.usage
             lease_ns = self.policy.agent.namespace
-            for name in names:
+            nodes = given if given is not None else self.nodes
+            if given is None:
+                # Set arithmetic on the precomputed indexes; only failing nodes get a per-node look.
+                ok = self._eligible(handler, now)
+                rest = [n for n in names if n not in ok]
+                if legacy:
+                    need_cpu, need_mem = pod.total_cpu, pod.total_memory
+                    for name in names:
+                        if name in ok:
+                            info, usage = nodes[name], usage_of.get(name, empty)
+                            if (usage.cpu_millis + need_cpu <= info.cpu_millis
+                                    and usage.memory_bytes + need_mem <= info.memory_bytes):
+                                passed.append(name)
+                            else:
+                                rest.append(name)
+                else:
+                    passed += [n for n in names if n in ok]
+                advertising = self.advertising.get(handler, set())
+                missing = [n for n in rest if n not in advertising and n in nodes]
+                if missing:
+                    gone = set(missing)
+                    rest = [n for n in rest if n not in gone]
+            else:
+                rest = names
+            for name in rest:
                 info = nodes.get(name)
                 if info is None:
                     verdict = decisions.unknown_node(name)
+                elif handler not in info.handlers:
+                    missing.append(name)  # the common failure: one shared message, no per-node work
+                    continue
                 else:
                     verdict = evaluate(info, usage_of.get(name, empty), pod, leases.get(name), now, legacy, lease_ns)
-                key = (verdict.verdict.value, verdict.reason)
-                reasons[key] = reasons.get(key, 0) + 1
                 if verdict.verdict is Verdict.PASS:
                     passed.append(name)
-                elif verdict.verdict is Verdict.UNRESOLVABLE:
+                    continue
+                key = (verdict.verdict.value, verdict.reason)
+                reasons[key] = reasons.get(key, 0) + 1
+                if verdict.verdict is Verdict.UNRESOLVABLE:
                     unresolvable[name] = verdict.message
                 else:
                     failed[name] = verdict.message
+        if passed:
+            key = (Verdict.PASS.value, decisions.PASSED.reason)
+            reasons[key] = reasons.get(key, 0) + len(passed)
+        if missing:
+            verdict = decisions.runtime_missing(handler)
+            unresolvable.update(dict.fromkeys(missing, verdict.message))
+            reasons[(verdict.verdict.value, verdict.reason)] = len(missing)
         return out
 
-    def scores(self, pod: PodInfo, names: list[str], given: Mapping[str, NodeInfo] | None = None) -> list[int]:
-        """Score each named node for `pod`, in input order."""
-        score, empty = decisions.score, NodeUsage.empty()
+    def priorities(self, pod: PodInfo, names: list[str], given: Mapping[str, NodeInfo] | None = None) -> bytes:
+        """The HostPriorityList for `pod` on the named nodes, in input order, as JSON."""
         with self.lock:
             self._expire(self.clock())
+            scored = self.scored.get(pod.handler) if given is None else None
+            if scored is not None:
+                return b"[" + b",".join([scored.get(n) or orjson.dumps({"Host": n, "Score": 0}) for n in names]) + b"]"
             nodes = given if given is not None else self.nodes
             strategy = self.policy.scheduling.strategy
             prefer = self.policy.scheduling.prefer_non_sandbox_nodes
-            usage_of = self.usage
-            return [score(nodes.get(n), usage_of.get(n, empty), pod, strategy, prefer) for n in names]
+            empty = NodeUsage.empty()
+            return orjson.dumps([{"Host": n, "Score": decisions.score(nodes.get(n), self.usage.get(n, empty),
+                                                                      pod.handler, strategy, prefer)}
+                                 for n in names])
 
     def verdict_after_eviction(self, pod: PodInfo, node: str, victims: list[PodInfo],
                                given: NodeInfo | None = None) -> NodeVerdict:

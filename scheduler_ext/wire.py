@@ -99,7 +99,8 @@ def parse_extender_args(body: bytes) -> ExtenderArgs:
             if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
                 raise WireError(f"ExtenderArgs.Nodes.items[{i}].metadata.name is required")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        # map(type) runs in C: checking 5,000 names this way costs microseconds, a generator costs a millisecond
+        if not isinstance(names, list) or (names and set(map(type, names)) != {str}):
             raise WireError("ExtenderArgs.NodeNames must be a list of strings")
     return ExtenderArgs(pod, items, names)
 
@@ -215,11 +216,6 @@ def filter_error(message: str) -> bytes:
     """A filter answer that reports an internal error (HTTP 200, as the scheduler expects)."""
     return encode({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                    "Error": message})
-
-
-def priority_list(names: list[str], scores: list[int]) -> bytes:
-    """HostPriorityList."""
-    return encode([{"Host": n, "Score": s} for n, s in zip(names, scores)])
 
 
 def binding_result(error: str = "") -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -161,20 +162,20 @@ def test_spread_prefers_free_nodes_and_binpack_the_fullest(policy, k8s):
     pod = classified(policy, k8s.pod("a", runtime_class="runv"))
     empty, busy = node_info(make_node("a", capacity={"runv": 10})), node_info(make_node("b", capacity={"runv": 10}))
     busy_usage = NodeUsage({"runv": 8}, {}, memory_bytes=12 * GI)
-    assert decisions.score(empty, NodeUsage.empty(), pod, "spread", True) == 10
+    assert decisions.score(empty, NodeUsage.empty(), pod.handler, "spread", True) == 10
     # free slots 2/10, free memory 4/16: (0.2 + 0.25) / 2 = 0.225 -> 2
-    assert decisions.score(busy, busy_usage, pod, "spread", True) == 2
-    assert decisions.score(busy, busy_usage, pod, "binpack", True) == 8
-    assert decisions.score(empty, NodeUsage.empty(), pod, "binpack", True) == 0
+    assert decisions.score(busy, busy_usage, pod.handler, "spread", True) == 2
+    assert decisions.score(busy, busy_usage, pod.handler, "binpack", True) == 8
+    assert decisions.score(empty, NodeUsage.empty(), pod.handler, "binpack", True) == 0
 
 
 def test_unsandboxed_pods_prefer_nodes_without_sandbox_runtimes(policy, k8s):
     plain = classified(policy, k8s.pod("a"))
     sandbox, general = node_info(make_node("s")), node_info(make_node("g", handlers=(), capacity={}))
-    assert decisions.score(general, NodeUsage.empty(), plain, "spread", True) == 10
-    assert decisions.score(sandbox, NodeUsage.empty(), plain, "spread", True) == 0
-    assert decisions.score(general, NodeUsage.empty(), plain, "spread", False) == 0
-    assert decisions.score(None, NodeUsage.empty(), plain, "spread", True) == 0
+    assert decisions.score(general, NodeUsage.empty(), plain.handler, "spread", True) == 10
+    assert decisions.score(sandbox, NodeUsage.empty(), plain.handler, "spread", True) == 0
+    assert decisions.score(general, NodeUsage.empty(), plain.handler, "spread", False) == 0
+    assert decisions.score(None, NodeUsage.empty(), plain.handler, "spread", True) == 0
 
 
 # -- cache accounting and reservations ------------------------------------------------------------------
@@ -276,3 +277,52 @@ def test_preemption_keeps_nodes_where_the_victims_free_a_slot(cache, policy, k8s
     assert cache.verdict_after_eviction(urgent, "n1", victims[:1]).verdict is Verdict.PASS
     cache.replace_nodes([make_node("n1", handlers=("gvisor",))])
     assert cache.verdict_after_eviction(urgent, "n1", victims).verdict is Verdict.UNRESOLVABLE
+
+
+@pytest.mark.parametrize("legacy_version", [ClusterVersion(1, 24), ClusterVersion(1, 15)])
+def test_precomputed_filter_and_scores_agree_with_the_pure_checks(policy, k8s, legacy_version):
+    """The cache's fast paths must give exactly the verdicts and scores of decisions.evaluate/score."""
+    import random
+
+    rng = random.Random(7)
+    cache = ClusterCache(policy, legacy_version)
+    nodes = []
+    for i in range(60):
+        handlers = rng.choice([(), ("runv",), ("gvisor",), ("runv", "gvisor")])
+        capacity = {h: rng.randint(0, 4) for h in handlers if rng.random() > 0.1}
+        nodes.append(make_node(f"n{i}", handlers, capacity, cpu=rng.choice(["2", "4"]),
+                               memory=rng.choice(["2Gi", "8Gi"])))
+    cache.replace_nodes(nodes)
+    cache.replace_leases([k8s.lease(f"n{i}", age_seconds=rng.choice([0, 0, 0, 500])) for i in range(60)
+                          if rng.random() > 0.1])
+    for j in range(150):
+        cache.upsert_pod(k8s.pod(f"p{j}", node=f"n{rng.randrange(60)}", runtime_class=rng.choice(["runv", "gvisor", None]),
+                                 cpu=rng.choice(["100m", "500m"]), memory=rng.choice(["64Mi", "512Mi"])))
+    for j in range(20):  # reservations and bound-then-deleted pods move the counters both ways
+        held = classified(policy, k8s.pod(f"r{j}", runtime_class="runv"), cache.legacy)
+        cache.reserve(held, f"n{rng.randrange(60)}")
+    for uid in list(cache.pods)[:30]:
+        cache.delete_pod({"metadata": {"uid": uid}})
+    names = [f"n{i}" for i in range(62)]
+    for runtime_class in ("runv", "gvisor", None):
+        pod = classified(policy, k8s.pod("new", runtime_class=runtime_class, cpu="500m", memory="512Mi"),
+                         cache.legacy)
+        out = cache.filter(pod, names)
+        now = time.time()
+        for name in names:
+            info = cache.nodes.get(name)
+            usage = cache.usage.get(name, NodeUsage.empty())
+            expected = (decisions.unknown_node(name) if info is None and pod.handler else
+                        decisions.evaluate(info, usage, pod, cache.leases.get(name), now, cache.legacy,
+                                           "sandgate-system") if info else decisions.NOT_SANDBOXED)
+            got = (Verdict.PASS if name in out.passed else Verdict.UNRESOLVABLE if name in out.unresolvable
+                   else Verdict.FAIL)
+            assert got is expected.verdict, (name, expected)
+            if got is Verdict.FAIL:  # "expired Ns ago" may differ by a second between the two clocks
+                assert out.failed[name].split(" expired ")[0] == expected.message.split(" expired ")[0]
+        assert sum(out.reasons.values()) == len(names)
+        expected_scores = [decisions.score(cache.nodes.get(n), cache.usage.get(n, NodeUsage.empty()), pod.handler,
+                                           policy.scheduling.strategy, True) for n in names]
+        entries = json.loads(cache.priorities(pod, names))
+        assert [e["Score"] for e in entries] == expected_scores
+        assert [e["Host"] for e in entries] == names
