@@ -39,7 +39,7 @@ USER = {"username": "alice@example.com", "groups": ["developers", "system:authen
 
 @dataclass
 class Step:
-    """One admission step that changed the pod."""
+    """One admission step and what it changed in the pod."""
 
     actor: str  # e.g. 'webhook runv.mutate.sandgate.io' or 'RuntimeClass admission'
     changes: list[str]

@@ -78,9 +78,20 @@ class Component:
 
     def start(self, workdir: Path) -> None:
         """Spawn the process in its own session, output to its log file."""
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, cwd=workdir, env=child_env(), stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Ctrl-C between the fork and recording the child would leak it: defer the signal until then.
+        # (A blocked signal mask would be inherited by the child; a Python handler is reset by exec.)
+        deferred: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, frame: deferred.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(self.argv, cwd=workdir, env=child_env(), stdin=subprocess.DEVNULL,
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if deferred:
+            os.kill(os.getpid(), deferred[0])
         self._started_at = time.monotonic()
 
     def failure(self, what: str) -> ComponentError:
