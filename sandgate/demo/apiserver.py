@@ -198,7 +198,8 @@ class ApiServer:
         if not isinstance(response, dict) or response.get("uid") != uid:
             raise Denied(f"webhook {entry.name}", f'Internal error occurred: failed calling webhook "{entry.name}": '
                                                  f'expected response.uid="{uid}", got {answer!r:.200}', broken=True)
-        result.warnings += response.get("warnings") or []
+        # kubectl prints each distinct warning once, however many webhook calls returned it.
+        result.warnings += [w for w in response.get("warnings") or [] if w not in result.warnings]
         for key, value in (response.get("auditAnnotations") or {}).items():
             result.audit[f"{entry.name}/{key}"] = value
         if not response.get("allowed"):
