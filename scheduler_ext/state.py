@@ -438,26 +438,26 @@ class ClusterCache:
             lease_ns = self.policy.agent.namespace
             nodes = given if given is not None else self.nodes
             if given is None:
-                # Set arithmetic on the precomputed indexes; only failing nodes get a per-node look.
+                # Set arithmetic on the precomputed indexes (C speed); only the few nodes that fail for
+                # another reason than a missing runtime get a per-node look.
                 ok = self._eligible(handler, now)
-                rest = [n for n in names if n not in ok]
                 if legacy:
+                    fits = []
                     need_cpu, need_mem = pod.total_cpu, pod.total_memory
                     for name in names:
                         if name in ok:
                             info, usage = nodes[name], usage_of.get(name, empty)
                             if (usage.cpu_millis + need_cpu <= info.cpu_millis
                                     and usage.memory_bytes + need_mem <= info.memory_bytes):
-                                passed.append(name)
-                            else:
-                                rest.append(name)
-                else:
-                    passed += [n for n in names if n in ok]
-                advertising = self.advertising.get(handler, set())
-                missing = [n for n in rest if n not in advertising and n in nodes]
-                if missing:
-                    gone = set(missing)
-                    rest = [n for n in rest if n not in gone]
+                                fits.append(name)
+                    ok = set(fits)
+                passed += [n for n in names if n in ok]
+                rest_set = set(names)
+                rest_set -= ok
+                missing_set = rest_set - self.advertising.get(handler, set())
+                missing_set -= missing_set.difference(nodes)  # unknown nodes get their own reason below
+                missing = list(missing_set)
+                rest = list(rest_set - missing_set)
             else:
                 rest = names
             for name in rest:
@@ -483,7 +483,10 @@ class ClusterCache:
             reasons[key] = reasons.get(key, 0) + len(passed)
         if missing:
             verdict = decisions.runtime_missing(handler)
-            unresolvable.update(dict.fromkeys(missing, verdict.message))
+            if unresolvable:
+                unresolvable.update(dict.fromkeys(missing, verdict.message))
+            else:
+                out.unresolvable = dict.fromkeys(missing, verdict.message)
             reasons[(verdict.verdict.value, verdict.reason)] = len(missing)
         return out
 
