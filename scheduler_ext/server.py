@@ -117,7 +117,12 @@ def build(args: argparse.Namespace) -> Built:
     return Built(create_app(runtime), start_background)
 
 
-def _ssl_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+def tls_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """gunicorn's ssl_context hook: its default context, refusing anything older than TLS 1.2.
+
+    gunicorn's gthread worker builds the context for every new connection, so a certificate renewed
+    on disk (a Secret volume update) is served from the next connection on, without a restart.
+    """
     context = default_factory()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
@@ -169,7 +174,7 @@ def gunicorn_options(args: argparse.Namespace, start_background: Callable[[], No
         },
     }
     if args.cert_file:
-        options.update(certfile=args.cert_file, keyfile=args.key_file, ssl_context=_ssl_context)
+        options.update(certfile=args.cert_file, keyfile=args.key_file, ssl_context=tls_context)
     return options
 
 

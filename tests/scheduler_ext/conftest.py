@@ -94,7 +94,7 @@ class Server:
 
 
 def start_server(tmp_path: Path, items: dict | None, *extra: str, policy: Path = EXAMPLE_POLICY,
-                 cluster_version: str | None = "1.24") -> Server:
+                 cluster_version: str | None = "1.24", tls: Path | None = None) -> Server:
     """Start the extender from a snapshot of `items`, or (items None) with the source given in `extra`."""
     port = free_port()
     args = [sys.executable, "-m", "sandgate", "extender", "--config", str(policy),
@@ -109,13 +109,13 @@ def start_server(tmp_path: Path, items: dict | None, *extra: str, policy: Path =
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(args, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+    server = Server(proc, f"{'https' if tls else 'http'}://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"extender exited with {proc.returncode}:\n{log_path.read_text()}")
         try:
-            if requests.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+            if requests.get(f"{server.url}/readyz", timeout=1, verify=str(tls) if tls else True).status_code == 200:
                 return server
         except requests.ConnectionError:
             pass
