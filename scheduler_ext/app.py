@@ -197,6 +197,7 @@ def create_app(rt: Runtime) -> ExtenderApp:
         return 200, "text/plain; charset=utf-8", b"ok\n"
 
     def readyz(_body: bytes) -> Answer:
+        rt.store.current  # noqa: B018 - so policyError reflects the file on disk
         status = cache.status()
         synced = all(s["synced"] for s in status["sync"].values())
         stale = any((s["staleSeconds"] or 0) > 0 for s in status["sync"].values())

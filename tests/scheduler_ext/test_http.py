@@ -297,3 +297,36 @@ def test_bad_snapshot_exits_with_a_message(extender, tmp_path, k8s):
         for node in nodes:
             del node["status"]["nodeInfo"]
         extender(k8s.snapshot_list(nodes), cluster_version=None)
+
+
+def test_policy_reload_switches_strategy_and_a_bad_file_keeps_the_last_good(extender, k8s, cluster, tmp_path):
+    import time
+
+    import yaml
+
+    from support import EXAMPLE_POLICY
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(EXAMPLE_POLICY.read_text())
+    cluster["pods"] = [k8s.pod(f"vm-{i}", node=SANDBOX_1, runtime_class="runv", memory="2Gi") for i in range(6)]
+    server = extender(items(k8s, cluster), policy=policy)
+    request = fixture("prioritize-ncc-true-runv-pod")
+
+    def scores():
+        return {s["Host"]: s["Score"] for s in server.post("prioritize", request).json()}
+
+    assert scores() == {SANDBOX_1: 3, SANDBOX_2: 10}
+    doc = yaml.safe_load(EXAMPLE_POLICY.read_text())
+    doc["scheduling"] = {"strategy": "binpack"}
+    policy.write_text(yaml.safe_dump(doc))
+    deadline = time.monotonic() + 15
+    while scores() != {SANDBOX_1: 8, SANDBOX_2: 0}:
+        assert time.monotonic() < deadline, "the policy change was not picked up"
+        time.sleep(0.3)
+    policy.write_text("apiVersion: sandgate.io/v1alpha1\nkind: SandboxPolicy\nscheduling: {strategy: fastest}\n")
+    deadline = time.monotonic() + 15
+    while not requests.get(f"{server.url}/readyz", timeout=5).json()["policyError"]:
+        assert time.monotonic() < deadline, "the bad policy was not noticed"
+        time.sleep(0.3)
+    assert "scheduling.strategy" in requests.get(f"{server.url}/readyz", timeout=5).json()["policyError"]
+    assert scores() == {SANDBOX_1: 8, SANDBOX_2: 0}
