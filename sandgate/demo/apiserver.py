@@ -33,7 +33,6 @@ from sandgate.demo.wire import JsonClient, WireError
 
 V1 = "admission.k8s.io/v1"
 V1BETA1 = "admission.k8s.io/v1beta1"
-WEBHOOK_TIMEOUT_SECONDS = 10
 USER = {"username": "alice@example.com", "groups": ["developers", "system:authenticated"]}
 
 
@@ -186,7 +185,7 @@ class ApiServer:
         uid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         review = admission_review(pod, self.review_version, uid)
         try:
-            answer = self.webhook.post(f"{entry.path}?timeout={WEBHOOK_TIMEOUT_SECONDS}s", review)
+            answer = self.webhook.post(f"{entry.path}?timeout={entry.timeout_seconds}s", review)
         except WireError as exc:
             if entry.failure_policy == "Ignore":
                 result.component_error = f'failed calling webhook "{entry.name}": {exc}'

@@ -27,9 +27,9 @@ from sandgate.demo.apiserver import ApiServer
 from sandgate.demo.processes import Component, ComponentError, run_once, sandgate_command, wait_ready
 from sandgate.demo.results import ComponentInfo, DemoRun, NodeView, Placed, PodOutcome
 from sandgate.demo.runtimeclass import RuntimeClassAdmission, runtime_classes
-from sandgate.demo.scheduler import NodeState, Scheduler
+from sandgate.demo.scheduler import EXTENDER_HTTP_TIMEOUT_SECONDS, NodeState, Scheduler
 from sandgate.demo.snapshot import snapshot
-from sandgate.demo.webhookconfig import MUTATE, VALIDATE, namespace_labels, webhook_entries
+from sandgate.demo.webhookconfig import MUTATE, TIMEOUT_SECONDS, VALIDATE, namespace_labels, webhook_entries
 from sandgate.demo.wire import JsonClient
 from sandgate.policy import Policy, PolicyError, load_policy
 
@@ -93,15 +93,18 @@ def _start_components(workdir: Path, version: ClusterVersion, policy_path: Path,
         sandgate_command("webhook", "--config", str(policy_path), "--cert-file", str(certs / "tls.crt"),
                          "--key-file", str(certs / "tls.key"), "--host", "127.0.0.1", "--port", str(webhook_port),
                          "--cluster-version", str(version)),
-        JsonClient(f"https://127.0.0.1:{webhook_port}", cafile=ca, timeout=5.0,
+        JsonClient(f"https://127.0.0.1:{webhook_port}", cafile=ca, timeout=TIMEOUT_SECONDS,
                    headers={"User-Agent": "kube-apiserver-admission", "Accept": "application/json, */*",
                             "Accept-Encoding": "gzip"}),
         workdir / "webhook.log")
     extender = Component(
         "extender",
+        # Over TLS, verified against the CA, as the shipped scheduler configurations set it up
+        # (enableHTTPS with tlsConfig.caData).
         sandgate_command("extender", "--config", str(policy_path), "--snapshot", str(snapshot_path),
+                         "--cert-file", str(certs / "tls.crt"), "--key-file", str(certs / "tls.key"),
                          "--host", "127.0.0.1", "--port", str(extender_port), "--cluster-version", str(version)),
-        JsonClient(f"http://127.0.0.1:{extender_port}", timeout=5.0,
+        JsonClient(f"https://127.0.0.1:{extender_port}", cafile=ca, timeout=EXTENDER_HTTP_TIMEOUT_SECONDS,
                    headers={"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"}),
         workdir / "extender.log")
     for component in (webhook, extender):
@@ -167,7 +170,7 @@ def _execute(args: argparse.Namespace, version: ClusterVersion, workdir: Path, s
         ComponentInfo("webhook", webhook.pid, webhook.ready_client.base_url, webhook.ready_after,
                       "gunicorn over TLS, certificate verified against the generated CA"),
         ComponentInfo("extender", extender.pid, extender.ready_client.base_url, extender.ready_after,
-                      f"snapshot of {counts['Node']} nodes, {counts['Pod']} running pods, "
+                      f"TLS; snapshot of {counts['Node']} nodes, {counts['Pod']} running pods, "
                       f"{counts['Lease']} agent leases"),
     ]
     return DemoRun(

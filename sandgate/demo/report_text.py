@@ -16,6 +16,7 @@ from typing import TextIO
 from sandgate import keys
 from sandgate.clusterversion import Mode
 from sandgate.demo.results import DENIED, SCHEDULED, UNSCHEDULABLE, DemoRun, NodeView, PodOutcome
+from sandgate.demo.scheduler import EXTENDER_SCORE_SCALE, EXTENDER_WEIGHT
 
 _PIPE_WIDTH = 120
 _MAX_NODE_ROWS = 30
@@ -155,8 +156,9 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
             steps.append("one node left, no prioritize")
         else:
             ranked = sorted(s.in_tree_scores, key=lambda n: (-s.total(n), n))
-            steps.append("scores (extender x10 + in-tree) " + ", ".join(
-                f"{n} {s.scores.get(n, 0)}x10+{s.in_tree_scores[n]}" for n in ranked))
+            factor = EXTENDER_WEIGHT * EXTENDER_SCORE_SCALE
+            steps.append(f"scores (extender x{factor} + in-tree) " + ", ".join(
+                f"{n} {s.scores.get(n, 0)}x{factor}+{s.in_tree_scores[n]}" for n in ranked))
         steps.append(style(f"bound to {s.node}", "green"))
     lines = ["scheduler: " + f" {arrow} ".join(steps)]
     for node, reason in sorted(rejected.items()):

@@ -3,7 +3,7 @@
 In-tree filters run first (in kube-scheduler's plugin order: NodeUnschedulable, TaintToleration,
 NodeAffinity/nodeSelector, NodeResourcesFit); only the nodes that pass are sent to the extender's
 /filter (nodeCacheCapable: true, so as `NodeNames`). /prioritize is skipped when one node is left,
-as the scheduler does. A node's score is the extender's (0..10, times weight 1, times 10) plus the
+as the scheduler does. A node's score is the extender's (0..10, times weight 2, times 10) plus the
 in-tree NodeResourcesFit LeastAllocated score (0..100), the part of kube-scheduler's default
 scoring that matters on this cluster; where kube-scheduler picks at random among equal scores,
 the demo takes the first node by name so that runs are reproducible. Binding goes through the
@@ -21,7 +21,9 @@ from kubernetes.utils import parse_quantity
 
 from sandgate.demo.wire import JsonClient, WireError
 
-EXTENDER_WEIGHT = 1
+# As the shipped scheduler configurations (manifests/scheduler/) set the extender up.
+EXTENDER_WEIGHT = 2
+EXTENDER_HTTP_TIMEOUT_SECONDS = 5
 # kube-scheduler scales extender scores (0..MaxExtenderPriority=10) to its own 0..100 range.
 EXTENDER_SCORE_SCALE = 10
 _FILTER_EFFECTS = ("NoSchedule", "NoExecute")

@@ -24,6 +24,8 @@ VALIDATE = "validate"
 # Set by the API server on every namespace from 1.21 (NamespaceDefaultLabelName).
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 NAMESPACE_NAME_LABEL_SINCE = ClusterVersion(1, 21)
+# timeoutSeconds of every shipped entry: short, so a slow webhook cannot stall pod creation for long.
+TIMEOUT_SECONDS = 5
 
 
 class SelectorError(ValueError):
@@ -40,6 +42,7 @@ class WebhookEntry:
     profile: str | None  # None for the opt-in and unknown-profile entries
     failure_policy: str = "Fail"  # what the API server does when the webhook cannot be reached
     reinvocation_policy: str | None = None  # mutating entries: "IfNeeded" = called again after later changes
+    timeout_seconds: int = TIMEOUT_SECONDS  # the API server gives up (and applies failure_policy) after this
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

@@ -13,7 +13,7 @@ import yaml
 
 from sandgate import keys
 from sandgate.clusterversion import ClusterVersion
-from sandgate.demo import apiserver, changes, scenario as scenarios, snapshot
+from sandgate.demo import apiserver, changes, scenario as scenarios, scheduler, snapshot
 from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission, runtime_classes
 from sandgate.demo.scheduler import NodeState, Scheduler, in_tree_filter, least_allocated, pod_request, tolerates
 from sandgate.demo.webhookconfig import (MUTATE, VALIDATE, SelectorError, entries_for_namespace, namespace_labels,
@@ -95,10 +95,19 @@ def test_emulated_entries_are_the_shipped_configuration(overlay, version, kind, 
     """The demo calls exactly what the install manifests configure for the example policy."""
     shipped = yaml.safe_load((REPO / "manifests" / "overlays" / overlay / f"{kind}.yaml").read_text())
     expected = [(w["name"], w["clientConfig"]["service"]["path"], w["namespaceSelector"], w["failurePolicy"],
-                 w.get("reinvocationPolicy")) for w in shipped["webhooks"]]
-    emulated = [(e.name, e.path, e.namespace_selector, e.failure_policy, e.reinvocation_policy)
+                 w.get("reinvocationPolicy"), w["timeoutSeconds"]) for w in shipped["webhooks"]]
+    emulated = [(e.name, e.path, e.namespace_selector, e.failure_policy, e.reinvocation_policy, e.timeout_seconds)
                 for e in webhook_entries(load_policy(EXAMPLE_POLICY), phase, version)]
     assert emulated == expected
+
+
+def test_scheduler_emulation_uses_the_shipped_extender_configuration():
+    shipped = yaml.safe_load((REPO / "manifests" / "scheduler" / "kube-scheduler-config.v1.yaml").read_text())
+    extender = shipped["extenders"][0]
+    assert extender["nodeCacheCapable"] is True and extender["enableHTTPS"] is True
+    assert (extender["filterVerb"], extender["prioritizeVerb"], extender["bindVerb"]) == ("filter", "prioritize", "bind")
+    assert extender["weight"] == scheduler.EXTENDER_WEIGHT
+    assert extender["httpTimeout"] == f"{scheduler.EXTENDER_HTTP_TIMEOUT_SECONDS}s"
 
 
 # --- RuntimeClass admission ----------------------------------------------------------------------
@@ -215,8 +224,8 @@ def test_chain_reruns_runtimeclass_admission_and_reinvokes_the_webhook(policy):
     assert spec["runtimeClassName"] == "runv" and spec["nodeSelector"] == {"runtime": "runv"}
     assert spec["overhead"] == {"cpu": "100m", "memory": "50Mi"}
     assert result.pod["metadata"]["uid"] and result.pod["status"]["phase"] == "Pending"
-    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/mutate/runv?timeout=10s",
-                                            "/validate/runv?timeout=10s"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=5s", "/mutate/runv?timeout=5s",
+                                            "/validate/runv?timeout=5s"]
     # The reinvocation sees what RuntimeClass admission added.
     assert webhook.calls[1][1]["request"]["object"]["spec"]["overhead"] == {"cpu": "100m", "memory": "50Mi"}
     assert [(s.actor, s.reinvoked) for s in result.steps] == [
@@ -229,7 +238,7 @@ def test_legacy_cluster_gets_v1beta1_and_no_builtin_plugin(policy):
     webhook = FakeWebhook((True, [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}], ""))
     result = _apiserver(policy, webhook, V115).create(_manifest(), NOW)
     assert result.allowed and "nodeSelector" not in result.pod["spec"]
-    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/validate/runv?timeout=10s"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=5s", "/validate/runv?timeout=5s"]
     assert webhook.calls[0][1]["apiVersion"] == "admission.k8s.io/v1beta1"
 
 
