@@ -199,8 +199,9 @@ class ApiServer:
                                                  f'expected response.uid="{uid}", got {answer!r:.200}', broken=True)
         # kubectl prints each distinct warning once, however many webhook calls returned it.
         result.warnings += [w for w in response.get("warnings") or [] if w not in result.warnings]
+        # The first call's annotations say why the pod was routed; a reinvocation only confirms it.
         for key, value in (response.get("auditAnnotations") or {}).items():
-            result.audit[f"{entry.name}/{key}"] = value
+            result.audit.setdefault(f"{entry.name}/{key}", value)
         if not response.get("allowed"):
             status = response.get("status") or {}
             raise Denied(f"webhook {entry.name}", f'admission webhook "{entry.name}" denied the request: '

@@ -199,6 +199,7 @@ class FakeWebhook:
             response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(ops).encode()).decode())
         if not allowed:
             response["status"] = {"code": 403, "message": message}
+        response["auditAnnotations"] = {"call": str(len(self.calls))}
         return {"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": response}
 
 
@@ -232,6 +233,8 @@ def test_chain_reruns_runtimeclass_admission_and_reinvokes_the_webhook(policy):
         ("webhook runv.mutate.sandgate.io", False), ("RuntimeClass admission", False),
         ("webhook runv.mutate.sandgate.io", True)]
     assert webhook.calls[0][1]["apiVersion"] == "admission.k8s.io/v1"
+    # Why the pod was routed is the first call's answer, not the reinvocation's.
+    assert result.audit["runv.mutate.sandgate.io/call"] == "1"
 
 
 def test_legacy_cluster_gets_v1beta1_and_no_builtin_plugin(policy):
