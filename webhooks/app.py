@@ -90,10 +90,10 @@ def _read_body() -> bytes:
     sending, reads our 400 instead of a connection reset; past that gunicorn's own time-bounded
     drain before keep-alive decides.
     """
-    too_large = wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large")
     length = request.content_length
     if length is not None and length <= wire.MAX_BODY_BYTES:
         return request.get_data(cache=False)  # the API server always sends Content-Length
+    too_large = wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large")
     if length is not None and length > DRAIN_LIMIT:
         raise too_large
     stream = request.stream

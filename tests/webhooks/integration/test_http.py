@@ -74,6 +74,18 @@ def test_body_over_the_size_cap_is_400(hook):
     assert_400(hook.post("/mutate/runv", doc), "larger than the 3145728 byte limit")
 
 
+def test_chunked_bodies_are_read_and_capped(hook):
+    """Without Content-Length (chunked transfer) the body is read up to the cap, then refused."""
+    body = json.dumps(bare()).encode()
+    small = requests.post(hook.url + "/mutate/runv", data=iter([body[:100], body[100:]]), verify=hook.ca, timeout=20,
+                          headers={"Content-Type": "application/json"})
+    assert small.status_code == 200 and small.json()["response"]["allowed"] is True
+    chunk = b" " * (1024 * 1024)
+    big = requests.post(hook.url + "/mutate/runv", data=iter([chunk] * 4 + [body]), verify=hook.ca, timeout=20,
+                        headers={"Content-Type": "application/json"})
+    assert_400(big, "larger than the 3145728 byte limit")
+
+
 def test_unknown_path_and_wrong_method_are_json(hook):
     res = hook.get("/nope")
     assert res.status_code == 404 and res.json() == {"error": "no such endpoint: /nope"}
