@@ -70,11 +70,6 @@ class NodeInfo:
     cpu_millis: int  # allocatable
     memory_bytes: int  # allocatable
 
-    @property
-    def serves_sandboxes(self) -> bool:
-        """The node advertises at least one sandbox runtime."""
-        return bool(self.handlers)
-
 
 def node_info(node: Any, path: str = "node") -> NodeInfo:
     """Build a NodeInfo from a Node object (dict in Kubernetes JSON form); ObjectError names a bad field."""
