@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from sandgate.clusterversion import ClusterVersion, Mode
 from sandgate.policy import Policy, PolicyStore
@@ -126,8 +126,9 @@ def create_app(state: WebhookState) -> Flask:
             return _json({"error": exc.reason}, 400)
 
         policy = state.policies.current
-        routing, unknown = state.routing(req, profile)
+        unknown = None
         try:
+            routing, unknown = state.routing(req, profile)
             verdict = DECIDERS[endpoint](req, policy, state.mode(policy), routing)
         except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
             log.exception("decision failed; denying the request", extra={
@@ -204,8 +205,8 @@ def create_app(state: WebhookState) -> Flask:
         detail = {404: f"no such endpoint: {request.path}",
                   405: f"method {request.method} is not allowed on {request.path}"}.get(exc.code, exc.description)
         response = _json({"error": detail}, exc.code or 500)
-        if exc.code == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(Exception)
