@@ -9,6 +9,7 @@ and the namespace watch after the fork.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ log = logging.getLogger("sandgate.webhook")
 # connections wait in the worker's poller and hold no thread, so a longer timeout costs only a fd.
 KEEPALIVE_SECONDS = 120
 WORKER_CONNECTIONS = 1000
+METRICS_DIR_PREFIX = "sandgate-metrics-"
 
 
 class JsonGunicornLogger(glogging.Logger):
@@ -109,6 +111,25 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _metrics_dir() -> str:
+    """A fresh PROMETHEUS_MULTIPROC_DIR named after this master, after removing those of dead masters.
+
+    The master removes its own at exit; one killed with SIGKILL cannot, so the next start does.
+    """
+    base = tempfile.gettempdir()
+    for stale in glob.glob(os.path.join(base, f"{METRICS_DIR_PREFIX}*")):
+        try:
+            pid = int(os.path.basename(stale)[len(METRICS_DIR_PREFIX):].split("-", 1)[0])
+            if os.stat(stale).st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
+    return tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -175,7 +196,7 @@ def serve(args: argparse.Namespace) -> int:
         "policy": args.config, "namespace_cache": namespaces_off or "watch"})
 
     # Must precede the first import of prometheus_client (it picks its storage at import time).
-    metrics_dir = tempfile.mkdtemp(prefix="sandgate-metrics-")
+    metrics_dir = _metrics_dir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from webhooks.metrics import Metrics, mark_worker_dead
 
