@@ -10,6 +10,7 @@ exponential back-off.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -111,6 +112,7 @@ class Watcher(threading.Thread):
             if not token:
                 break
         self.resource.replace(items)
+        gc.freeze()  # the listed objects are the long-lived cache: keep them out of full collections
         self.status.synced = self.status.connected = True
         self.status.last_ok = self.clock()
         self.status.error = None
