@@ -11,7 +11,7 @@ The mutation depends on what the API server does by itself (see docs/webhook-pol
   merge the profile's nodeSelector and tolerations exactly like the built-in plugin, and pad the
   whole overhead onto the containers.
 
-The pod is changed on a deep copy and the JSON Patch is the difference, so a denial at any step
+The mutable part of the pod is changed on a deep copy and the JSON Patch is the difference, so a denial at any step
 leaves no partial patch, and running admit on its own output yields no patch (reinvocation-safe).
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonpatch
+import orjson
 
 from sandgate import keys
 from sandgate.clusterversion import Mode
@@ -56,6 +57,33 @@ def _copy_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy_json(item) for item in value]
     return value
+
+
+# The only pod fields the mutation reads or writes. Copying and diffing just these, instead of the
+# whole pod (volumes, mounts, env, probes...), is most of the webhook's per-request CPU saved.
+_SPEC_FIELDS = ("runtimeClassName", "nodeSelector", "tolerations", "overhead")
+_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
+
+
+def _project(pod: dict, copy: bool) -> dict:
+    """The mutable part of `pod` at the same JSON paths (a deep copy when `copy`), so a JSON Patch
+    computed between two projections applies unchanged to the whole pod."""
+    dup = _copy_json if copy else (lambda value: value)
+    spec = pod["spec"]
+    view_spec = {name: dup(spec[name]) for name in _SPEC_FIELDS if name in spec}
+    for name in ("containers", "initContainers"):
+        if isinstance(spec.get(name), list):
+            view_spec[name] = [{f: dup(c[f]) for f in _CONTAINER_FIELDS if f in c} if isinstance(c, dict) else c
+                               for c in spec[name]]
+        elif name in spec:
+            view_spec[name] = dup(spec[name])
+    view: dict[str, Any] = {"spec": view_spec}
+    metadata = pod.get("metadata")
+    if isinstance(metadata, dict):
+        view["metadata"] = {"annotations": dup(metadata["annotations"])} if "annotations" in metadata else {}
+    elif "metadata" in pod:
+        view["metadata"] = dup(metadata)
+    return view
 
 
 def _mutate(pod: dict, profile: Profile, mode: Mode) -> dict | None:
@@ -99,7 +127,8 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -
     forbidden = forbidden_message(pod, profile)
     if forbidden:
         return denied("forbidden", forbidden)
-    mutated = _copy_json(pod)
+    original = _project(pod, copy=False)
+    mutated = _project(pod, copy=True)
     try:
         padding = _mutate(mutated, profile, mode)
     except NodeSelectorConflict as exc:
@@ -112,6 +141,7 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -
         amounts = ", ".join(f"{r} +{padding[r]}" for r in padding if r not in ("containers", "initContainers"))
         warnings.append(f"sandgate: container requests padded for sandbox overhead ({amounts}); "
                         f"see annotation {keys.PADDING_ANNOTATION}")
-    patch = jsonpatch.make_patch(pod, mutated).patch if mutated != pod else []
+    # jsonpatch compares leaves by serialising them (so 1 and true differ); orjson does that ~10x faster.
+    patch = jsonpatch.JsonPatch.from_diff(original, mutated, dumps=orjson.dumps).patch if mutated != original else []
     return Verdict(allowed=True, patch=patch, warnings=warnings,
                    audit_annotations=audit, profile=profile.name, reason="routed")

@@ -12,7 +12,6 @@ tolerationSeconds); an absent field compares like Go's zero value.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
 _NO_EXECUTE = "NoExecute"
@@ -89,7 +88,7 @@ def merge_tolerations(existing: list[Mapping[str, Any]], extra: list[Mapping[str
         if any(_fields(t) != _fields(later) and is_superset(later, t) for later in every[i + 1:]):
             continue
         merged.append(t)
-    return [copy.deepcopy(dict(t)) for t in merged]
+    return [dict(t) for t in merged]
 
 
 # Taints the node lifecycle controller puts on a node that stops reporting; the DefaultTolerationSeconds
@@ -107,7 +106,7 @@ def with_edge_toleration_seconds(tolerations: list[Mapping[str, Any]], seconds: 
     added. A toleration that already tolerates at least as long (no tolerationSeconds = forever,
     or a larger value, or a broader toleration) is left as the pod wrote it.
     """
-    result = [copy.deepcopy(dict(t)) for t in tolerations]
+    result = [dict(t) for t in tolerations]
     for taint in (NOT_READY_TAINT, UNREACHABLE_TAINT):
         wanted = {"key": taint, "operator": "Exists", "effect": _NO_EXECUTE, "tolerationSeconds": seconds}
         if any(is_superset(t, wanted) for t in result):

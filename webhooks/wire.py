@@ -13,6 +13,8 @@ import base64
 import json
 from typing import Any
 
+import orjson
+
 from webhooks.model import AdmissionRequest, Verdict
 
 V1 = "admission.k8s.io/v1"
@@ -113,7 +115,7 @@ def review_response(api_version: str, uid: str, verdict: Verdict) -> dict:
         response["status"] = {"code": verdict.code, "message": verdict.message}
     elif verdict.patch:
         response["patchType"] = PATCH_TYPE
-        response["patch"] = base64.b64encode(json.dumps(verdict.patch, separators=(",", ":")).encode()).decode("ascii")
+        response["patch"] = base64.b64encode(orjson.dumps(verdict.patch)).decode("ascii")
     if verdict.warnings:
         response["warnings"] = list(verdict.warnings)
     if verdict.audit_annotations:
@@ -123,4 +125,4 @@ def review_response(api_version: str, uid: str, verdict: Verdict) -> dict:
 
 def encode(doc: dict) -> bytes:
     """Compact JSON bytes for an HTTP body."""
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return orjson.dumps(doc)
