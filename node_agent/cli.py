@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="change nothing; print the Node patch and containerd changes as JSON")
     parser.add_argument("--node-allocatable-memory", metavar="QUANTITY",
                         help="node allocatable memory (skips reading the Node from the API)")
+    parser.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (default 9464)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics and /healthz (default 0.0.0.0)")
+    parser.add_argument("--api-attempts", type=int, default=5,
+                        help="attempts per API call before a cycle gives up (backoff with jitter; default 5)")
 
 
 def run(args: argparse.Namespace) -> int:

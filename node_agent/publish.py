@@ -1,0 +1,126 @@
+"""Writing to the API server: the Node's labels/annotations and the heartbeat Lease.
+
+Every call is retried on transient failures (connection errors, 429, 5xx) with exponential backoff
+and full jitter, so a restarting API server is ridden out instead of crashing the agent. Node reads
+and writes go as raw JSON (`_preload_content=False`): the agent needs a few fields, not client models.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+
+import orjson
+from kubernetes.client import CoordinationV1Api, CoreV1Api
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# A JSON merge patch (RFC 7386): null deletes a key. The client would send a dict body as a
+# strategic merge patch, which treats labels/annotations the same; naming it keeps the semantics explicit.
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (5, 15)
+
+
+class PublishError(RuntimeError):
+    """An API call failed for good (after retries, or with a non-retryable status)."""
+
+
+def micro_time(moment: datetime) -> str:
+    """A metav1.MicroTime string: RFC 3339 UTC with microseconds."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether retrying may help: network failures, 429 and 5xx answers."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, None, 429) or (exc.status or 0) >= 500
+    return isinstance(exc, (HTTPError, OSError))
+
+
+class Retry:
+    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
+
+    def __init__(self, attempts: int = 5, base: float = 0.25, cap: float = 8.0, stop: threading.Event | None = None,
+                 rand: Callable[[float, float], float] = random.uniform):
+        self.attempts, self.base, self.cap = attempts, base, cap
+        self.stop = stop or threading.Event()
+        self.rand = rand
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn`, retrying transient failures; raise PublishError when it keeps failing."""
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except Exception as exc:  # the client raises ApiException, urllib3 and socket errors
+                reason = _describe(exc)
+                if not transient(exc):
+                    raise PublishError(f"{what}: {reason}") from None
+                if attempt + 1 == self.attempts or self.stop.is_set():
+                    raise PublishError(f"{what}: {reason} (after {attempt + 1} attempts)") from None
+                delay = self.rand(0, min(self.cap, self.base * 2 ** attempt))
+                log.warning("API call failed; retrying", extra={"call": what, "error": reason,
+                                                                "attempt": attempt + 1, "retryInSeconds": round(delay, 3)})
+                self.stop.wait(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}".strip()
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+class Publisher:
+    """The agent's API calls for one node."""
+
+    def __init__(self, api: Any, node: str, retry: Retry):
+        self.core = CoreV1Api(api)
+        self.coordination = CoordinationV1Api(api)
+        self.node = node
+        self.retry = retry
+
+    def read_node(self) -> dict[str, Any]:
+        """The Node object as JSON."""
+        return self.retry.call(f"get node {self.node}", lambda: orjson.loads(
+            self.core.read_node(self.node, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data))
+
+    def patch_node(self, patch: dict[str, Any]) -> None:
+        """Apply a merge patch to the Node."""
+        self.retry.call(f"patch node {self.node}", lambda: self.core.patch_node(
+            self.node, patch, _content_type=MERGE_PATCH, _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT).data)
+
+    def renew_lease(self, namespace: str, name: str, duration: int, now: Callable[[], datetime]) -> None:
+        """Create the heartbeat Lease or move its renewTime to now."""
+        self.retry.call(f"renew lease {namespace}/{name}", lambda: self._renew(namespace, name, duration, now))
+
+    def _renew(self, namespace: str, name: str, duration: int, now: Callable[[], datetime]) -> None:
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": duration}
+        try:
+            lease = orjson.loads(self.coordination.read_namespaced_lease(
+                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            stamp = micro_time(now())
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {**spec, "acquireTime": stamp, "renewTime": stamp}}
+            try:
+                self.coordination.create_namespaced_lease(namespace, body, _preload_content=False,
+                                                          _request_timeout=REQUEST_TIMEOUT).data
+                return
+            except ApiException as conflict:
+                if conflict.status != 409:  # 409: created meanwhile (a restarted agent); renew it
+                    raise
+                lease = orjson.loads(self.coordination.read_namespaced_lease(
+                    name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data)
+        lease["spec"] = {**(lease.get("spec") or {}), **spec, "renewTime": micro_time(now())}
+        self.coordination.replace_namespaced_lease(name, namespace, lease, _preload_content=False,
+                                                   _request_timeout=REQUEST_TIMEOUT).data
