@@ -1,0 +1,487 @@
+"""Render every install with `kubectl kustomize`, validate it against the target Kubernetes schemas,
+and check that every key, path, flag and name in the manifests is the one the code uses."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+import kubernetes_validate
+from sandgate import keys
+from sandgate.cli import build_parser
+from sandgate.policy import load_policy, parse_policy
+from support import REPO
+
+MANIFESTS = REPO / "manifests"
+KUBECTL = shutil.which("kubectl")
+# What each install targets: (overlay dir, schema versions to validate against).
+# kubernetes-validate ships schemas from 1.25 on; the legacy objects are checked against the oldest
+# one it has, with their v1beta1 kinds mapped to the v1 equivalent, plus the 1.14 field table below.
+OLDEST = "1.25"
+INSTALLS = {
+    "install/modern": ("modern", ["1.25", kubernetes_validate.latest_version()]),
+    "install/modern-cert-manager": ("modern", ["1.25", kubernetes_validate.latest_version()]),
+    "install/legacy": ("legacy", [OLDEST]),
+    "overlays/modern": ("modern", ["1.25", kubernetes_validate.latest_version()]),
+    "overlays/legacy": ("legacy", [OLDEST]),
+}
+# Not in the Kubernetes schemas: checked structurally below.
+NON_CORE_GROUPS = ("cert-manager.io/",)
+# Legacy apiVersions removed before the oldest schema, and the equivalent whose schema covers them.
+LEGACY_TO_V1 = {
+    "admissionregistration.k8s.io/v1beta1": "admissionregistration.k8s.io/v1",
+    "node.k8s.io/v1beta1": "node.k8s.io/v1",
+    "policy/v1beta1": "policy/v1",
+}
+# Fields that do not exist in Kubernetes 1.14 (kubectl validates against the server's schema and
+# refuses unknown fields), by the version that added them: the 1.14 OpenAPI definitions.
+NOT_IN_1_14 = {
+    ("PodSpec", "topologySpreadConstraints"): "1.16",
+    ("PodSpec", "overhead"): "1.16",
+    ("PodSpec", "preemptionPolicy"): "1.15",
+    ("PodSecurityContext", "seccompProfile"): "1.19",
+    ("SecurityContext", "seccompProfile"): "1.19",
+    ("Container", "startupProbe"): "1.16",
+    ("Webhook", "reinvocationPolicy"): "1.15",
+    ("Webhook", "matchPolicy"): "1.15",
+    ("Webhook", "objectSelector"): "1.15",
+    ("ServiceReference", "port"): "1.15",
+    ("RuntimeClass", "scheduling"): "1.16",
+    ("RuntimeClass", "overhead"): "1.16",
+}
+
+
+def render(target: str) -> list[dict]:
+    """`kubectl kustomize manifests/<target>`, decoded."""
+    if KUBECTL is None:
+        pytest.fail("kubectl is not installed: the manifest tests render with `kubectl kustomize` "
+                    "(install kubectl, e.g. from the Kubernetes apt repository)")
+    proc = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / target)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize {target} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=sorted(INSTALLS))
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def policy_of(docs: list[dict]):
+    cms = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("sandgate-policy")]
+    assert len(cms) == 1
+    return parse_policy(yaml.safe_load(cms[0]["data"]["policy.yaml"]), "ConfigMap sandgate-policy")
+
+
+def pod_templates(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in ("Deployment", "DaemonSet", "Job"):
+            yield d, d["spec"]["template"]
+
+
+# ---- schema validation ----------------------------------------------------------------------
+
+def test_every_object_validates_against_its_target_schemas(rendered):
+    target, docs = rendered
+    generation, versions = INSTALLS[target]
+    for version in versions:
+        for doc in docs:
+            if doc["apiVersion"].startswith(NON_CORE_GROUPS):
+                continue
+            checked = dict(doc, apiVersion=LEGACY_TO_V1.get(doc["apiVersion"], doc["apiVersion"]))
+            try:
+                kubernetes_validate.validate(checked, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{target}: {doc['kind']}/{doc['metadata']['name']} invalid for {version}: {exc.message}"
+                            f" at {list(exc.path)}")
+
+
+def _fields_in_1_14_terms(doc: dict):
+    """(type, field) pairs of `doc` named as in the 1.14 OpenAPI definitions."""
+    kind = doc["kind"]
+    if kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for webhook in doc["webhooks"]:
+            yield from (("Webhook", k) for k in webhook)
+            yield from (("ServiceReference", k) for k in webhook["clientConfig"].get("service", {}))
+    if kind == "RuntimeClass":
+        yield from (("RuntimeClass", k) for k in doc)
+    if kind in ("Deployment", "DaemonSet", "Job"):
+        spec = doc["spec"]["template"]["spec"]
+        yield from (("PodSpec", k) for k in spec)
+        yield from (("PodSecurityContext", k) for k in spec.get("securityContext", {}))
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            yield from (("Container", k) for k in c)
+            yield from (("SecurityContext", k) for k in c.get("securityContext", {}))
+
+
+def test_legacy_uses_only_what_1_14_knows():
+    for target in ("install/legacy", "overlays/legacy"):
+        docs = render(target)
+        api_versions = {d["apiVersion"] for d in docs}
+        assert {"admissionregistration.k8s.io/v1beta1", "node.k8s.io/v1beta1", "policy/v1beta1"} <= api_versions
+        assert not api_versions & {"admissionregistration.k8s.io/v1", "node.k8s.io/v1", "policy/v1"}
+        for doc in docs:
+            for field in _fields_in_1_14_terms(doc):
+                assert field not in NOT_IN_1_14, (
+                    f"{target}: {doc['kind']}/{doc['metadata']['name']} uses {field[0]}.{field[1]}, "
+                    f"added in {NOT_IN_1_14[field]}")
+
+
+def test_legacy_runs_the_default_seccomp_profile_by_annotation():
+    for _, template in pod_templates(render("install/legacy")):
+        assert template["metadata"]["annotations"]["seccomp.security.alpha.kubernetes.io/pod"] == "runtime/default"
+
+
+def test_cert_manager_objects_are_well_formed():
+    docs = render("install/modern-cert-manager")
+    assert not find(docs, "Job"), "cert-manager replaces the certificate Job"
+    issuers = {d["metadata"]["name"]: d for d in find(docs, "Issuer")}
+    certs = {d["metadata"]["name"]: d for d in find(docs, "Certificate")}
+    assert certs["sandgate-ca"]["spec"]["isCA"] is True
+    assert certs["sandgate-ca"]["spec"]["issuerRef"]["name"] in issuers
+    assert issuers["sandgate-ca"]["spec"]["ca"]["secretName"] == certs["sandgate-ca"]["spec"]["secretName"]
+    serving = certs["sandgate-webhook"]["spec"]
+    assert serving["issuerRef"] == {"kind": "Issuer", "name": "sandgate-ca"}
+    webhook = one(docs, "Deployment", "sandgate-webhook")
+    secret = {v["name"]: v for v in webhook["spec"]["template"]["spec"]["volumes"]}["tls"]["secret"]["secretName"]
+    assert serving["secretName"] == secret
+    for name in ("sandgate-webhook", "sandgate-extender"):
+        assert f"{name}.sandgate-system.svc" in serving["dnsNames"]
+    cert_ref = f"{certs['sandgate-webhook']['metadata']['namespace']}/sandgate-webhook"
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert one(docs, kind, "sandgate")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == cert_ref
+
+
+# ---- contracts with the code ---------------------------------------------------------------
+
+def test_policy_configmaps_load_with_load_policy(tmp_path):
+    for target, (generation, _) in INSTALLS.items():
+        docs = render(target)
+        cm = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("sandgate-policy")][0]
+        path = tmp_path / "policy.yaml"
+        path.write_text(cm["data"]["policy.yaml"])
+        policy = load_policy(path)
+        if generation == "legacy":
+            assert str(policy.cluster_version) in ("1.14", "1.15")
+        else:
+            assert policy.cluster_version is None  # auto: asks the API server
+
+
+def test_legacy_policy_differs_from_base_only_in_cluster_version():
+    base = yaml.safe_load((MANIFESTS / "base/policy.yaml").read_text())
+    legacy = yaml.safe_load((MANIFESTS / "overlays/legacy/policy.yaml").read_text())
+    assert {k: v for k, v in base.items() if k != "clusterVersion"} == \
+        {k: v for k, v in legacy.items() if k != "clusterVersion"}
+
+
+def _webhook_entries(docs: list[dict], kind: str) -> dict[str, dict]:
+    config = one(docs, kind, "sandgate")
+    return {w["clientConfig"]["service"]["path"]: w for w in config["webhooks"]}
+
+
+def test_webhook_entries_match_the_policy(rendered):
+    target, docs = rendered
+    generation, _ = INSTALLS[target]
+    policy = policy_of(docs)
+    service = one(docs, "Service", "sandgate-webhook")
+    for kind, verb in (("MutatingWebhookConfiguration", "mutate"), ("ValidatingWebhookConfiguration", "validate")):
+        entries = _webhook_entries(docs, kind)
+        expected = {f"/{verb}/{name}" for name in policy.profiles}
+        if policy.allow_pod_opt_in:
+            expected.add(f"/{verb}/{keys.OPT_IN_PATH_SEGMENT}")
+        if verb == "validate":
+            expected.add("/validate")
+        assert set(entries) == expected, f"{target} {kind}"
+        for path, w in entries.items():
+            svc = w["clientConfig"]["service"]
+            assert (svc["name"], svc["namespace"]) == (service["metadata"]["name"], service["metadata"]["namespace"])
+            assert svc.get("port", 443) == service["spec"]["ports"][0]["port"] == 443
+            assert w["sideEffects"] == "None" and w["timeoutSeconds"] <= 10
+            assert w["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                   "resources": ["pods"], "scope": "Namespaced"}]
+            exprs = w["namespaceSelector"]["matchExpressions"]
+            by_key: dict[str, list[dict]] = {}
+            for e in exprs:
+                by_key.setdefault(e["key"], []).append(e)
+            label_exprs = by_key.pop(policy.namespace_label)
+            segment = path.rsplit("/", 1)[1] if path.count("/") == 2 else None
+            if segment == keys.OPT_IN_PATH_SEGMENT:
+                assert w["failurePolicy"] == "Ignore"
+                assert label_exprs == [{"key": policy.namespace_label, "operator": "DoesNotExist"}]
+                assert by_key.pop(keys.IGNORE_NAMESPACE_LABEL) == [
+                    {"key": keys.IGNORE_NAMESPACE_LABEL, "operator": "DoesNotExist"}]
+            elif segment in policy.profiles:
+                assert w["failurePolicy"] == "Fail", f"{path} must fail closed"
+                values = [segment] + ([keys.SANDBOXED_VALUE] if segment == policy.default_profile else [])
+                assert label_exprs == [{"key": policy.namespace_label, "operator": "In", "values": values}]
+            else:  # /validate: a label value naming no profile is refused
+                assert w["failurePolicy"] == "Fail"
+                known = sorted([*policy.profiles, keys.SANDBOXED_VALUE])
+                assert {"key": policy.namespace_label, "operator": "Exists"} in label_exprs
+                not_in = [e for e in label_exprs if e["operator"] == "NotIn"]
+                assert len(not_in) == 1 and sorted(not_in[0]["values"]) == known
+            if generation == "modern":
+                assert w["admissionReviewVersions"] == ["v1", "v1beta1"]
+                assert w.get("reinvocationPolicy") == ("IfNeeded" if verb == "mutate" else None)
+                names = by_key.pop("kubernetes.io/metadata.name")
+                assert names[0]["operator"] == "NotIn"
+                assert {"kube-system", "sandgate-system"} | policy.exempt_namespaces <= set(names[0]["values"])
+            else:
+                assert w["admissionReviewVersions"] == ["v1beta1"]
+            assert not by_key, f"{path}: unexpected selector keys {sorted(by_key)}"
+
+
+def test_sandgate_namespace_is_kept_out_of_the_opt_in_entry(rendered):
+    _, docs = rendered
+    ns = one(docs, "Namespace", "sandgate-system")
+    assert keys.IGNORE_NAMESPACE_LABEL in ns["metadata"]["labels"]
+    assert policy_of(docs).namespace_label not in ns["metadata"]["labels"]
+
+
+def test_runtimeclasses_equal_the_policy_profiles(rendered):
+    target, docs = rendered
+    generation, _ = INSTALLS[target]
+    policy = policy_of(docs)
+    classes = {d["metadata"]["name"]: d for d in find(docs, "RuntimeClass")}
+    assert set(classes) == {p.runtime_class_name for p in policy.profiles.values()}
+    for profile in policy.profiles.values():
+        rc = classes[profile.runtime_class_name]
+        assert rc["handler"] == profile.handler
+        if generation == "legacy":
+            assert set(rc) == {"apiVersion", "kind", "metadata", "handler"}
+            continue
+        assert rc.get("overhead", {}).get("podFixed") == (profile.overhead.pod_fixed if profile.overhead else None)
+        scheduling = rc.get("scheduling", {})
+        assert scheduling.get("nodeSelector", {}) == profile.node_selector
+        assert scheduling.get("tolerations", []) == [t.to_k8s() for t in profile.tolerations]
+
+
+def _args(container: dict) -> list[str]:
+    return container.get("args", [])
+
+
+def test_container_args_parse_with_the_real_cli(rendered):
+    _, docs = rendered
+    parser = build_parser()
+    seen = set()
+    for obj, template in pod_templates(docs):
+        for c in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
+            if c.get("command"):
+                continue  # runs a script, not the sandgate entrypoint
+            args = parser.parse_args(_args(c))
+            seen.add(args.command)
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            for attr in ("config", "cert_file", "key_file"):
+                value = getattr(args, attr, None)
+                if value:
+                    assert any(value.startswith(p + "/") for p in mounts), f"{obj['metadata']['name']}: {value} not mounted"
+    assert {"webhook", "extender", "agent"} <= seen
+
+
+def test_webhook_service_ports_and_probes(rendered):
+    _, docs = rendered
+    parser = build_parser()
+    for name, component in (("sandgate-webhook", "webhook"), ("sandgate-extender", "extender")):
+        deploy = one(docs, "Deployment", name)
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        args = parser.parse_args(_args(container))
+        assert args.command == component
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        service = one(docs, "Service", name)
+        target = service["spec"]["ports"][0]["targetPort"]
+        assert ports[target] == args.port
+        assert service["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        for probe in (container["readinessProbe"], container["livenessProbe"]):
+            assert probe["httpGet"]["scheme"] == "HTTPS" and probe["httpGet"]["port"] == target
+    webhook = one(docs, "Deployment", "sandgate-webhook")
+    assert webhook["spec"]["replicas"] == 3
+    pdbs = {p["metadata"]["name"]: p for p in find(docs, "PodDisruptionBudget")}
+    assert pdbs["sandgate-webhook"]["spec"]["minAvailable"] == 2
+
+
+def test_every_container_is_non_root_and_read_only(rendered):
+    _, docs = rendered
+    for obj, template in pod_templates(docs):
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            where = f"{obj['metadata']['name']}/{c['name']}"
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "limits" in c["resources"] and "requests" in c["resources"], where
+        if obj["kind"] != "Job":
+            assert spec["priorityClassName"] == one(docs, "PriorityClass", "sandgate-critical")["metadata"]["name"]
+
+
+def test_agent_daemonset_host_access(rendered):
+    target, docs = rendered
+    ds = one(docs, "DaemonSet", "sandgate-agent")
+    spec = ds["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    args = build_parser().parse_args(_args(c))
+    assert args.root == "/host" and not args.configure
+    env = {e["name"]: e for e in c["env"]}
+    assert args.node_name == "$(NODE_NAME)"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    host_mounts = {}
+    for m in c["volumeMounts"]:
+        if "hostPath" in volumes[m["name"]]:
+            assert m.get("readOnly") is True, f"{m['mountPath']} must be read-only without --configure"
+            assert m["mountPath"] == "/host" + volumes[m["name"]]["hostPath"]["path"]
+            host_mounts[volumes[m["name"]]["hostPath"]["path"]] = m
+    policy = policy_of(docs)
+    assert any(policy.agent.containerd_config.startswith(p + "/") for p in host_mounts)
+    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt"):
+        assert needed in host_mounts
+    assert not spec.get("hostNetwork") and not spec.get("hostPID")
+
+
+def _rules(docs, kind, name):
+    return one(docs, kind, name)["rules"]
+
+
+def test_rbac_is_least_privilege(rendered):
+    _, docs = rendered
+    policy = policy_of(docs)
+    ns = policy.agent.namespace
+    assert _rules(docs, "ClusterRole", "sandgate-webhook") == [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get", "list", "watch"]}]
+    assert _rules(docs, "ClusterRole", "sandgate-agent") == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    agent_role = one(docs, "Role", "sandgate-agent")
+    assert agent_role["metadata"]["namespace"] == ns
+    assert agent_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["create", "get", "update"]}]
+    ext = _rules(docs, "ClusterRole", "sandgate-extender")
+    assert {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]} in ext
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in ext if r["resources"] != ["pods/binding"])
+    ext_role = one(docs, "Role", "sandgate-extender")
+    assert ext_role["metadata"]["namespace"] == ns
+    from scheduler_ext.server import LEADER_LEASE
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEADER_LEASE],
+            "verbs": ["update"]} in ext_role["rules"]
+    for d in docs:
+        for rule in d.get("rules", []) if d["kind"] in ("Role", "ClusterRole") else []:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], d["metadata"]["name"]
+    for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "sandgate-system"
+            one(docs, "ServiceAccount", subject["name"])
+
+
+def test_scheduler_configs_point_at_the_extender_service():
+    docs = render("overlays/modern")
+    service = one(docs, "Service", "sandgate-extender")
+    url = f"https://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{service['spec']['ports'][0]['port']}"
+    configs = sorted((MANIFESTS / "scheduler").glob("kube-scheduler-config.*.yaml"))
+    assert configs, "manifests/scheduler/ has no KubeSchedulerConfiguration"
+    v1 = [yaml.safe_load(p.read_text()) for p in configs if p.name.endswith(".v1.yaml")]
+    assert v1 and v1[0]["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    for path in configs:
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["kind"] == "KubeSchedulerConfiguration"
+        (ext,) = cfg["extenders"]
+        assert ext["urlPrefix"] == url and ext["nodeCacheCapable"] is True and "caData" in ext["tlsConfig"]
+    legacy = json.loads((MANIFESTS / "scheduler/scheduler-policy.legacy.json").read_text())
+    assert legacy["kind"] == "Policy" and legacy["extenders"][0]["urlPrefix"] == url
+
+
+# ---- the certificate Job ---------------------------------------------------------------------
+
+def _installer():
+    spec = importlib.util.spec_from_file_location("install_certs", MANIFESTS / "components/certgen/install_certs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_certgen_job_wires_the_generated_files_to_the_installer():
+    docs = render("install/modern")
+    job = one(docs, "Job", "sandgate-certgen")
+    spec = job["spec"]["template"]["spec"]
+    gen = build_parser().parse_args(spec["initContainers"][0]["args"])
+    webhook_svc = one(docs, "Service", "sandgate-webhook")["metadata"]
+    assert (gen.certs_command, gen.service, gen.namespace) == ("generate", webhook_svc["name"], webhook_svc["namespace"])
+    assert "sandgate-extender.sandgate-system.svc" in gen.dns
+    install = spec["containers"][0]
+    inst = _installer().build_parser().parse_args(install["args"])
+    assert inst.dir == gen.out
+    tls_volume = {v["name"]: v for v in one(docs, "Deployment", "sandgate-webhook")["spec"]["template"]["spec"]["volumes"]}
+    assert inst.secret == tls_volume["tls"]["secret"]["secretName"]
+    assert inst.mutating == one(docs, "MutatingWebhookConfiguration", "sandgate")["metadata"]["name"]
+    assert inst.validating == one(docs, "ValidatingWebhookConfiguration", "sandgate")["metadata"]["name"]
+    script = install["command"][-1]
+    mount = {m["name"]: m["mountPath"] for m in install["volumeMounts"]}["scripts"]
+    cm = {v["name"]: v for v in spec["volumes"]}["scripts"]["configMap"]["name"]
+    assert script == f"{mount}/install_certs.py" and "install_certs.py" in one(docs, "ConfigMap", cm)["data"]
+    role = one(docs, "ClusterRole", "sandgate-certgen")["rules"][0]
+    assert role["resourceNames"] == ["sandgate"] and role["verbs"] == ["get", "patch"]
+
+
+def _generated(tmp_path):
+    subprocess.run(["python3", "-m", "sandgate", "certs", "generate", "--service", "s", "--namespace", "n",
+                    "--out", str(tmp_path)], check=True, capture_output=True, cwd=REPO, timeout=60)
+    return {n: (tmp_path / n).read_bytes() for n in ("ca.crt", "tls.crt", "tls.key")}
+
+
+def test_installer_keeps_a_valid_secret_and_renews_an_expiring_one(tmp_path):
+    mod = _installer()
+    files = _generated(tmp_path)
+    data = {k: base64.b64encode(v).decode() for k, v in files.items()}
+    expires = x509.load_pem_x509_certificate(files["tls.crt"]).not_valid_after_utc
+    assert mod.keep_existing(data, expires - dt.timedelta(days=31), 30)
+    assert not mod.keep_existing(data, expires - dt.timedelta(days=29), 30)
+    assert not mod.keep_existing({**data, "tls.key": ""}, expires - dt.timedelta(days=90), 30)
+    assert not mod.keep_existing(None, expires, 30)
+
+
+def test_installer_patch_sets_every_ca_bundle_and_rolls_old_ca():
+    mod = _installer()
+    obj = {"metadata": {"name": "sandgate", "resourceVersion": "7"},
+           "webhooks": [{"name": "a", "clientConfig": {"service": {"name": "s"}}},
+                        {"name": "b", "clientConfig": {"service": {"name": "s"}, "caBundle": "b2xk"}}]}
+    ca = mod.bundle(b"NEW\n", b"OLD\n", b"NEW")
+    assert base64.b64decode(ca) == b"NEW\nOLD\n"
+    ops = mod.ca_bundle_patch(obj, ca)
+    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"}
+    import jsonpatch
+    patched = jsonpatch.apply_patch(obj, ops)
+    assert [w["clientConfig"]["caBundle"] for w in patched["webhooks"]] == [ca, ca]
+    assert mod.ca_bundle_patch(patched, ca) == []
+
+
+# ---- docs ------------------------------------------------------------------------------------
+
+def test_every_key_is_documented_in_contracts():
+    text = (REPO / "docs/contracts.md").read_text()
+    for name, value in vars(keys).items():
+        if name.isupper() and isinstance(value, str):
+            assert value in text, f"keys.{name} = {value!r} is not in docs/contracts.md"
+            assert name in text, f"keys.{name} is not named in docs/contracts.md"
