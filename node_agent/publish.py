@@ -25,6 +25,7 @@ T = TypeVar("T")
 # strategic merge patch, which treats labels/annotations the same; naming it keeps the semantics explicit.
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5, 15)
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 
 class PublishError(RuntimeError):
@@ -80,6 +81,7 @@ class Publisher:
     """The agent's API calls for one node."""
 
     def __init__(self, api: Any, node: str, retry: Retry):
+        self.api = api
         self.core = CoreV1Api(api)
         self.coordination = CoordinationV1Api(api)
         self.node = node
@@ -113,8 +115,7 @@ class Publisher:
                     "metadata": {"name": name, "namespace": namespace},
                     "spec": {**spec, "acquireTime": stamp, "renewTime": stamp}}
             try:
-                self.coordination.create_namespaced_lease(namespace, body, _preload_content=False,
-                                                          _request_timeout=REQUEST_TIMEOUT).data
+                self._send("POST", f"{LEASES.format(namespace=namespace)}", body)
                 return
             except ApiException as conflict:
                 if conflict.status != 409:  # 409: created meanwhile (a restarted agent); renew it
@@ -122,5 +123,21 @@ class Publisher:
                 lease = orjson.loads(self.coordination.read_namespaced_lease(
                     name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data)
         lease["spec"] = {**(lease.get("spec") or {}), **spec, "renewTime": micro_time(now())}
-        self.coordination.replace_namespaced_lease(name, namespace, lease, _preload_content=False,
-                                                   _request_timeout=REQUEST_TIMEOUT).data
+        self._send("PUT", f"{LEASES.format(namespace=namespace)}/{name}", lease)
+
+    def _send(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request with a JSON body sent exactly as given.
+
+        The typed create/replace methods validate the body into client models, which turns renewTime
+        back into a datetime and sends it as `...+00:00`, or without a fraction at a whole second,
+        which the API server's MicroTime parser refuses. Raw JSON keeps the contract's form.
+        """
+        method, url, headers, data, post = self.api.param_serialize(
+            method=method, resource_path=path, body=body, auth_settings=["BearerToken"],
+            header_params={"Content-Type": "application/json", "Accept": "application/json"})
+        resp = self.api.call_api(method, url, header_params=headers, body=data, post_params=post,
+                                 _request_timeout=REQUEST_TIMEOUT)
+        raw = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=raw.decode(errors="replace"), data=None)
+        return orjson.loads(raw)
