@@ -1,0 +1,75 @@
+"""The long-running agent: cycles every --interval, /metrics and /healthz, survives API errors, exits on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+from support import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy_file, fake_api, tmp_path):
+    root.config(tables.V2_HEAD + tables.runtime(tables.V2, "kata", "io.containerd.kata.v2")
+                + tables.runtime(tables.V2, "runsc", "io.containerd.runsc.v1"))
+    root.shim("containerd-shim-kata-v2")
+    root.kvm()  # runsc has no shim: found, not healthy
+    fake_api.fail = {"PATCH": [500, 500]}  # with 2 attempts per call the first cycle fails; the loop goes on
+    port = free_port()
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
+             "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5",
+             "--api-attempts", "2", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
+            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 30
+        body = ""
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.ConnectionError:
+                body = ""
+            if (metric(body, "sandgate_agent_last_publish_timestamp_seconds") or 0) > 0 and len(fake_api.calls("PATCH")) >= 4:
+                break
+            time.sleep(0.2)
+        assert metric(body, 'sandgate_agent_sandbox_capacity{handler="kata"}') == 44
+        assert metric(body, 'sandgate_agent_runtime_healthy{handler="kata"}') == 1
+        assert metric(body, 'sandgate_agent_runtime_found{handler="runsc"}') == 1
+        assert metric(body, 'sandgate_agent_runtime_healthy{handler="runsc"}') == 0
+        assert metric(body, 'sandgate_agent_sandbox_capacity{handler="runsc"}') is None
+        assert metric(body, "sandgate_agent_publish_errors_total") == 1
+        assert metric(body, "sandgate_agent_last_publish_timestamp_seconds") > time.time() - 600
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/other", timeout=2).status_code == 404
+        assert len(fake_api.calls("PUT", "/apis/coordination.k8s.io")) >= 1  # renewed after the first create
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+            raise
+    assert code == 0, log_path.read_text()
+    assert '"msg":"agent stopped"' in log_path.read_text()
