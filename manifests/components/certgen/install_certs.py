@@ -27,12 +27,14 @@ import jsonpatch
 from cryptography import x509
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
 from sandgate import jsonlog
 
 ADMISSION_GROUP = "admissionregistration.k8s.io"
 ADMISSION_VERSIONS = ("v1", "v1beta1")
-KINDS = {"mutating": "mutatingwebhookconfigurations", "validating": "validatingwebhookconfigurations"}
+KINDS = {"mutating": "MutatingWebhookConfiguration", "validating": "ValidatingWebhookConfiguration"}
 
 log = logging.getLogger("sandgate.certgen")
 
@@ -101,9 +103,11 @@ def read_files(directory: Path) -> dict[str, bytes]:
 class Cluster:
     """The few API calls the installer makes, through the kubernetes client."""
 
-    def __init__(self, api: client.ApiClient):
-        self.api = api
+    def __init__(self, api: client.ApiClient, discovery_cache: str | None = None):
         self.core = client.CoreV1Api(api)
+        # The dynamic client discovers which admissionregistration version the server has; the
+        # typed client has no v1beta1 API any more.
+        self.dynamic = DynamicClient(api, cache_file=discovery_cache)
 
     def read_secret(self, name: str, namespace: str) -> dict[str, str] | None:
         """The Secret's data, or None when it does not exist."""
@@ -121,28 +125,22 @@ class Cluster:
         else:
             self.core.create_namespaced_secret(body.metadata.namespace, body)
 
-    def _call(self, method: str, path: str, body=None, content_type: str | None = None):
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        return self.api.call_api(path, method, header_params=headers, body=body, response_type="object",
-                                 auth_settings=["BearerToken"], _return_http_data_only=True)
-
     def patch_ca_bundle(self, kind: str, name: str, ca_bundle: str) -> str:
         """Set caBundle on every webhook of the named configuration; return the API version used."""
         for version in ADMISSION_VERSIONS:
-            path = f"/apis/{ADMISSION_GROUP}/{version}/{kind}/{name}"
             try:
-                obj = self._call("GET", path)
-            except ApiException as exc:
-                if exc.status == 404:
-                    continue
-                raise
+                resource = self.dynamic.resources.get(api_version=f"{ADMISSION_GROUP}/{version}", kind=kind)
+            except ResourceNotFoundError:
+                continue  # this version is not served (v1 before 1.16, v1beta1 from 1.22)
+            try:
+                obj = resource.get(name=name).to_dict()
+            except NotFoundError:
+                raise InstallError(f"{kind}/{name} not found in {ADMISSION_GROUP}/{version}") from None
             ops = ca_bundle_patch(obj, ca_bundle)
             if ops:
-                self._call("PATCH", path, body=ops, content_type="application/json-patch+json")
+                resource.patch(name=name, body=ops, content_type="application/json-patch+json")
             return version
-        raise InstallError(f"{kind}/{name} not found in {ADMISSION_GROUP} {'/'.join(ADMISSION_VERSIONS)}")
+        raise InstallError(f"the API server serves no {ADMISSION_GROUP} version among {', '.join(ADMISSION_VERSIONS)}")
 
 
 def retrying(step, attempts: int, delay: float):
@@ -150,7 +148,7 @@ def retrying(step, attempts: int, delay: float):
     for attempt in range(1, max(attempts, 1)):
         try:
             return step()
-        except (ApiException, InstallError) as exc:
+        except (ApiException, DynamicApiError, InstallError) as exc:
             log.warning("retrying", extra={"attempt": attempt, "error": getattr(exc, "reason", None) or str(exc)})
             time.sleep(delay)
     return step()
@@ -198,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     config.load_incluster_config()
     try:
         summary = install(Cluster(client.ApiClient()), args, dt.datetime.now(dt.timezone.utc))
-    except (ApiException, InstallError) as exc:
-        detail = exc.body if isinstance(exc, ApiException) and exc.body else str(exc)
+    except (ApiException, DynamicApiError, InstallError) as exc:
+        detail = getattr(exc, "body", None) or str(exc)
         log.error("certificate install failed", extra={"error": detail})
         return 1
     log.info("certificates installed", extra=summary)
