@@ -1,8 +1,12 @@
 """Writing to the API server: the Node's labels/annotations and the heartbeat Lease.
 
 Every call is retried on transient failures (connection errors, 429, 5xx) with exponential backoff
-and full jitter, so a restarting API server is ridden out instead of crashing the agent. Node reads
-and writes go as raw JSON (`_preload_content=False`): the agent needs a few fields, not client models.
+and full jitter, so a restarting API server is ridden out instead of crashing the agent.
+
+Requests go through the kubernetes client's ApiClient (kubeconfig or service-account auth, TLS,
+proxies) but not its typed API classes: importing CoreV1Api alone adds 22 MiB of resident memory
+(the whole core API with its pydantic validators) to an agent that makes four calls, and the typed
+Lease methods re-serialise renewTime from a datetime, losing the MicroTime form (see `_send`).
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 import orjson
-from kubernetes.client import CoordinationV1Api, CoreV1Api
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# A JSON merge patch (RFC 7386): null deletes a key. The client would send a dict body as a
-# strategic merge patch, which treats labels/annotations the same; naming it keeps the semantics explicit.
+# A JSON merge patch (RFC 7386): null deletes a key. CoreV1Api.patch_node would send a dict body as
+# application/strategic-merge-patch+json, which treats labels/annotations the same; naming merge
+# patch keeps the semantics explicit and identical for every API server version.
 MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
 REQUEST_TIMEOUT = (5, 15)
+NODES = "/api/v1/nodes"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 
@@ -82,21 +88,17 @@ class Publisher:
 
     def __init__(self, api: Any, node: str, retry: Retry):
         self.api = api
-        self.core = CoreV1Api(api)
-        self.coordination = CoordinationV1Api(api)
         self.node = node
         self.retry = retry
 
     def read_node(self) -> dict[str, Any]:
         """The Node object as JSON."""
-        return self.retry.call(f"get node {self.node}", lambda: orjson.loads(
-            self.core.read_node(self.node, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data))
+        return self.retry.call(f"get node {self.node}", lambda: self._send("GET", f"{NODES}/{self.node}"))
 
     def patch_node(self, patch: dict[str, Any]) -> None:
         """Apply a merge patch to the Node."""
-        self.retry.call(f"patch node {self.node}", lambda: self.core.patch_node(
-            self.node, patch, _content_type=MERGE_PATCH, _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT).data)
+        self.retry.call(f"patch node {self.node}",
+                        lambda: self._send("PATCH", f"{NODES}/{self.node}", patch, MERGE_PATCH))
 
     def renew_lease(self, namespace: str, name: str, duration: int, now: Callable[[], datetime]) -> None:
         """Create the heartbeat Lease or move its renewTime to now."""
@@ -105,8 +107,7 @@ class Publisher:
     def _renew(self, namespace: str, name: str, duration: int, now: Callable[[], datetime]) -> None:
         spec = {"holderIdentity": self.node, "leaseDurationSeconds": duration}
         try:
-            lease = orjson.loads(self.coordination.read_namespaced_lease(
-                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data)
+            lease = self._send("GET", f"{LEASES.format(namespace=namespace)}/{name}")
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -120,21 +121,23 @@ class Publisher:
             except ApiException as conflict:
                 if conflict.status != 409:  # 409: created meanwhile (a restarted agent); renew it
                     raise
-                lease = orjson.loads(self.coordination.read_namespaced_lease(
-                    name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data)
+                lease = self._send("GET", f"{LEASES.format(namespace=namespace)}/{name}")
         lease["spec"] = {**(lease.get("spec") or {}), **spec, "renewTime": micro_time(now())}
         self._send("PUT", f"{LEASES.format(namespace=namespace)}/{name}", lease)
 
-    def _send(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One request with a JSON body sent exactly as given.
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None,
+              content_type: str = JSON) -> dict[str, Any]:
+        """One request with a JSON body sent exactly as given; the decoded JSON answer.
 
-        The typed create/replace methods validate the body into client models, which turns renewTime
-        back into a datetime and sends it as `...+00:00`, or without a fraction at a whole second,
+        The typed create/replace_namespaced_lease validate the body into client models, which turns
+        renewTime back into a datetime sent as `...+00:00`, or without a fraction at a whole second,
         which the API server's MicroTime parser refuses. Raw JSON keeps the contract's form.
         """
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
         method, url, headers, data, post = self.api.param_serialize(
-            method=method, resource_path=path, body=body, auth_settings=["BearerToken"],
-            header_params={"Content-Type": "application/json", "Accept": "application/json"})
+            method=method, resource_path=path, body=body, auth_settings=["BearerToken"], header_params=headers)
         resp = self.api.call_api(method, url, header_params=headers, body=data, post_params=post,
                                  _request_timeout=REQUEST_TIMEOUT)
         raw = resp.read()
