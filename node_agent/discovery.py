@@ -175,18 +175,24 @@ def desired_metadata(caps: dict[str, int]) -> tuple[dict[str, str], dict[str, st
 
 def node_patch(caps: dict[str, int], current_labels: dict[str, str] | None = None,
                current_annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """JSON merge patch of the node's metadata touching only our keys.
+    """JSON merge patch of the node's metadata touching only our keys, and only those that change.
 
-    Wanted keys are set; keys under our prefixes on the node but no longer wanted are set to null
-    (merge-patch deletion). Keys we did not write are never named.
+    Wanted keys not already at their value are set; keys under our prefixes on the node but no
+    longer wanted are set to null (merge-patch deletion). Keys we did not write are never named.
+    Without the current metadata (an offline dry-run) every wanted key is in the patch.
     """
     labels, annotations = desired_metadata(caps)
-    patch_labels: dict[str, str | None] = dict(labels)
-    patch_annotations: dict[str, str | None] = dict(annotations)
-    for key in (current_labels or {}):
-        if key.startswith(keys.RUNTIME_LABEL_PREFIX) and key not in labels:
-            patch_labels[key] = None
-    for key in (current_annotations or {}):
-        if key.startswith(keys.CAPACITY_ANNOTATION_PREFIX) and key not in annotations:
-            patch_annotations[key] = None
-    return {"metadata": {"labels": patch_labels, "annotations": patch_annotations}}
+    return {"metadata": {"labels": _changes(labels, current_labels or {}, keys.RUNTIME_LABEL_PREFIX),
+                         "annotations": _changes(annotations, current_annotations or {},
+                                                 keys.CAPACITY_ANNOTATION_PREFIX)}}
+
+
+def _changes(wanted: dict[str, str], current: dict[str, str], prefix: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {k: v for k, v in wanted.items() if current.get(k) != v}
+    out.update({k: None for k in current if k.startswith(prefix) and k not in wanted})
+    return out
+
+
+def patch_is_empty(patch: dict[str, Any]) -> bool:
+    """Whether a node_patch changes nothing (the Node already carries exactly our keys)."""
+    return not any(patch["metadata"].values())

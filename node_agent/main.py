@@ -27,7 +27,7 @@ from sandgate.policy import Policy, PolicyError, PolicyStore
 
 from node_agent import containerd
 from node_agent.containerd import ConfigurePlan, ContainerdConfig, ContainerdConfigError, Root
-from node_agent.discovery import RuntimeStatus, capacities, discover, node_patch
+from node_agent.discovery import RuntimeStatus, capacities, discover, node_patch, patch_is_empty
 
 log = logging.getLogger("sandgate.agent")
 
@@ -155,7 +155,8 @@ class Agent:
         result = self.cycle(node)
         if not self.args.dry_run:
             settings = self.store.current.agent
-            self.publisher.patch_node(result.patch)
+            if not patch_is_empty(result.patch):  # the Node read this cycle already carries our keys
+                self.publisher.patch_node(result.patch)
             self.publisher.renew_lease(settings.namespace, keys.agent_lease_name(self.args.node_name),
                                        settings.lease_duration_seconds, lambda: datetime.now(timezone.utc))
             log.info("published", extra={"node": self.args.node_name, "capacities": result.capacities})

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from node_agent.containerd import ContainerdConfigError, Root, load, merge
-from node_agent.discovery import capacity, is_vm_runtime, node_patch, shim_name
+from node_agent.discovery import capacity, is_vm_runtime, node_patch, patch_is_empty, shim_name
 from sandgate import keys
 
 KATA_LABEL, RUNSC_LABEL = keys.runtime_label("kata"), keys.runtime_label("runsc")
@@ -51,10 +51,17 @@ def test_capacity_formula():
 
 
 def test_patch_removes_only_our_stale_keys():
-    patch = node_patch({"kata": 3}, {KATA_LABEL: "true", RUNSC_LABEL: "true", "team": "a"},
+    patch = node_patch({"kata": 3}, {KATA_LABEL: "false", RUNSC_LABEL: "true", "team": "a"},
                        {RUNSC_CAP: "5", "other.io/x": "1"})
     assert patch == {"metadata": {"labels": {KATA_LABEL: "true", RUNSC_LABEL: None},
                                   "annotations": {KATA_CAP: "3", RUNSC_CAP: None}}}
+    assert not patch_is_empty(patch)
+
+
+def test_patch_names_only_changed_keys():
+    current = ({KATA_LABEL: "true", "team": "a"}, {KATA_CAP: "3"})
+    assert node_patch({"kata": 4}, *current) == {"metadata": {"labels": {}, "annotations": {KATA_CAP: "4"}}}
+    assert patch_is_empty(node_patch({"kata": 3}, *current))
 
 
 def test_merge_tables_and_later_scalars_win():

@@ -50,7 +50,7 @@ def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy
                 body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
             except requests.ConnectionError:
                 body = ""
-            if (metric(body, "sandgate_agent_last_publish_timestamp_seconds") or 0) > 0 and len(fake_api.calls("PATCH")) >= 4:
+            if (metric(body, "sandgate_agent_last_publish_timestamp_seconds") or 0) > 0 and len(fake_api.calls("PUT", "/apis/coordination.k8s.io")) >= 2:
                 break
             time.sleep(0.2)
         assert metric(body, 'sandgate_agent_sandbox_capacity{handler="kata"}') == 44

@@ -58,6 +58,7 @@ def test_publish_patches_only_our_keys_and_creates_then_renews_the_lease(root, t
     assert update["body"]["metadata"]["resourceVersion"] == "1"  # optimistic concurrency on the read version
     assert update["body"]["spec"]["renewTime"] > spec["renewTime"]
     assert len(fake_api.calls("POST", leases)) == 1
+    assert len(fake_api.calls("PATCH")) == 1  # the Node already carries our keys: no second patch
 
 
 def test_runtime_gone_removes_its_keys(root, tables, policy_file, fake_api, agent_cmd, tmp_path):
@@ -67,8 +68,8 @@ def test_runtime_gone_removes_its_keys(root, tables, policy_file, fake_api, agen
     (root.path / "usr/local/bin/containerd-shim-runsc-v1").unlink()
     assert once(agent_cmd, policy_file(), root, kubeconfig).returncode == 0
     last = fake_api.calls("PATCH")[-1]["body"]["metadata"]
-    assert last["labels"] == {keys.runtime_label("kata"): "true", keys.runtime_label("runsc"): None}
-    assert last["annotations"] == {keys.capacity_annotation("kata"): "44", keys.capacity_annotation("runsc"): None}
+    assert last["labels"] == {keys.runtime_label("runsc"): None}  # kata's keys are already right
+    assert last["annotations"] == {keys.capacity_annotation("runsc"): None}
     assert keys.runtime_label("runsc") not in fake_api.node["metadata"]["labels"]
 
 
