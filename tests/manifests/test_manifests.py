@@ -16,7 +16,7 @@ import yaml
 from cryptography import x509
 
 import kubernetes_validate
-from sandgate import keys
+from sandgate import __version__, keys
 from sandgate.cli import build_parser
 from sandgate.policy import load_policy, parse_policy
 from support import REPO
@@ -485,3 +485,20 @@ def test_every_key_is_documented_in_contracts():
         if name.isupper() and isinstance(value, str):
             assert value in text, f"keys.{name} = {value!r} is not in docs/contracts.md"
             assert name in text, f"keys.{name} is not named in docs/contracts.md"
+
+
+def test_dockerfile_matches_the_manifests():
+    lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    user = [line.split()[1] for line in lines if line.startswith("USER ")][-1]
+    entrypoint = [json.loads(line[len("ENTRYPOINT "):]) for line in lines if line.startswith("ENTRYPOINT ")][-1]
+    assert entrypoint == ["sandgate"], "container args start with the subcommand"
+    uid, gid = (int(x) for x in user.split(":"))
+    assert uid != 0
+    images = set()
+    for _, template in pod_templates(render("install/modern")):
+        spec = template["spec"]
+        assert (spec["securityContext"]["runAsUser"], spec["securityContext"]["runAsGroup"]) == (uid, gid)
+        images |= {c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
+    assert images == {f"ghcr.io/sandgate/sandgate:{__version__}"}, "the image tag follows the package version"
+    for package in ("sandgate", "webhooks", "scheduler_ext", "node_agent", "certs"):
+        assert f"COPY {package} ./{package}" in lines, f"the image must contain {package}/"
