@@ -146,7 +146,13 @@ class Agent:
         meta = (node or {}).get("metadata") or {}
         patch = node_patch(caps, meta.get("labels"), meta.get("annotations"))
         if self.metrics:
-            self.metrics.record_runtimes({s.handler: s.advertised for s in statuses if s.runtime_type}, caps)
+            self.metrics.record_runtimes(
+                {s.handler: s.advertised for s in statuses if s.runtime_type},
+                {s.handler: s.reason for s in statuses if not s.advertised and s.handler in policy.handlers},
+                caps)
+            self.metrics.config_error.set(1 if error else 0)
+            if configure_error:
+                self.metrics.configure_errors.inc()
         return CycleResult(self.args.node_name, statuses, caps, patch, config, error, plan, configure_error)
 
     def run_cycle(self) -> CycleResult:
@@ -248,6 +254,7 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
             agent.run_cycle()
             if not args.dry_run:
                 metrics.last_publish.set(time.time())
+            metrics.last_success = time.monotonic()
         except (AgentError, PublishError) as exc:
             metrics.publish_errors.inc()
             log.error("cycle failed; retrying next interval", extra={"node": args.node_name, "error": str(exc)})
@@ -255,7 +262,6 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
             metrics.publish_errors.inc()
             log.exception("cycle crashed; retrying next interval", extra={"node": args.node_name})
         metrics.cycles.inc()
-        metrics.last_cycle = time.monotonic()
         stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
     server.stop()
     log.info("agent stopped", extra={"node": args.node_name})

@@ -24,22 +24,33 @@ class AgentMetrics:
                                   "Unix time of the last successful publish", registry=self.registry)
         self.publish_errors = Counter("sandgate_agent_publish_errors", "Cycles whose publish failed",
                                       registry=self.registry)
+        self.problem = Gauge("sandgate_agent_runtime_problem",
+                             "Why a configured or wanted runtime handler is not advertised (1 per handler)",
+                             ["handler", "reason"], registry=self.registry)
+        self.config_error = Gauge("sandgate_agent_containerd_config_error",
+                                  "The containerd configuration is missing or unparsable (1) or usable (0)",
+                                  registry=self.registry)
+        self.configure_errors = Counter("sandgate_agent_configure_errors",
+                                        "Cycles whose --configure step failed", registry=self.registry)
         self.cycles = Counter("sandgate_agent_cycles", "Completed discovery cycles", registry=self.registry)
-        self.last_cycle = time.monotonic()
+        # Moves on every successful cycle only, so /healthz turns unhealthy after repeated failures.
+        self.last_success = time.monotonic()
 
-    def record_runtimes(self, found: dict[str, bool], capacities: dict[str, int]) -> None:
+    def record_runtimes(self, found: dict[str, bool], problems: dict[str, str], capacities: dict[str, int]) -> None:
         """Replace the per-handler series (handlers that went away disappear)."""
-        for gauge in (self.found, self.healthy, self.capacity):
+        for gauge in (self.found, self.healthy, self.capacity, self.problem):
             gauge.clear()
         for handler, healthy in found.items():
             self.found.labels(handler).set(1)
             self.healthy.labels(handler).set(1 if healthy else 0)
+        for handler, reason in problems.items():
+            self.problem.labels(handler, reason).set(1)
         for handler, value in capacities.items():
             self.capacity.labels(handler).set(value)
 
 
 class MetricsServer:
-    """/metrics and /healthz on a background thread; /healthz fails when cycles stop completing."""
+    """/metrics and /healthz on a background thread; /healthz fails when cycles stop succeeding."""
 
     def __init__(self, metrics: AgentMetrics, host: str, port: int, stale_after: float):
         self.metrics = metrics
@@ -65,10 +76,10 @@ class MetricsServer:
                 if self.path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.metrics.registry))
                 elif self.path == "/healthz":
-                    age = time.monotonic() - server.metrics.last_cycle
+                    age = time.monotonic() - server.metrics.last_success
                     ok = age <= server.stale_after
                     self._send(200 if ok else 503, "text/plain; charset=utf-8",
-                               b"ok\n" if ok else f"no completed cycle for {age:.0f}s\n".encode())
+                               b"ok\n" if ok else f"no successful cycle for {age:.0f}s\n".encode())
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found\n")
 

@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from node_agent.metrics import AgentMetrics, MetricsServer
 from support import REPO
 
 
@@ -58,6 +59,8 @@ def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy
         assert metric(body, 'sandgate_agent_runtime_found{handler="runsc"}') == 1
         assert metric(body, 'sandgate_agent_runtime_healthy{handler="runsc"}') == 0
         assert metric(body, 'sandgate_agent_sandbox_capacity{handler="runsc"}') is None
+        assert 'sandgate_agent_runtime_problem{handler="runsc",reason="shim containerd-shim-runsc-v1 not found' in body
+        assert metric(body, "sandgate_agent_containerd_config_error") == 0
         assert metric(body, "sandgate_agent_publish_errors_total") == 1
         assert metric(body, "sandgate_agent_last_publish_timestamp_seconds") > time.time() - 600
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
@@ -73,3 +76,29 @@ def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy
             raise
     assert code == 0, log_path.read_text()
     assert '"msg":"agent stopped"' in log_path.read_text()
+
+
+def test_healthz_fails_once_cycles_stop_succeeding():
+    metrics = AgentMetrics()
+    server = MetricsServer(metrics, "127.0.0.1", 0, stale_after=30)
+    server.start()
+    url = f"http://127.0.0.1:{server.httpd.server_address[1]}/healthz"
+    try:
+        assert requests.get(url, timeout=2).status_code == 200
+        metrics.last_success -= 31  # as if every cycle of the last 31 s had failed
+        answer = requests.get(url, timeout=2)
+        assert answer.status_code == 503 and "no successful cycle" in answer.text
+    finally:
+        server.stop()
+
+
+def test_lean_kubernetes_import_loads_only_what_the_agent_uses():
+    code = ("import sys; from node_agent.lean import skip_kubernetes_package_init as skip; assert skip(); "
+            "import sandgate.policy, sandgate.kube, node_agent.publish; "
+            "from kubernetes.utils import parse_quantity; assert parse_quantity('1Ki') == 1024; "
+            "assert not skip(); print(sorted(m for m in ('kubernetes.dynamic', 'kubernetes.watch', 'jsonschema') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
