@@ -502,3 +502,12 @@ def test_dockerfile_matches_the_manifests():
     assert images == {f"ghcr.io/sandgate/sandgate:{__version__}"}, "the image tag follows the package version"
     for package in ("sandgate", "webhooks", "scheduler_ext", "node_agent", "certs"):
         assert f"COPY {package} ./{package}" in lines, f"the image must contain {package}/"
+
+
+def test_agent_liveness_probe_hits_its_metrics_port(rendered):
+    _, docs = rendered
+    c = one(docs, "DaemonSet", "sandgate-agent")["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(_args(c))
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    probe = c["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == args.metrics_port
