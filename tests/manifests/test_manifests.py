@@ -11,11 +11,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
 
-import kubernetes_validate
+import k8s_schemas
 from sandgate import __version__, keys
 from sandgate.cli import build_parser
 from sandgate.policy import load_policy, parse_policy
@@ -23,41 +25,21 @@ from support import REPO
 
 MANIFESTS = REPO / "manifests"
 KUBECTL = shutil.which("kubectl")
-# What each install targets: (overlay dir, schema versions to validate against).
-# kubernetes-validate ships schemas from 1.25 on; the legacy objects are checked against the oldest
-# one it has, with their v1beta1 kinds mapped to the v1 equivalent, plus the 1.14 field table below.
-OLDEST = "1.25"
+# What each install targets: (overlay generation, Kubernetes versions whose schemas it must pass).
+# Modern: its oldest (1.22), the oldest kubernetes-validate ships (1.25) and the newest. Legacy: the
+# real 1.14 and 1.15 schemas (strict: a field those versions do not know is an error).
+NEWEST = kubernetes_validate.latest_version()
+MODERN_VERSIONS = ["1.22", "1.25", NEWEST]
+LEGACY_VERSIONS = ["1.14", "1.15"]
 INSTALLS = {
-    "install/modern": ("modern", ["1.25", kubernetes_validate.latest_version()]),
-    "install/modern-cert-manager": ("modern", ["1.25", kubernetes_validate.latest_version()]),
-    "install/legacy": ("legacy", [OLDEST]),
-    "overlays/modern": ("modern", ["1.25", kubernetes_validate.latest_version()]),
-    "overlays/legacy": ("legacy", [OLDEST]),
+    "install/modern": ("modern", MODERN_VERSIONS),
+    "install/modern-cert-manager": ("modern", MODERN_VERSIONS),
+    "install/legacy": ("legacy", LEGACY_VERSIONS),
+    "overlays/modern": ("modern", MODERN_VERSIONS),
+    "overlays/legacy": ("legacy", LEGACY_VERSIONS),
 }
 # Not in the Kubernetes schemas: checked structurally below.
 NON_CORE_GROUPS = ("cert-manager.io/",)
-# Legacy apiVersions removed before the oldest schema, and the equivalent whose schema covers them.
-LEGACY_TO_V1 = {
-    "admissionregistration.k8s.io/v1beta1": "admissionregistration.k8s.io/v1",
-    "node.k8s.io/v1beta1": "node.k8s.io/v1",
-    "policy/v1beta1": "policy/v1",
-}
-# Fields that do not exist in Kubernetes 1.14 (kubectl validates against the server's schema and
-# refuses unknown fields), by the version that added them: the 1.14 OpenAPI definitions.
-NOT_IN_1_14 = {
-    ("PodSpec", "topologySpreadConstraints"): "1.16",
-    ("PodSpec", "overhead"): "1.16",
-    ("PodSpec", "preemptionPolicy"): "1.15",
-    ("PodSecurityContext", "seccompProfile"): "1.19",
-    ("SecurityContext", "seccompProfile"): "1.19",
-    ("Container", "startupProbe"): "1.16",
-    ("Webhook", "reinvocationPolicy"): "1.15",
-    ("Webhook", "matchPolicy"): "1.15",
-    ("Webhook", "objectSelector"): "1.15",
-    ("ServiceReference", "port"): "1.15",
-    ("RuntimeClass", "scheduling"): "1.16",
-    ("RuntimeClass", "overhead"): "1.16",
-}
 
 
 def render(target: str) -> list[dict]:
@@ -100,6 +82,22 @@ def pod_templates(docs: list[dict]):
 
 # ---- schema validation ----------------------------------------------------------------------
 
+def validate_for(doc: dict, version: str) -> None:
+    """Strict schema validation for Kubernetes `version`, from kubernetes-validate or an older release's schemas."""
+    if tuple(map(int, version.split("."))) >= (1, 25):
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{exc.message} at {list(exc.path)}") from None
+        return
+    try:
+        k8s_schemas.validate(doc, version)
+    except jsonschema.ValidationError as exc:
+        raise AssertionError(f"{exc.message} at {list(exc.absolute_path)}") from None
+    except k8s_schemas.SchemaUnavailable as exc:
+        pytest.fail(str(exc))
+
+
 def test_every_object_validates_against_its_target_schemas(rendered):
     target, docs = rendered
     generation, versions = INSTALLS[target]
@@ -107,43 +105,26 @@ def test_every_object_validates_against_its_target_schemas(rendered):
         for doc in docs:
             if doc["apiVersion"].startswith(NON_CORE_GROUPS):
                 continue
-            checked = dict(doc, apiVersion=LEGACY_TO_V1.get(doc["apiVersion"], doc["apiVersion"]))
             try:
-                kubernetes_validate.validate(checked, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{target}: {doc['kind']}/{doc['metadata']['name']} invalid for {version}: {exc.message}"
-                            f" at {list(exc.path)}")
+                validate_for(doc, version)
+            except AssertionError as exc:
+                pytest.fail(f"{target}: {doc['kind']}/{doc['metadata']['name']} invalid for {version}: {exc}")
 
 
-def _fields_in_1_14_terms(doc: dict):
-    """(type, field) pairs of `doc` named as in the 1.14 OpenAPI definitions."""
-    kind = doc["kind"]
-    if kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        for webhook in doc["webhooks"]:
-            yield from (("Webhook", k) for k in webhook)
-            yield from (("ServiceReference", k) for k in webhook["clientConfig"].get("service", {}))
-    if kind == "RuntimeClass":
-        yield from (("RuntimeClass", k) for k in doc)
-    if kind in ("Deployment", "DaemonSet", "Job"):
-        spec = doc["spec"]["template"]["spec"]
-        yield from (("PodSpec", k) for k in spec)
-        yield from (("PodSecurityContext", k) for k in spec.get("securityContext", {}))
-        for c in spec.get("containers", []) + spec.get("initContainers", []):
-            yield from (("Container", k) for k in c)
-            yield from (("SecurityContext", k) for k in c.get("securityContext", {}))
-
-
-def test_legacy_uses_only_what_1_14_knows():
+def test_legacy_uses_only_legacy_api_versions():
     for target in ("install/legacy", "overlays/legacy"):
-        docs = render(target)
-        api_versions = {d["apiVersion"] for d in docs}
+        api_versions = {d["apiVersion"] for d in render(target)}
         assert {"admissionregistration.k8s.io/v1beta1", "node.k8s.io/v1beta1", "policy/v1beta1"} <= api_versions
         assert not api_versions & {"admissionregistration.k8s.io/v1", "node.k8s.io/v1", "policy/v1"}
-        for doc in docs:
-            for field in _fields_in_1_14_terms(doc):
-                assert field not in NOT_IN_1_14, (
-                    f"{target}: {doc['kind']}/{doc['metadata']['name']} uses {field[0]}.{field[1]}, "
-                    f"added in {NOT_IN_1_14[field]}")
+
+
+def test_old_schemas_refuse_what_the_version_lacks():
+    """The 1.14 schema must catch a field added in 1.15, else the legacy check proves nothing."""
+    webhook_config = one(render("overlays/legacy"), "MutatingWebhookConfiguration", "sandgate")
+    webhook_config["webhooks"][0]["reinvocationPolicy"] = "IfNeeded"
+    with pytest.raises(AssertionError, match="reinvocationPolicy"):
+        validate_for(webhook_config, "1.14")
+    validate_for(webhook_config, "1.15")
 
 
 def test_legacy_runs_the_default_seccomp_profile_by_annotation():
