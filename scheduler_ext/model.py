@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping
 
-from kubernetes.utils import parse_quantity
-
 from sandgate import keys
 from sandgate.policy import Policy, Profile
+from sandgate.quantity import QuantityError, parse_field
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -35,12 +34,10 @@ def memory_bytes(value: Any, path: str) -> int:
 
 
 def _quantity(value: Any, path: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ObjectError(f"{path}: not a quantity: {value!r}")
     try:
-        return parse_quantity(value)
-    except ValueError:
-        raise ObjectError(f'{path}: invalid quantity "{value}"') from None
+        return parse_field(value, path)
+    except QuantityError as exc:
+        raise ObjectError(str(exc)) from None
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:

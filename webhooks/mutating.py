@@ -25,9 +25,10 @@ import orjson
 from sandgate import keys
 from sandgate.clusterversion import Mode
 from sandgate.policy import Policy, Profile
+from sandgate.quantity import QuantityError
 from webhooks.forbidden import forbidden_message
 from webhooks.model import AdmissionRequest, Routing, Verdict
-from webhooks.padding import QuantityError, pad_pod
+from webhooks.padding import pad_pod
 from webhooks.routing import Decision, Outcome, resolve
 from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations, \
     with_edge_toleration_seconds

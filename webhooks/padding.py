@@ -18,28 +18,13 @@ import json
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Mapping
 
-from kubernetes.utils import parse_quantity
-
 from sandgate import keys
 from sandgate.clusterversion import Mode
 from sandgate.policy import Profile
+from sandgate.quantity import parse_field
 from webhooks.routing import pod_annotations, pod_spec
 
 _MI = Decimal(1024 * 1024)
-
-
-class QuantityError(ValueError):
-    """A pod field holds something that is not a Kubernetes quantity; the message names the field."""
-
-
-def parse_field(value: Any, path: str) -> Decimal:
-    """Parse the quantity at pod field `path`; raise QuantityError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise QuantityError(f'{path}: invalid quantity "{value}"')
-    try:
-        return parse_quantity(value)
-    except ValueError:
-        raise QuantityError(f'{path}: invalid quantity "{value}"') from None
 
 
 def format_quantity(resource: str, value: Decimal) -> str:

@@ -8,7 +8,8 @@ import pytest
 
 from sandgate import keys
 from sandgate.clusterversion import Mode
-from webhooks.padding import QuantityError, effective_request, format_quantity, pad_pod, required_padding
+from sandgate.quantity import QuantityError
+from webhooks.padding import effective_request, format_quantity, pad_pod, required_padding
 
 from webhook_cases import fixture_request
 
