@@ -9,7 +9,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate

@@ -3,7 +3,6 @@ HTTP, fed with the kube-scheduler v1.24 requests captured in ../shared."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from webhook_harness import review, wait_for
+from webhook_harness import review
 
 
 @pytest.fixture(scope="module")
