@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "node_agent"))
+sys.path[:0] = [str(REPO / "tests" / "node_agent"), str(REPO / "tests")]
 from fake_api import FakeApi  # noqa: E402
 
 POLICY = """\

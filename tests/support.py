@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,36 @@ def shared_fixture_path(relative: str) -> Path:
 def load_shared(relative: str) -> dict:
     """Decode a captured fixture, e.g. load_shared("admission/v1-01-create-bare-pod.json")."""
     return json.loads(shared_fixture_path(relative).read_text())
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Base of the loopback stand-ins for kube-apiserver: JSON in and out, no access log on stderr."""
+
+    def log_message(self, *args) -> None:
+        return None
+
+    def send_json(self, code: int, body: dict) -> None:
+        """Answer `code` with `body` as JSON and a Content-Length (so keep-alive clients read it whole)."""
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_json(self):
+        """The request body decoded, or None when there is none."""
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length)) if length else None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM `proc`, and SIGKILL it if it is still running after `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

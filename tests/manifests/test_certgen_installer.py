@@ -7,16 +7,15 @@ import argparse
 import base64
 import datetime as dt
 import importlib.util
-import json
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import jsonpatch
 import pytest
 from kubernetes import client
 
-from support import REPO
+from support import REPO, JsonHandler
 
 SECRET_PATH = "/api/v1/namespaces/sandgate-system/secrets"
 WEBHOOKS = {"mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
@@ -61,20 +60,7 @@ class FakeAPI:
 
 
 def _handler(api: FakeAPI):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def _send(self, code: int, body: dict):
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _body(self):
-            return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    class Handler(JsonHandler):
 
         def _config(self):
             parts = self.path.split("?")[0].split("/")  # /apis/group/version/kind/name
@@ -85,29 +71,29 @@ def _handler(api: FakeAPI):
         def do_GET(self):
             path = self.path.split("?")[0]
             if path in DISCOVERY:
-                return self._send(200, DISCOVERY[path])
+                return self.send_json(200, DISCOVERY[path])
             if path == f"{SECRET_PATH}/sandgate-webhook-tls":
-                return self._send(200, api.secret) if api.secret else self._send(404, {"kind": "Status", "code": 404})
+                return self.send_json(200, api.secret) if api.secret else self.send_json(404, {"kind": "Status", "code": 404})
             kind = self._config() if path.startswith("/apis/") else None
             if kind:
-                return self._send(200, api.configs[kind])
-            self._send(404, {"kind": "Status", "code": 404})
+                return self.send_json(200, api.configs[kind])
+            self.send_json(404, {"kind": "Status", "code": 404})
 
         def do_POST(self):
-            api.secret = self._body()
-            self._send(201, api.secret)
+            api.secret = self.read_json()
+            self.send_json(201, api.secret)
 
         def do_PUT(self):
-            api.secret = self._body()
-            self._send(200, api.secret)
+            api.secret = self.read_json()
+            self.send_json(200, api.secret)
 
         def do_PATCH(self):
             kind = self._config()
             api.patch_types.append(self.headers["Content-Type"])
-            obj = jsonpatch.apply_patch(api.configs[kind], self._body())
+            obj = jsonpatch.apply_patch(api.configs[kind], self.read_json())
             obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
             api.configs[kind] = obj
-            self._send(200, obj)
+            self.send_json(200, obj)
     return Handler
 
 

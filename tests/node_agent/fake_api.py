@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+from support import JsonHandler
 
 
 def merge_patch(target: dict, patch: dict) -> dict:
@@ -34,18 +36,9 @@ class FakeApi:
         self.lock = threading.Lock()
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
+                body = self.read_json()
                 path = self.path.split("?")[0]
                 with api.lock:
                     api.requests.append({"method": self.command, "path": path, "body": body,
@@ -53,14 +46,11 @@ class FakeApi:
                     injected = api.fail.get(f"{self.command} {path}") or api.fail.get(self.command) or []
                     if injected:
                         status = injected.pop(0)
-                        return self._answer(status, {"kind": "Status", "code": status, "message": "injected"})
+                        return self.send_json(status, {"kind": "Status", "code": status, "message": "injected"})
                     status, answer = api.route(self.command, path, body)
-                self._answer(status, answer)
+                self.send_json(status, answer)
 
             do_GET = do_PATCH = do_POST = do_PUT = _handle
-
-            def log_message(self, *args) -> None:
-                pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

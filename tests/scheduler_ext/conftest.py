@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from sandgate import keys
-from support import EXAMPLE_POLICY, REPO, load_shared
+from support import EXAMPLE_POLICY, REPO, JsonHandler, load_shared, stop_process
 
 AGENT_NS = "sandgate-system"  # agent.namespace of examples/policy.yaml
 
@@ -125,12 +125,7 @@ def start_server(tmp_path: Path, items: dict | None, *extra: str, policy: Path =
 
 
 def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(timeout=5)
+    stop_process(server.proc)
 
 
 @pytest.fixture
@@ -220,7 +215,6 @@ class FakeApiServer:
 
     def _handler(self):
         import re
-        from http.server import BaseHTTPRequestHandler
         from urllib.parse import parse_qs, urlparse
 
         fake = self
@@ -230,22 +224,11 @@ class FakeApiServer:
         binding_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/binding$")
         pod_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"  # watches stream chunked, as kube-apiserver does
 
-            def log_message(self, *args):
-                return None
-
-            def send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def status(self, code: int, reason: str, message: str) -> None:
-                self.send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                self.send_json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                                  "reason": reason, "message": message})
 
             def body(self) -> dict:
@@ -259,7 +242,7 @@ class FakeApiServer:
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path.rstrip("/") == "/version":
-                    return self.send(200, {"major": "1", "minor": "24", "gitVersion": "v1.24.1", "gitCommit": "x",
+                    return self.send_json(200, {"major": "1", "minor": "24", "gitVersion": "v1.24.1", "gitCommit": "x",
                                            "gitTreeState": "clean", "buildDate": "2022-05-24T12:18:48Z",
                                            "goVersion": "go1.18.2", "compiler": "gc",
                                            "platform": "linux/amd64"})
@@ -269,18 +252,18 @@ class FakeApiServer:
                 m = lease_path.match(url.path)
                 if m:
                     lease = fake.objects["leases"].get(f"{m.group(1)}/{m.group(2)}")
-                    return self.send(200, lease) if lease else self.status(404, "NotFound", "lease not found")
+                    return self.send_json(200, lease) if lease else self.status(404, "NotFound", "lease not found")
                 m = pod_path.match(url.path)
                 if m:
                     pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
-                    return self.send(200, pod) if pod else self.status(404, "NotFound", "pod not found")
+                    return self.send_json(200, pod) if pod else self.status(404, "NotFound", "pod not found")
                 self.status(404, "NotFound", url.path)
 
             def list(self, kind: str) -> None:
                 with fake.cond:
                     items = list(fake.objects[kind].values())
                     rv = str(fake.rv)
-                self.send(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
+                self.send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
                                 "items": items})
 
             def chunk(self, event: dict) -> None:
@@ -325,11 +308,11 @@ class FakeApiServer:
                     if pod is None or pod["metadata"]["uid"] != body["metadata"].get("uid"):
                         return self.status(409, "Conflict", "Precondition failed: UID in precondition")
                     fake.put("pods", {**pod, "spec": {**pod["spec"], "nodeName": body["target"]["name"]}})
-                    return self.send(201, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201})
+                    return self.send_json(201, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201})
                 if url == f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases":
                     if fake.key(body) in fake.objects["leases"]:
                         return self.status(409, "AlreadyExists", "lease exists")
-                    return self.send(201, fake.put("leases", body))
+                    return self.send_json(201, fake.put("leases", body))
                 self.status(404, "NotFound", url)
 
             def do_PUT(self):
@@ -341,7 +324,7 @@ class FakeApiServer:
                 current = fake.objects["leases"].get(fake.key(body))
                 if current and current["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
                     return self.status(409, "Conflict", "the object has been modified")
-                self.send(200, fake.put("leases", body))
+                self.send_json(200, fake.put("leases", body))
 
         return Handler
 

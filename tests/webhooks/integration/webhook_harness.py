@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 import requests
 import yaml
 
-from support import EXAMPLE_POLICY, REPO, load_shared
+from support import EXAMPLE_POLICY, REPO, load_shared, stop_process
 
 START_TIMEOUT = 30.0
 NAMESPACE = "payments-sandbox"  # the captured fixtures' namespace, labelled sandgate.io/isolation=sandboxed
@@ -100,13 +100,8 @@ class Webhook:
         raise AssertionError(f"webhook not healthy within {START_TIMEOUT}s:\n{self.logs()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc:
+            stop_process(self.proc, timeout=20)
         if getattr(self, "_log", None):
             self._log.close()
 
