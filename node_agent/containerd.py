@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -63,6 +63,17 @@ class ContainerdConfig:
             if table is None:
                 return {}
         return {name: body for name, body in table.items() if isinstance(body, dict)} if isinstance(table, dict) else {}
+
+
+def with_drop_ins(config: ContainerdConfig, plan: "ConfigurePlan") -> ContainerdConfig:
+    """The configuration as containerd will see it once `plan`'s drop-ins are written and imported.
+
+    A dry run discovers over this, so the Node patch it prints is the one the real run publishes.
+    """
+    effective = config.effective
+    for change in plan.drop_ins:
+        effective = merge(effective, tomllib.loads(change.content))
+    return replace(config, effective=effective, imports=config.imports + [c.path for c in plan.drop_ins])
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

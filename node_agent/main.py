@@ -131,7 +131,9 @@ class Agent:
             log.error("containerd configuration unusable; advertising nothing", extra={"error": error})
         elif self.args.configure:
             plan, configure_error = self.configure(policy, config)
-            if plan.changed and not self.args.dry_run:
+            if plan.changed and self.args.dry_run:
+                config = containerd.with_drop_ins(config, plan)
+            elif plan.changed:
                 config, error = load_config(self.root, policy)
         if config is not None:
             statuses = discover(self.root, config.runtimes(), policy)

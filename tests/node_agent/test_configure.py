@@ -56,6 +56,20 @@ def test_dry_run_shows_changes_without_writing(root, policy_file, tmp_path, dry_
     assert main["content"].endswith("]\n" + MAIN)
 
 
+
+def test_dry_run_node_patch_is_what_the_configured_run_publishes(root, policy_file, tmp_path, dry_run):
+    """With --configure the handlers the drop-ins add are advertised in the same cycle, so the
+    dry-run patch must count them too, although it writes nothing."""
+    policy, _ = setup(root, policy_file, tmp_path)
+    doc = dry_run("--configure", policy=policy)
+    assert doc["nodePatch"]["metadata"]["labels"] == {
+        keys.runtime_label("kata"): "true", keys.runtime_label("runsc"): "true"}
+    assert set(doc["nodePatch"]["metadata"]["annotations"]) == {
+        keys.capacity_annotation("kata"), keys.capacity_annotation("runsc")}
+    assert not (root.path / "etc/containerd/conf.d").exists()
+    unconfigured = dry_run(policy=policy)["nodePatch"]["metadata"]  # without --configure nothing is advertisable
+    assert unconfigured == {"labels": {}, "annotations": {}}
+
 def test_configure_is_idempotent_and_reloads_once(root, policy_file, tmp_path, fake_api, agent_cmd):
     policy, reloads = setup(root, policy_file, tmp_path)
     args = ("--config", str(policy), "--node-name", "n1", "--root", str(root.path), "--once", "--configure",
