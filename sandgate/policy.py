@@ -172,6 +172,12 @@ class Policy:
                 return profile
         return None
 
+    def profile_named(self, value: str | None) -> Profile | None:
+        """The profile a namespace-label or pod-annotation value names: "sandboxed" is defaultProfile."""
+        if value == keys.SANDBOXED_VALUE:
+            return self.profiles[self.default_profile]
+        return self.profiles.get(value) if isinstance(value, str) else None
+
     @property
     def handlers(self) -> frozenset[str]:
         """Every runtime handler some profile uses."""

@@ -165,12 +165,7 @@ def profile_for_pod(policy: Policy, runtime_class: str | None,
     profile = policy.profile_for_runtime_class(runtime_class)
     if profile is not None:
         return profile
-    value = annotations.get(policy.pod_annotation)
-    if value == keys.SANDBOXED_VALUE:
-        return policy.profiles.get(policy.default_profile)
-    if isinstance(value, str):
-        return policy.profiles.get(value)
-    return None
+    return policy.profile_named(annotations.get(policy.pod_annotation))
 
 
 def _requests(container: Any, path: str) -> tuple[int, int]:

@@ -107,3 +107,12 @@ def test_store_reloads_a_changed_file_and_keeps_the_last_good_one(tmp_path):
     path.write_text("apiVersion: nope\n")
     assert store.current.default_profile == "gvisor"
     assert "apiVersion" in store.last_error
+
+
+def test_profile_named_resolves_label_and_annotation_values():
+    policy = load_policy(EXAMPLE_POLICY)
+    assert policy.profile_named("sandboxed").name == "runv"  # the defaultProfile
+    assert policy.profile_named("gvisor").name == "gvisor"
+    assert policy.profile_named("none") is None
+    assert policy.profile_named("kata") is None
+    assert policy.profile_named(None) is None

@@ -95,12 +95,10 @@ def _namespace_profile(req: AdmissionRequest, policy: Policy, routing: Routing) 
         segment = routing.path_profile
         if segment == keys.OPT_IN_PATH_SEGMENT:
             return None
-        if segment == keys.SANDBOXED_VALUE:
-            # The webhook entry for namespaces labelled "sandboxed" follows defaultProfile without
-            # rewriting the webhook configuration when the default changes.
-            return policy.profiles[policy.default_profile]
-        if segment in policy.profiles:
-            return policy.profiles[segment]
+        # /mutate/sandboxed follows defaultProfile without rewriting the webhook configuration.
+        profile = policy.profile_named(segment)
+        if profile is not None:
+            return profile
         return deny("unknown-path-profile",
                     f'webhook path profile "{segment}" is not a profile of the sandbox policy (valid: '
                     f'{_valid_values(policy, keys.SANDBOXED_VALUE, keys.OPT_IN_PATH_SEGMENT)}); '
@@ -112,10 +110,9 @@ def _namespace_profile(req: AdmissionRequest, policy: Policy, routing: Routing) 
     value = routing.namespace_labels.get(policy.namespace_label)
     if value is None:
         return None
-    if value == keys.SANDBOXED_VALUE:
-        return policy.profiles[policy.default_profile]
-    if value in policy.profiles:
-        return policy.profiles[value]
+    profile = policy.profile_named(value)
+    if profile is not None:
+        return profile
     return deny("invalid-namespace-label",
                 f'namespace "{req.namespace}" has label {policy.namespace_label}="{value}", which is not a '
                 f"sandbox profile (valid values: {_valid_values(policy, keys.SANDBOXED_VALUE)}); "
@@ -183,11 +180,8 @@ def resolve(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision
             # The user picked a sandbox runtime explicitly: schedule and check it like an opt-in.
             return Decision(Outcome.ROUTE, "routed", profile=chosen, rule=Rule.RUNTIME_CLASS)
         return skip("not-routed")
-    if value == keys.SANDBOXED_VALUE:
-        wanted = policy.profiles[policy.default_profile]
-    elif value in policy.profiles:
-        wanted = policy.profiles[value]
-    else:
+    wanted = policy.profile_named(value)
+    if wanted is None:
         return deny("invalid-annotation",
                     f'{field}: unknown sandbox profile "{value}" (valid values: '
                     f"{_valid_values(policy, keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)})")
