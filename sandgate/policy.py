@@ -8,11 +8,8 @@ back to a default.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -23,6 +20,7 @@ from kubernetes.utils import parse_quantity
 
 from sandgate import keys
 from sandgate.clusterversion import ClusterVersion, VersionError
+from sandgate.reloading import ReloadingFiles
 
 API_VERSION = "sandgate.io/v1alpha1"
 KIND = "SandboxPolicy"
@@ -39,8 +37,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUALIFIED_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                              r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-log = logging.getLogger(__name__)
 
 
 class PolicyError(ValueError):
@@ -520,59 +516,11 @@ def load_policy(path: str | os.PathLike) -> Policy:
     return parse_policy(doc, source)
 
 
-class PolicyStore:
-    """The current policy of a running server, reloaded when its file changes.
-
-    A ConfigMap volume update swaps a symlink, so the file is re-read when its resolved stat
-    signature changes. A changed file that fails validation is logged and ignored: the last good
-    policy keeps serving (refusing to serve would take every pod creation down with it).
-    """
+class PolicyStore(ReloadingFiles[Policy]):
+    """The current policy of a running server, reloaded when its file changes (see sandgate.reloading)."""
 
     def __init__(self, path: str | os.PathLike, check_interval: float = 2.0,
                  on_reload: Callable[[Policy], None] | None = None):
         self.path = str(path)
-        self.check_interval = check_interval
-        self.on_reload = on_reload
-        self.last_error: str | None = None
-        self.generation = 1
-        self._lock = threading.Lock()
-        self._signature = self._stat()
-        self._policy = load_policy(self.path)
-        self._checked_at = time.monotonic()
-
-    def _stat(self) -> tuple | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    @property
-    def current(self) -> Policy:
-        """The policy in force, after a cheap (rate-limited) check for a changed file."""
-        if time.monotonic() - self._checked_at >= self.check_interval:
-            self.reload_if_changed()
-        return self._policy
-
-    def reload_if_changed(self) -> bool:
-        """Re-read the file if it changed; return True when a new policy took effect."""
-        with self._lock:
-            self._checked_at = time.monotonic()
-            signature = self._stat()
-            if signature is None or signature == self._signature:
-                return False
-            self._signature = signature
-            try:
-                policy = load_policy(self.path)
-            except PolicyError as exc:
-                self.last_error = str(exc)
-                log.error("policy reload refused; keeping the previous policy",
-                          extra={"policy": self.path, "errors": exc.errors})
-                return False
-            self._policy = policy
-            self.last_error = None
-            self.generation += 1
-        log.info("policy reloaded", extra={"policy": self.path, "generation": self.generation})
-        if self.on_reload:
-            self.on_reload(policy)
-        return True
+        super().__init__("policy", [self.path], lambda: load_policy(self.path), (PolicyError,),
+                         check_interval, on_reload)

@@ -9,13 +9,9 @@ update swaps a symlink, so files are compared by the stat of their resolved targ
 
 from __future__ import annotations
 
-import logging
-import os
 import ssl
-import threading
-import time
 
-log = logging.getLogger(__name__)
+from sandgate.reloading import ReloadingFiles
 
 # Connections arrive far more often than certificates rotate; stat the files at most this often.
 CHECK_INTERVAL = 1.0
@@ -23,11 +19,6 @@ CHECK_INTERVAL = 1.0
 
 class CertificateError(RuntimeError):
     """The certificate/key pair cannot be loaded (missing, unreadable, not PEM, or not a pair)."""
-
-
-def _signature(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def build_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -52,8 +43,8 @@ def build_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-class ReloadingContext:
-    """Hands out the current SSLContext, rebuilding it when the files change on disk.
+class ReloadingContext(ReloadingFiles[ssl.SSLContext]):
+    """Hands out the current SSLContext, rebuilt when the certificate or key file changes.
 
     A half-finished rotation (new certificate, old key) fails to load; the previous context keeps
     serving and the load is retried on the next check, so rotation never causes an outage.
@@ -62,44 +53,9 @@ class ReloadingContext:
     def __init__(self, cert_file: str, key_file: str, check_interval: float = CHECK_INTERVAL):
         self.cert_file = cert_file
         self.key_file = key_file
-        self.check_interval = check_interval
-        self.last_error: str | None = None
-        self.loaded_at = time.time()
-        self._lock = threading.Lock()
-        self._context = build_context(cert_file, key_file)
-        self._signature = self._files_signature()
-        self._checked_at = time.monotonic()
-
-    def _files_signature(self) -> tuple | None:
-        try:
-            return (_signature(self.cert_file), _signature(self.key_file))
-        except OSError:
-            return None
+        super().__init__("certificate", [cert_file, key_file], lambda: build_context(cert_file, key_file),
+                         (CertificateError,), check_interval)
 
     def context(self) -> ssl.SSLContext:
         """The context for a new connection (reloaded first if the files changed)."""
-        if time.monotonic() - self._checked_at >= self.check_interval:
-            self.reload_if_changed()
-        return self._context
-
-    def reload_if_changed(self) -> bool:
-        """Rebuild the context if either file changed; True when a new certificate took effect."""
-        with self._lock:
-            self._checked_at = time.monotonic()
-            signature = self._files_signature()
-            if signature is None or signature == self._signature:
-                return False
-            try:
-                context = build_context(self.cert_file, self.key_file)
-            except CertificateError as exc:
-                if self.last_error != str(exc):
-                    log.error("certificate reload failed; still serving the previous certificate",
-                              extra={"cert_file": self.cert_file, "error": str(exc)})
-                self.last_error = str(exc)
-                return False
-            self._context = context
-            self._signature = signature
-            self.last_error = None
-            self.loaded_at = time.time()
-        log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
-        return True
+        return self.current

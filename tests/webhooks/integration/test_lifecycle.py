@@ -74,7 +74,7 @@ def test_policy_file_change_takes_effect_and_a_bad_change_is_refused(start_webho
     assert exempt and exempt["allowed"] is True
 
     hook.policy.write_text("apiVersion: sandgate.io/v1alpha1\nkind: SandboxPolicy\ndefaultProfile: nope\n")
-    assert wait_for(lambda: hook.post("/mutate/runv", doc) and "policy reload refused" in hook.logs(), timeout=15)
+    assert wait_for(lambda: hook.post("/mutate/runv", doc) and "policy reload failed" in hook.logs(), timeout=15)
     assert "patch" not in hook.post("/mutate/runv", doc).json()["response"]  # last good policy still in force
     assert "last change refused" in hook.get("/readyz").json()["checks"]["policy"]["detail"]
 
