@@ -35,14 +35,36 @@ class JsonHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         return None
 
-    def send_json(self, code: int, body: dict) -> None:
+    def send_json(self, code: int, body: dict, close: bool = False) -> None:
         """Answer `code` with `body` as JSON and a Content-Length (so keep-alive clients read it whole)."""
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+
+    def start_watch(self) -> None:
+        """Begin a watch answer: chunked, one JSON event per chunk, as kube-apiserver streams it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def send_event(self, event: dict) -> None:
+        """One watch event ({"type": ..., "object": ...}) as its own chunk, flushed at once."""
+        data = json.dumps(event).encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def end_watch(self) -> None:
+        """Close the watch stream (the client then re-watches from its last resourceVersion)."""
+        self.wfile.write(b"0\r\n\r\n")
 
     def read_json(self):
         """The request body decoded, or None when there is none."""

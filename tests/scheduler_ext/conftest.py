@@ -266,21 +266,11 @@ class FakeApiServer:
                 self.send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
                                 "items": items})
 
-            def chunk(self, event: dict) -> None:
-                data = json.dumps(event).encode() + b"\n"
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-
             def watch(self, kind: str, query: dict) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = True
+                self.start_watch()
                 if kind in fake.gone_next_watch:
                     fake.gone_next_watch.discard(kind)
-                    self.chunk({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                    self.send_event({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
                                                             "message": "too old resource version"}})
                 else:
                     since = int(query.get("resourceVersion") or 0)
@@ -292,9 +282,9 @@ class FakeApiServer:
                                 fake.cond.wait(0.1)
                                 continue
                         for rv, _kind, typ, obj in pending:
-                            self.chunk({"type": typ, "object": obj})
+                            self.send_event({"type": typ, "object": obj})
                             since = rv
-                self.wfile.write(b"0\r\n\r\n")
+                self.end_watch()
 
             def do_POST(self):
                 url = urlparse(self.path).path

@@ -16,14 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import requests
 import yaml
 
-from support import EXAMPLE_POLICY, REPO, load_shared, stop_process
+from support import EXAMPLE_POLICY, REPO, JsonHandler, load_shared, stop_process
 
 START_TIMEOUT = 30.0
 NAMESPACE = "payments-sandbox"  # the captured fixtures' namespace, labelled sandgate.io/isolation=sandboxed
@@ -150,62 +150,39 @@ class FakeKubeAPI:
                         "platform": "linux/amd64"}
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
 
             def do_GET(self):
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path.rstrip("/") == "/version":
-                    return self._json(200, api.version)
+                    return self.send_json(200, api.version, close=True)
                 if url.path != "/api/v1/namespaces":
-                    return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
+                    return self.send_json(404, {"kind": "Status", "code": 404, "message": "not found"}, close=True)
                 if query.get("watch") in ("true", "1"):
                     return self._watch(int(query.get("resourceVersion") or 0), float(query.get("timeoutSeconds", 60)))
                 return self._list()
-
-            def _json(self, status, doc):
-                body = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
-                self.close_connection = True
 
             def _list(self):
                 with api.lock:
                     api.lists += 1
                     if api.fail_list_status:
-                        return self._json(api.fail_list_status, {"kind": "Status", "code": api.fail_list_status,
-                                                                 "message": "injected failure"})
+                        return self.send_json(api.fail_list_status, {"kind": "Status", "code": api.fail_list_status,
+                                                                     "message": "injected failure"}, close=True)
                     items = [{"metadata": {"name": n, "labels": labels, "resourceVersion": str(rv)}}
                              for n, (labels, rv) in api.namespaces.items()]
                     doc = {"kind": "NamespaceList", "apiVersion": "v1",
                            "metadata": {"resourceVersion": str(api.rv)}, "items": items}
-                self._json(200, doc)
-
-            def _chunk(self, event: dict):
-                data = json.dumps(event).encode() + b"\n"
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
+                self.send_json(200, doc, close=True)
 
             def _watch(self, since: int, timeout: float):
                 with api.lock:
                     api.watches += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = True
+                self.start_watch()
                 try:
                     if since < api.gone_below:
-                        self._chunk({"type": "ERROR", "object": {
+                        self.send_event({"type": "ERROR", "object": {
                             "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
                             "reason": "Expired", "message": f"too old resource version: {since}"}})
                     else:
@@ -218,9 +195,9 @@ class FakeKubeAPI:
                                     api.lock.wait(max(0.0, deadline - time.monotonic()))
                                     continue
                             for rv, kind, obj in pending:
-                                self._chunk({"type": kind, "object": obj})
+                                self.send_event({"type": kind, "object": obj})
                                 sent = rv
-                    self.wfile.write(b"0\r\n\r\n")
+                    self.end_watch()
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
