@@ -153,21 +153,10 @@ def create_app(state: WebhookState) -> Flask:
         log.log(logging.WARNING if unknown and not verdict.allowed else logging.INFO, "admission", extra=facts)
         return _json(answer)
 
-    @app.post("/mutate")
-    def mutate() -> Response:
-        return review("mutate", None)
-
-    @app.post("/mutate/<profile>")
-    def mutate_profile(profile: str) -> Response:
-        return review("mutate", profile)
-
-    @app.post("/validate")
-    def validate_() -> Response:
-        return review("validate", None)
-
-    @app.post("/validate/<profile>")
-    def validate_profile(profile: str) -> Response:
-        return review("validate", profile)
+    # /mutate, /validate (namespace labels from the cache) and /mutate/<profile>, /validate/<profile>.
+    endpoint = f"<any({', '.join(DECIDERS)}):endpoint>"
+    app.add_url_rule(f"/{endpoint}", "review", review, methods=["POST"], defaults={"profile": None})
+    app.add_url_rule(f"/{endpoint}/<profile>", "review", review, methods=["POST"])
 
     @app.get("/healthz")
     def healthz() -> Response:
