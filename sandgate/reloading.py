@@ -49,9 +49,13 @@ class ReloadingFiles(Generic[T]):
     @property
     def current(self) -> T:
         """The value in force, after a cheap (rate-limited) check for changed files."""
+        self.refresh()
+        return self._value
+
+    def refresh(self) -> None:
+        """Check for changed files, at most every `check_interval` seconds (for callers on a hot path)."""
         if time.monotonic() - self._checked_at >= self.check_interval:
             self.reload_if_changed()
-        return self._value
 
     def reload_if_changed(self) -> bool:
         """Load again if a file changed; True when a new value took effect."""

@@ -127,7 +127,7 @@ def create_app(rt: Runtime) -> ExtenderApp:
 
     def handle(verb: str, body: bytes, work: Callable[[bytes], bytes], on_crash: Callable[[str], bytes]) -> Answer:
         started = time.perf_counter()
-        rt.store.current  # noqa: B018 - re-reads a changed policy file (rate-limited stat)
+        rt.store.refresh()  # a changed policy reaches the cache through the store's on_reload
         if len(body) > MAX_BODY:
             return answer(verb, started, wire.bad_request(f"request body larger than {MAX_BODY} bytes"), 413)
         try:
@@ -197,7 +197,7 @@ def create_app(rt: Runtime) -> ExtenderApp:
         return 200, "text/plain; charset=utf-8", b"ok\n"
 
     def readyz(_body: bytes) -> Answer:
-        rt.store.current  # noqa: B018 - so policyError reflects the file on disk
+        rt.store.refresh()  # so policyError reflects the file on disk
         status = cache.status()
         synced = all(s["synced"] for s in status["sync"].values())
         stale = any((s["staleSeconds"] or 0) > 0 for s in status["sync"].values())
