@@ -93,8 +93,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def baseline_rss_kib() -> int:
-    """RSS of an interpreter that imported sandgate.policy and nothing else."""
-    out = subprocess.run([sys.executable, "-c", "import sandgate.policy, re; print(re.search(r'VmRSS:\\s+(\\d+)', "
+    """RSS of an interpreter that imported sandgate.core.policy and nothing else."""
+    out = subprocess.run([sys.executable, "-c", "import sandgate.core.policy, re; print(re.search(r'VmRSS:\\s+(\\d+)', "
                           "open('/proc/self/status').read()).group(1))"],
                          cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     return int(out.stdout)
@@ -138,7 +138,7 @@ def main() -> int:
     print(f"agent cycles measured:   {measured} (interval {args.interval:g}s; each: read Node, discover, PATCH if changed, Lease read+renew)")
     print(f"CPU per cycle:           {(cpu1 - cpu0) / measured * 1000:.1f} ms (utime+stime, {CLK_TCK} ticks/s)")
     print(f"agent VmRSS:             {rss / 1024:.1f} MiB  (peak VmHWM {hwm / 1024:.1f} MiB; target <= 50 MiB)")
-    print(f"baseline VmRSS:          {base_rss / 1024:.1f} MiB  (interpreter + `import sandgate.policy`, full kubernetes import)")
+    print(f"baseline VmRSS:          {base_rss / 1024:.1f} MiB  (interpreter + `import sandgate.core.policy`, full kubernetes import)")
     print(f"agent / baseline RSS:    {rss / base_rss:.2f}x")
     return 0
 

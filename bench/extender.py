@@ -38,9 +38,9 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandgate import keys  # noqa: E402
-from sandgate.clusterversion import ClusterVersion  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
+from sandgate.core import keys  # noqa: E402
+from sandgate.core.clusterversion import ClusterVersion  # noqa: E402
+from sandgate.core.policy import load_policy  # noqa: E402
 from scheduler_ext import wire  # noqa: E402
 from scheduler_ext.model import pod_info  # noqa: E402
 from scheduler_ext.snapshot import apply_snapshot  # noqa: E402
@@ -96,8 +96,7 @@ def snapshot(nodes: list[dict]) -> dict:
 
 def runv_pod() -> dict:
     """The captured v1.24 runv pod (what kube-scheduler really sends)."""
-    shared = Path(os.environ.get("SANDGATE_SHARED", REPO.parent / "shared"))
-    path = shared / "fixtures" / "k8s-1.24" / "extender" / "filter-ncc-true-runv-pod.json"
+    path = REPO / "tests" / "fixtures" / "k8s-1.24" / "extender" / "filter-ncc-true-runv-pod.json"
     return json.loads(path.read_text())["Pod"]
 
 

@@ -8,7 +8,7 @@ AdmissionReview) under the very same gunicorn settings (webhooks.server.gunicorn
 --url it measures that webhook instead (any server answering AdmissionReview; --cacert to verify
 it) against the local no-op baseline.
 
-Body: the captured AdmissionReview v1 of a bare pod (../shared fixtures), POSTed to the mutate path.
+Body: the captured AdmissionReview v1 of a bare pod (tests/fixtures), POSTed to the mutate path.
 Scenarios, each with 1 and 64 client connections:
   fixed rate   200 req/s open loop (latency measured from the scheduled send time, so a stalled
                server cannot hide queueing: no coordinated omission), Python http.client threads;
@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FIXTURE = Path(os.environ.get("SANDGATE_SHARED", REPO.parent / "shared")) / "fixtures/k8s-1.24/admission/v1-01-create-bare-pod.json"
+FIXTURE = REPO / "tests/fixtures/k8s-1.24/admission/v1-01-create-bare-pod.json"
 RATE = 200
 CONNECTIONS = (1, 64)
 TARGET_P99_MS = 10.0
@@ -53,7 +53,7 @@ def serve_noop(args: argparse.Namespace) -> None:
     """A Flask app that reads the body and answers a constant allowed review, under our gunicorn settings."""
     from flask import Flask, Response, request
 
-    from sandgate import jsonlog
+    from sandgate.core import jsonlog
     from webhooks.server import WebhookApplication, gunicorn_options
     from webhooks.tls import ReloadingContext
 

@@ -16,8 +16,8 @@ from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any, Iterable
 
-from sandgate import keys
-from sandgate.policy import Policy, Profile
+from sandgate.core import keys
+from sandgate.core.policy import Policy, Profile
 
 from node_agent.containerd import Root
 

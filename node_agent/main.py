@@ -22,8 +22,8 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from sandgate import jsonlog, keys
-from sandgate.policy import Policy, PolicyError, PolicyStore
+from sandgate.core import jsonlog, keys
+from sandgate.core.policy import Policy, PolicyError, PolicyStore
 
 from node_agent import containerd
 from node_agent.containerd import ConfigurePlan, ContainerdConfig, ContainerdConfigError, Root
@@ -205,7 +205,7 @@ def run_agent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     publisher = None
     if not offline:
-        from sandgate.kube import KubeConfigError, load_api_client
+        from sandgate.core.kube import KubeConfigError, load_api_client
         from node_agent.publish import Publisher, Retry
 
         try:

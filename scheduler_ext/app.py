@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sandgate.policy import PolicyStore
+from sandgate.core.policy import PolicyStore
 from scheduler_ext import wire
 from scheduler_ext.binder import Binder
 from scheduler_ext.decisions import Verdict

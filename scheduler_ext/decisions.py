@@ -25,7 +25,7 @@ import enum
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sandgate import keys
+from sandgate.core import keys
 from scheduler_ext.model import NodeInfo, NodeUsage, PodInfo
 
 MAX_SCORE = 10  # k8s.io/kube-scheduler/extender/v1.MaxExtenderPriority

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping
 
-from sandgate import keys
-from sandgate.policy import Policy, Profile
-from sandgate.quantity import QuantityError, parse_field
+from sandgate.core import keys
+from sandgate.core.policy import Policy, Profile
+from sandgate.core.quantity import QuantityError, parse_field
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

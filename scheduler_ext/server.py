@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication
 
-from sandgate import jsonlog
-from sandgate.clusterversion import ClusterVersion, VersionError
-from sandgate.kube import KubeConfigError, load_api_client, server_version
-from sandgate.policy import Policy, PolicyError, PolicyStore
+from sandgate.core import jsonlog
+from sandgate.core.clusterversion import ClusterVersion, VersionError
+from sandgate.core.kube import KubeConfigError, load_api_client, server_version
+from sandgate.core.policy import Policy, PolicyError, PolicyStore
 from scheduler_ext import kube_sync
 from scheduler_ext.app import Runtime, SoleReplica, create_app
 from scheduler_ext.binder import ApiPoster, Binder, SnapshotPoster
@@ -172,7 +172,7 @@ def gunicorn_options(args: argparse.Namespace, start_background: Callable[[], No
         "logconfig_dict": {
             "version": 1,
             "disable_existing_loggers": False,
-            "formatters": {"json": {"()": "sandgate.jsonlog.JsonFormatter"}},
+            "formatters": {"json": {"()": "sandgate.core.jsonlog.JsonFormatter"}},
             "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json",
                                   "stream": "ext://sys.stderr"}},
             "root": {"level": level, "handlers": ["json"]},

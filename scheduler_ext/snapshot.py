@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import yaml
 
-from sandgate.clusterversion import ClusterVersion, VersionError
+from sandgate.core.clusterversion import ClusterVersion, VersionError
 from scheduler_ext.state import ClusterCache
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
-from sandgate import keys
-from sandgate.clusterversion import ClusterVersion, Mode
-from sandgate.policy import Policy
+from sandgate.core import keys
+from sandgate.core.clusterversion import ClusterVersion, Mode
+from sandgate.core.policy import Policy
 from scheduler_ext import decisions
 from scheduler_ext.decisions import NodeVerdict, Verdict
 from scheduler_ext.model import NodeInfo, NodeUsage, ObjectError, PodInfo, node_info, pod_info

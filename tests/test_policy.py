@@ -5,8 +5,8 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from sandgate.clusterversion import ClusterVersion, Mode, VersionError
-from sandgate.policy import PolicyError, PolicyStore, load_policy, parse_policy
+from sandgate.core.clusterversion import ClusterVersion, Mode, VersionError
+from sandgate.core.policy import PolicyError, PolicyStore, load_policy, parse_policy
 
 from support import EXAMPLE_POLICY
 

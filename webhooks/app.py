@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from sandgate.clusterversion import ClusterVersion, Mode
-from sandgate.policy import Policy, PolicyStore
+from sandgate.core.clusterversion import ClusterVersion, Mode
+from sandgate.core.policy import Policy, PolicyStore
 from webhooks import wire
 from webhooks.metrics import Metrics
 from webhooks.model import AdmissionRequest, Routing, Verdict

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping
 
-from sandgate.policy import FORBIDDABLE, Profile
+from sandgate.core.policy import FORBIDDABLE, Profile
 from webhooks.routing import pod_spec
 
 def _items(value: Any) -> list:

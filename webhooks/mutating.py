@@ -22,10 +22,10 @@ from typing import Any
 import jsonpatch
 import orjson
 
-from sandgate import keys
-from sandgate.clusterversion import Mode
-from sandgate.policy import Policy, Profile
-from sandgate.quantity import QuantityError
+from sandgate.core import keys
+from sandgate.core.clusterversion import Mode
+from sandgate.core.policy import Policy, Profile
+from sandgate.core.quantity import QuantityError
 from webhooks.forbidden import forbidden_message
 from webhooks.model import AdmissionRequest, Routing, Verdict
 from webhooks.padding import pad_pod

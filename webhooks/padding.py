@@ -18,10 +18,10 @@ import json
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Mapping
 
-from sandgate import keys
-from sandgate.clusterversion import Mode
-from sandgate.policy import Profile
-from sandgate.quantity import parse_field
+from sandgate.core import keys
+from sandgate.core.clusterversion import Mode
+from sandgate.core.policy import Profile
+from sandgate.core.quantity import parse_field
 from webhooks.routing import pod_annotations, pod_spec
 
 _MI = Decimal(1024 * 1024)

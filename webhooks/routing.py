@@ -13,8 +13,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sandgate import keys
-from sandgate.policy import Policy, Profile
+from sandgate.core import keys
+from sandgate.core.policy import Policy, Profile
 from webhooks.model import AdmissionRequest, Routing
 
 

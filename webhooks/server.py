@@ -21,10 +21,10 @@ from gunicorn import glogging
 from kubernetes.client.exceptions import ApiException
 from gunicorn.app.base import BaseApplication
 
-from sandgate import jsonlog
-from sandgate.clusterversion import ClusterVersion, VersionError
-from sandgate.kube import KubeConfigError, load_api_client, server_version
-from sandgate.policy import PolicyError, PolicyStore
+from sandgate.core import jsonlog
+from sandgate.core.clusterversion import ClusterVersion, VersionError
+from sandgate.core.kube import KubeConfigError, load_api_client, server_version
+from sandgate.core.policy import PolicyError, PolicyStore
 from webhooks.tls import CertificateError, ReloadingContext
 
 log = logging.getLogger("sandgate.webhook")
@@ -38,7 +38,7 @@ METRICS_DIR_PREFIX = "sandgate-metrics-"
 
 
 class JsonGunicornLogger(glogging.Logger):
-    """gunicorn's error and access logs as JSON lines through the root logger (sandgate.jsonlog)."""
+    """gunicorn's error and access logs as JSON lines through the root logger (sandgate.core.jsonlog)."""
 
     def setup(self, cfg) -> None:
         """Route gunicorn.error/gunicorn.access to the root JSON handler instead of gunicorn's own."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 
-from sandgate.reloading import ReloadingFiles
+from sandgate.core.reloading import ReloadingFiles
 
 # Connections arrive far more often than certificates rotate; stat the files at most this often.
 CHECK_INTERVAL = 1.0

@@ -9,8 +9,8 @@ patches.
 
 from __future__ import annotations
 
-from sandgate.clusterversion import Mode
-from sandgate.policy import Policy
+from sandgate.core.clusterversion import Mode
+from sandgate.core.policy import Policy
 from webhooks.forbidden import forbidden_message
 from webhooks.model import AdmissionRequest, Routing, Verdict
 from webhooks.mutating import audit_annotations, unrouted_verdict

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import jsonpatch
 
-from sandgate.clusterversion import ClusterVersion
+from sandgate.core.clusterversion import ClusterVersion
 from sandgate.demo import changes
 from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission
 from sandgate.demo.webhookconfig import WebhookEntry, entries_for_namespace

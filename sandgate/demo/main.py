@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from sandgate.clusterversion import ClusterVersion, VersionError
+from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.demo import report_html, report_text, scenario as scenarios
 from sandgate.demo.apiserver import ApiServer
 from sandgate.demo.processes import Component, ComponentError, run_once, sandgate_command, wait_ready
@@ -31,7 +31,7 @@ from sandgate.demo.scheduler import EXTENDER_HTTP_TIMEOUT_SECONDS, NodeState, Sc
 from sandgate.demo.snapshot import snapshot
 from sandgate.demo.webhookconfig import MUTATE, TIMEOUT_SECONDS, VALIDATE, namespace_labels, webhook_entries
 from sandgate.demo.wire import JsonClient
-from sandgate.policy import Policy, PolicyError, load_policy
+from sandgate.core.policy import Policy, PolicyError, load_policy
 
 READY_TIMEOUT_SECONDS = 20.0
 SERVICE = "sandgate-webhook"

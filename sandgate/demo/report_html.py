@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from sandgate import keys
+from sandgate.core import keys
 from sandgate.demo import report_text
 from sandgate.demo.results import DENIED, SCHEDULED, UNSCHEDULABLE, DemoRun, NodeView, PodOutcome
 

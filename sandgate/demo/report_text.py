@@ -13,8 +13,8 @@ import textwrap
 from collections import Counter
 from typing import TextIO
 
-from sandgate import keys
-from sandgate.clusterversion import Mode
+from sandgate.core import keys
+from sandgate.core.clusterversion import Mode
 from sandgate.demo.results import DENIED, SCHEDULED, UNSCHEDULABLE, DemoRun, NodeView, PodOutcome
 from sandgate.demo.scheduler import EXTENDER_SCORE_SCALE, EXTENDER_WEIGHT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from sandgate.clusterversion import ClusterVersion, Mode
+from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.demo.apiserver import AdmissionResult
 from sandgate.demo.scenario import DemoPod, NodeSpec
 from sandgate.demo.scheduler import ScheduleResult

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 from kubernetes.utils import parse_quantity
 
-from sandgate.clusterversion import ClusterVersion
-from sandgate.policy import Policy
+from sandgate.core.clusterversion import ClusterVersion
+from sandgate.core.policy import Policy
 from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations
 
 

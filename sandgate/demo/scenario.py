@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sandgate import keys
+from sandgate.core import keys
 
 # Labels the operator sets (the profiles' nodeSelectors), as in examples/policy.yaml.
 RUNV_NODE_LABEL = ("runtime", "runv")

@@ -1,7 +1,7 @@
 """The cluster snapshot the extender serves from: a Kubernetes `List` of Nodes, Pods and agent Leases.
 
 It has the shape of `kubectl get nodes,pods,leases -A -o yaml` and only the contract keys of
-`sandgate.keys`. The extender judges a heartbeat's freshness against the current time, so the
+`sandgate.core.keys`. The extender judges a heartbeat's freshness against the current time, so the
 snapshot is generated at run time: healthy nodes renewed seconds ago, the stale one long ago.
 """
 
@@ -11,9 +11,9 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sandgate import keys
+from sandgate.core import keys
 from sandgate.demo.scenario import ExistingPod, NodeSpec, Scenario
-from sandgate.policy import Policy
+from sandgate.core.policy import Policy
 
 KUBELET_VERSION = "v{version}.3"
 

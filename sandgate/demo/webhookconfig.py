@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sandgate import keys
-from sandgate.clusterversion import ClusterVersion
-from sandgate.policy import Policy
+from sandgate.core import keys
+from sandgate.core.clusterversion import ClusterVersion
+from sandgate.core.policy import Policy
 
 MUTATE = "mutate"
 VALIDATE = "validate"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandgate import keys
+from sandgate.core import keys
 from sandgate.demo import main as demo_main
 from sandgate.demo import scenario as scenarios
 from sandgate.demo.cli import add_arguments

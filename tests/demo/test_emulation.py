@@ -11,16 +11,16 @@ import random
 import pytest
 import yaml
 
-from sandgate import keys
-from sandgate.clusterversion import ClusterVersion
+from sandgate.core import keys
+from sandgate.core.clusterversion import ClusterVersion
 from sandgate.demo import apiserver, changes, scenario as scenarios, scheduler, snapshot
 from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission, runtime_classes
 from sandgate.demo.scheduler import NodeState, Scheduler, in_tree_filter, least_allocated, pod_request, tolerates
 from sandgate.demo.webhookconfig import (MUTATE, VALIDATE, SelectorError, entries_for_namespace, namespace_labels,
                                          selector_matches, webhook_entries)
 from sandgate.demo.wire import WireError
-from sandgate.policy import load_policy, parse_policy
-from support import EXAMPLE_POLICY, REPO, load_shared
+from sandgate.core.policy import load_policy, parse_policy
+from support import EXAMPLE_POLICY, REPO, load_fixture
 
 V124 = ClusterVersion(1, 24)
 V115 = ClusterVersion(1, 15)
@@ -118,7 +118,7 @@ def _admission(policy, version):
 
 def test_runtimeclass_admission_matches_the_captured_api_server():
     """The 1.24 fixture pod was admitted by the real plugin: undo its additions, redo them, same pod."""
-    captured = load_shared("admission/v1-03a-create-runtimeclass-runv.json")["request"]["object"]
+    captured = load_fixture("admission/v1-03a-create-runtimeclass-runv.json")["request"]["object"]
     submitted = copy.deepcopy(captured)
     spec = submitted["spec"]
     del spec["overhead"]
@@ -164,7 +164,7 @@ def test_plugin_by_version(policy):
 # --- API server: defaulting, AdmissionReview -----------------------------------------------------
 
 def test_defaulted_pod_has_the_captured_shape():
-    captured = load_shared("admission/v1-01-create-bare-pod.json")["request"]
+    captured = load_fixture("admission/v1-01-create-bare-pod.json")["request"]
     manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-basic", "namespace": "payments-sandbox"},
                 "spec": {"containers": [{"name": "web", "image": "nginx:1.25",
                                          "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}}}]}}

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sandgate.clusterversion import ClusterVersion, Mode
+from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.demo import report_html, report_text
 from sandgate.demo.apiserver import AdmissionResult, Step
 from sandgate.demo.results import ComponentInfo, DemoRun, NodeView, Placed, PodOutcome

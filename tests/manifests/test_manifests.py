@@ -17,9 +17,10 @@ import yaml
 from cryptography import x509
 
 import k8s_schemas
-from sandgate import __version__, keys
+from sandgate import __version__
+from sandgate.core import keys
 from sandgate.cli import build_parser
-from sandgate.policy import load_policy, parse_policy
+from sandgate.core.policy import load_policy, parse_policy
 from support import REPO
 
 MANIFESTS = REPO / "manifests"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 
-from sandgate import keys
+from sandgate.core import keys
 
 MAIN = """\
 # operator's containerd config: comments must survive

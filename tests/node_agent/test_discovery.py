@@ -8,7 +8,7 @@ import pytest
 
 from node_agent.containerd import ContainerdConfigError, Root, load, merge
 from node_agent.discovery import capacity, is_vm_runtime, node_patch, patch_is_empty, shim_name
-from sandgate import keys
+from sandgate.core import keys
 
 KATA_LABEL, RUNSC_LABEL = keys.runtime_label("kata"), keys.runtime_label("runsc")
 KATA_CAP, RUNSC_CAP = keys.capacity_annotation("kata"), keys.capacity_annotation("runsc")

@@ -94,7 +94,7 @@ def test_healthz_fails_once_cycles_stop_succeeding():
 
 def test_lean_kubernetes_import_loads_only_what_the_agent_uses():
     code = ("import sys; from node_agent.lean import skip_kubernetes_package_init as skip; assert skip(); "
-            "import sandgate.policy, sandgate.kube, node_agent.publish; "
+            "import sandgate.core.policy, sandgate.core.kube, node_agent.publish; "
             "from kubernetes.utils import parse_quantity; assert parse_quantity('1Ki') == 1024; "
             "assert not skip(); print(sorted(m for m in ('kubernetes.dynamic', 'kubernetes.watch', 'jsonschema') "
             "if m in sys.modules))")

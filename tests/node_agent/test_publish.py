@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from datetime import datetime, timezone
 
-from sandgate import keys
+from sandgate.core import keys
 
 
 def two_runtimes(root, tables) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from sandgate import keys
-from support import EXAMPLE_POLICY, REPO, JsonHandler, load_shared, stop_process
+from sandgate.core import keys
+from support import EXAMPLE_POLICY, REPO, JsonHandler, load_fixture, stop_process
 
 AGENT_NS = "sandgate-system"  # agent.namespace of examples/policy.yaml
 
@@ -29,7 +29,7 @@ def micro_time(moment: datetime) -> str:
 
 def manifest_nodes() -> list[dict]:
     """The four Node objects of the captured extender cluster (pool-sandbox-1/2, pool-general-1/2)."""
-    return copy.deepcopy(load_shared("MANIFEST.json")["extender"]["nodes"])
+    return copy.deepcopy(load_fixture("MANIFEST.json")["extender"]["nodes"])
 
 
 def lease(node: str, age_seconds: float = 0, duration: int = 90) -> dict:

@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from sandgate import keys
-from support import load_shared
+from sandgate.core import keys
+from support import load_fixture
 
 SANDBOX_1, SANDBOX_2 = "pool-sandbox-1", "pool-sandbox-2"
 
@@ -26,7 +26,7 @@ def wait_for(check, what: str, timeout: float = 20.0):
 
 
 def filter_pod(server, pod: dict, nodes: list[str]) -> dict:
-    request = load_shared("extender/filter-ncc-true-runv-pod.json")
+    request = load_fixture("extender/filter-ncc-true-runv-pod.json")
     request["Pod"] = pod
     request["NodeNames"] = nodes
     return server.post("filter", request).json()

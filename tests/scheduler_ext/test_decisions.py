@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from sandgate import keys
-from sandgate.clusterversion import ClusterVersion
-from sandgate.policy import load_policy
+from sandgate.core import keys
+from sandgate.core.clusterversion import ClusterVersion
+from sandgate.core.policy import load_policy
 from scheduler_ext import decisions
 from scheduler_ext.decisions import Verdict
 from scheduler_ext.model import NodeUsage, ObjectError, effective_requests, node_info, pod_info

@@ -1,5 +1,5 @@
 """The extender protocol through the real command (`python3 -m sandgate extender --snapshot ...`) and real
-HTTP, fed with the kube-scheduler v1.24 requests captured in ../shared."""
+HTTP, fed with the kube-scheduler v1.24 requests captured in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from sandgate import keys
-from support import load_shared
+from sandgate.core import keys
+from support import load_fixture
 
 SANDBOX_1, SANDBOX_2, GENERAL_1, GENERAL_2 = "pool-sandbox-1", "pool-sandbox-2", "pool-general-1", "pool-general-2"
 
 
 def fixture(name: str) -> dict:
-    return load_shared(f"extender/{name}.json")
+    return load_fixture(f"extender/{name}.json")
 
 
 def lower_keys(doc: dict) -> dict:
@@ -250,7 +250,7 @@ def test_preempt_for_a_plain_pod_keeps_every_candidate(extender, k8s, cluster):
                        "NumPDBViolations": v["NumPDBViolations"]}
                 for node, v in request["NodeNameToVictims"].items()}
     assert body == {"NodeNameToMetaVictims": expected}
-    assert body == load_shared("extender/response-preempt-ncc-false.json")
+    assert body == load_fixture("extender/response-preempt-ncc-false.json")
 
 
 # -- legacy clusters, observability, startup ------------------------------------------------------------

@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-from sandgate.clusterversion import ClusterVersion
-from sandgate.policy import PolicyStore
+from sandgate.core.clusterversion import ClusterVersion
+from sandgate.core.policy import PolicyStore
 from scheduler_ext.app import Runtime, SoleReplica, create_app
 from scheduler_ext.binder import Binder, SnapshotPoster
 from scheduler_ext.state import ClusterCache

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from scheduler_ext.server import tls_context
-from support import load_shared
+from support import load_fixture
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_serves_https_with_tls_1_2_minimum(extender, k8s, tls_files, tmp_path):
     nodes = k8s.manifest_nodes()
     server = extender(k8s.snapshot_list(nodes, k8s.fresh_leases(nodes)), "--cert-file", str(crt),
                       "--key-file", str(key), tls=crt)
-    request = load_shared("extender/filter-ncc-true-runv-pod.json")
+    request = load_fixture("extender/filter-ncc-true-runv-pod.json")
     body = requests.post(f"{server.url}/filter", json=request, verify=str(crt), timeout=10).json()
     assert body["NodeNames"] == request["NodeNames"]
     # kube-scheduler's Go client may stop at TLS 1.2: the server must accept it
@@ -81,7 +81,7 @@ def test_a_follower_refuses_to_bind(extender, fake_api, k8s, tmp_path):
         time.sleep(0.1)
     status = requests.get(f"{server.url}/readyz", timeout=5).json()
     assert status["leader"] is False and status["leaderIdentity"] == "extender-0_other"
-    request = load_shared("extender/filter-ncc-true-runv-pod.json")
+    request = load_fixture("extender/filter-ncc-true-runv-pod.json")
     request["Pod"] = pod
     assert server.post("filter", request).json()["NodeNames"] == ["pool-sandbox-1"]
     meta = pod["metadata"]

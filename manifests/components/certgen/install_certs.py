@@ -30,7 +30,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
-from sandgate import jsonlog
+from sandgate.core import jsonlog
 
 ADMISSION_GROUP = "admissionregistration.k8s.io"
 ADMISSION_VERSIONS = ("v1", "v1beta1")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from webhook_harness import ADMISSION_CASES, NAMESPACE, review
-from sandgate import keys
-from support import EXAMPLE_POLICY, load_shared
+from sandgate.core import keys
+from support import EXAMPLE_POLICY, load_fixture
 
 VERSIONS = ["v1", "v1beta1"]
 POLICY = yaml.safe_load(EXAMPLE_POLICY.read_text())
@@ -84,7 +84,7 @@ def test_mutate_profile_path_routes_every_captured_pod(request, generation, case
 
     if doc["request"]["operation"] == "UPDATE":
         # Pods are routed at creation only; an allowed no-op answer is exactly the captured accepted one.
-        captured = load_shared(f"admission/response-{version}-allowed-no-patch.json")
+        captured = load_fixture(f"admission/response-{version}-allowed-no-patch.json")
         captured["response"]["uid"] = doc["request"]["uid"]
         assert {"apiVersion": doc["apiVersion"], "kind": "AdmissionReview", "response": response} == captured
         return

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from sandgate.clusterversion import ClusterVersion
-from sandgate.policy import PolicyStore
+from sandgate.core.clusterversion import ClusterVersion
+from sandgate.core.policy import PolicyStore
 from support import EXAMPLE_POLICY
 from webhook_harness import review
 from webhooks import app as webhook_app

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 import requests
 import yaml
 
-from support import EXAMPLE_POLICY, REPO, JsonHandler, load_shared, stop_process
+from support import EXAMPLE_POLICY, REPO, JsonHandler, load_fixture, stop_process
 
 START_TIMEOUT = 30.0
 NAMESPACE = "payments-sandbox"  # the captured fixtures' namespace, labelled sandgate.io/isolation=sandboxed
@@ -45,7 +45,7 @@ def generate_pki(out: Path) -> Path:
 
 def review(case: str, version: str = "v1") -> dict:
     """A captured AdmissionReview request, e.g. review("01-create-bare-pod", "v1beta1")."""
-    return load_shared(f"admission/{version}-{case}.json")
+    return load_fixture(f"admission/{version}-{case}.json")
 
 
 ADMISSION_CASES = [

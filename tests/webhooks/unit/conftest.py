@@ -11,7 +11,7 @@ import pytest
 # the test directory on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sandgate.policy import load_policy, parse_policy  # noqa: E402
+from sandgate.core.policy import load_policy, parse_policy  # noqa: E402
 from webhook_cases import example_doc  # noqa: E402
 
 from support import EXAMPLE_POLICY  # noqa: E402

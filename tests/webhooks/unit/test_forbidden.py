@@ -2,7 +2,7 @@
 
 import pytest
 
-from sandgate.policy import FORBIDDABLE
+from sandgate.core.policy import FORBIDDABLE
 from webhooks.forbidden import forbidden_fields, forbidden_message
 
 from webhook_cases import example_doc, fixture_request, policy_from

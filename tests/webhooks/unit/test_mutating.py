@@ -7,8 +7,8 @@ from dataclasses import replace
 import jsonpatch
 import pytest
 
-from sandgate import keys
-from sandgate.clusterversion import Mode
+from sandgate.core import keys
+from sandgate.core.clusterversion import Mode
 from webhooks.model import Routing
 from webhooks.mutating import admit
 from webhooks.scheduling import merge_node_selector, merge_tolerations

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from sandgate import keys
-from sandgate.clusterversion import Mode
-from sandgate.quantity import QuantityError
+from sandgate.core import keys
+from sandgate.core.clusterversion import Mode
+from sandgate.core.quantity import QuantityError
 from webhooks.padding import effective_request, format_quantity, pad_pod, required_padding
 
 from webhook_cases import fixture_request

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from sandgate import keys
+from sandgate.core import keys
 from webhooks.model import Routing
 from webhooks.routing import Outcome, Rule, resolve
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
-from sandgate.policy import parse_policy
+from sandgate.core.policy import parse_policy
 from webhooks.model import AdmissionRequest
 
-from support import EXAMPLE_POLICY, load_shared
+from support import EXAMPLE_POLICY, load_fixture
 
 # Every captured admission request, both AdmissionReview versions.
 CASES = ["01-create-bare-pod", "02-create-nodeselector-tolerations", "03a-create-runtimeclass-runv",
@@ -34,7 +34,7 @@ def request_from_review(review: dict[str, Any]) -> AdmissionRequest:
 
 def fixture_request(name: str) -> AdmissionRequest:
     """The request of a captured fixture, e.g. fixture_request("v1-01-create-bare-pod")."""
-    return request_from_review(load_shared(f"admission/{name}.json"))
+    return request_from_review(load_fixture(f"admission/{name}.json"))
 
 
 def pod_request(pod: dict, namespace: str = "payments-sandbox", operation: str = "CREATE",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kubernetes import client, config
 
-from sandgate.clusterversion import ClusterVersion
+from sandgate.core.clusterversion import ClusterVersion
 
 
 class KubeConfigError(RuntimeError):

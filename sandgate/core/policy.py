@@ -18,9 +18,9 @@ from typing import Any, Callable
 import yaml
 from kubernetes.utils import parse_quantity
 
-from sandgate import keys
-from sandgate.clusterversion import ClusterVersion, VersionError
-from sandgate.reloading import ReloadingFiles
+from sandgate.core import keys
+from sandgate.core.clusterversion import ClusterVersion, VersionError
+from sandgate.core.reloading import ReloadingFiles
 
 API_VERSION = "sandgate.io/v1alpha1"
 KIND = "SandboxPolicy"
