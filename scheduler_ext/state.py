@@ -97,7 +97,7 @@ class ClusterCache:
         self.clock = clock
         self.version = version
         self.policy = policy
-        self.legacy = version.mode(policy.pod_overhead) is Mode.LEGACY
+        self.legacy = version.mode(policy.pod_overhead) is Mode.WEBHOOK_MERGES
         self.nodes: dict[str, NodeInfo] = {}
         self.usage: dict[str, NodeUsage] = {}
         self.pods: dict[str, PodInfo] = {}
@@ -175,7 +175,7 @@ class ClusterCache:
         """Adopt a reloaded policy: profiles may have changed, so every pod is re-classified."""
         with self.lock:
             self.policy = policy
-            self.legacy = self.version.mode(policy.pod_overhead) is Mode.LEGACY
+            self.legacy = self.version.mode(policy.pod_overhead) is Mode.WEBHOOK_MERGES
             for pod in list(self.pods.values()) + [r.pod for r in self.reservations.values()]:
                 pod.classify(policy, self.legacy)
             self._rebuild_usage()

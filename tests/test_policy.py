@@ -80,9 +80,9 @@ def test_cluster_version_accepts_yaml_float_and_string():
 
 
 @pytest.mark.parametrize("version, overhead, mode", [
-    ("1.14", None, Mode.LEGACY), ("1.15", None, Mode.LEGACY), ("1.16", None, Mode.LEGACY),
-    ("1.17", True, Mode.RUNTIMECLASS), ("1.18", None, Mode.RUNTIMECLASS), ("v1.24.1", None, Mode.RUNTIMECLASS),
-    ("1.30", False, Mode.LEGACY),
+    ("1.14", None, Mode.WEBHOOK_MERGES), ("1.15", None, Mode.WEBHOOK_MERGES), ("1.16", None, Mode.WEBHOOK_MERGES),
+    ("1.17", True, Mode.APISERVER_MERGES), ("1.18", None, Mode.APISERVER_MERGES), ("v1.24.1", None, Mode.APISERVER_MERGES),
+    ("1.30", False, Mode.WEBHOOK_MERGES),
 ])
 def test_mode_follows_version_and_pod_overhead(version, overhead, mode):
     assert ClusterVersion.parse(version).mode(overhead) is mode

@@ -94,7 +94,7 @@ def _mutate(pod: dict, profile: Profile, mode: Mode) -> dict | None:
     """
     spec = pod["spec"]
     spec.setdefault("runtimeClassName", profile.runtime_class_name)
-    if mode is Mode.LEGACY:
+    if mode is Mode.WEBHOOK_MERGES:
         selector = merge_node_selector(spec.get("nodeSelector"), profile.node_selector)
         if selector != (spec.get("nodeSelector") or {}):
             spec["nodeSelector"] = selector

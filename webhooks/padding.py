@@ -95,7 +95,7 @@ def required_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> di
     dependent = (overhead.memory_percent_of_requests is not None or overhead.memory_min is not None
                  or overhead.memory_max is not None)
     memory_total = overhead.memory_total(effective_request(spec, "memory")) if dependent else None
-    if mode is Mode.RUNTIMECLASS:
+    if mode is Mode.APISERVER_MERGES:
         wanted = {} if memory_total is None else {"memory": memory_total - fixed.get("memory", Decimal(0))}
     else:
         wanted = dict(fixed)

@@ -4,7 +4,7 @@ RuntimeClass (node.k8s.io/v1beta1) exists from 1.14. From 1.16 the built-in Runt
 merges `scheduling` (nodeSelector, tolerations) into pods and, when the PodOverhead feature gate is
 on, sets `spec.overhead`; PodOverhead is alpha (off by default) in 1.16-1.17 and on by default from
 1.18. Without PodOverhead the scheduler cannot account for the sandbox, so sandgate does the whole
-job itself ("legacy" mode).
+job itself (Mode.WEBHOOK_MERGES, printed as "legacy").
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ class Mode(str, enum.Enum):
     """How the webhook routes a pod for a given cluster."""
 
     # The API server's RuntimeClass admission adds scheduling and overhead: set runtimeClassName only.
-    RUNTIMECLASS = "runtimeclass"
+    # (The value stays "runtimeclass": it is what logs, the demo and `--dry-run` output print.)
+    APISERVER_MERGES = "runtimeclass"
     # No PodOverhead in the API server: the webhook merges scheduling and pads requests itself.
-    LEGACY = "legacy"
+    WEBHOOK_MERGES = "legacy"
 
 
 @dataclass(frozen=True, order=True)
@@ -89,5 +90,5 @@ class ClusterVersion:
         """The routing mode; `pod_overhead` overrides the version's PodOverhead default when not None."""
         overhead_on = self.pod_overhead_default if pod_overhead is None else pod_overhead
         if self.runtimeclass_scheduling and overhead_on:
-            return Mode.RUNTIMECLASS
-        return Mode.LEGACY
+            return Mode.APISERVER_MERGES
+        return Mode.WEBHOOK_MERGES

@@ -20,7 +20,7 @@ from sandgate.demo.scheduler import EXTENDER_SCORE_SCALE, EXTENDER_WEIGHT
 
 _PIPE_WIDTH = 120
 _MAX_NODE_ROWS = 30
-MODE_NAMES = {Mode.RUNTIMECLASS: "RuntimeClass mode", Mode.LEGACY: "legacy mode"}
+MODE_NAMES = {Mode.APISERVER_MERGES: "RuntimeClass mode", Mode.WEBHOOK_MERGES: "legacy mode"}
 _CODES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "cyan": "36"}
 
 
@@ -64,7 +64,7 @@ def mode_text(run: DemoRun) -> str:
     """What this cluster version means for sandgate, and what differs in the other mode (one paragraph)."""
     v = run.version
     review = run.review_version.rsplit("/", 1)[-1]
-    if run.mode == Mode.RUNTIMECLASS:
+    if run.mode == Mode.APISERVER_MERGES:
         return (f"RuntimeClass mode: the API server ({v}) sends AdmissionReview {review}; the webhook sets only "
                 "spec.runtimeClassName (plus request padding for the request-dependent part of the overhead). "
                 "The API server's built-in RuntimeClass admission then merges the RuntimeClass's nodeSelector and "

@@ -42,7 +42,7 @@ def _run() -> DemoRun:
         None, None, None, 0.002)
     node = NodeView(NodeSpec("kata-1", "cloud", "8", "32Gi", {"runv": 2}), False,
                     [Placed("tenant-a/web", "runv", True)])
-    return DemoRun("test", ClusterVersion(1, 24), Mode.RUNTIMECLASS, "admission.k8s.io/v1", False, [routed, denied],
+    return DemoRun("test", ClusterVersion(1, 24), Mode.APISERVER_MERGES, "admission.k8s.io/v1", False, [routed, denied],
                    [node], [ComponentInfo("webhook", 42, "https://127.0.0.1:1", 0.5, "gunicorn")], "/tmp/x",
                    {"runv": "runv"}, 1.0)
 

@@ -54,7 +54,7 @@ def test_every_create_fixture_is_decided_and_the_patch_applies(policy, mode, nam
     assert verdict.audit_annotations[keys.AUDIT_PROFILE] == profile.name
     assert verdict.warnings[0] == (f'sandgate: routed to sandbox profile "{profile.name}" '
                                    f"(runtimeClassName {profile.runtime_class_name})")
-    if mode is Mode.RUNTIMECLASS:
+    if mode is Mode.APISERVER_MERGES:
         # Never the API server's part: overhead, scheduling.
         assert result["spec"].get("overhead") == req.object["spec"].get("overhead")
         assert result["spec"].get("nodeSelector") == req.object["spec"].get("nodeSelector")
@@ -77,11 +77,11 @@ def test_admit_on_its_own_output_returns_no_patch(policy, fixed_overhead_policy,
 def test_no_patch_after_the_api_server_completed_the_runtimeclass(policy, name):
     """Reinvocation (IfNeeded) sees the pod after the RuntimeClass plugin added overhead and scheduling."""
     req = fixture_request(name)
-    first = admit(req, policy, Mode.RUNTIMECLASS, SANDBOXED)
+    first = admit(req, policy, Mode.APISERVER_MERGES, SANDBOXED)
     if not first.allowed:
         return
     completed = api_server_runtimeclass_admission(patched(req.object, first), policy)
-    assert admit(with_object(req, completed), policy, Mode.RUNTIMECLASS, SANDBOXED).patch == []
+    assert admit(with_object(req, completed), policy, Mode.APISERVER_MERGES, SANDBOXED).patch == []
 
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
@@ -89,14 +89,14 @@ def test_no_patch_after_the_api_server_completed_the_runtimeclass(policy, name):
                                   "04-create-by-replicaset-controller", "05a-create-init-limits-special-keys",
                                   "05b-create-tilde-in-keys-rejected-by-validation", "07-create-dry-run-server"])
 def test_runtimeclass_mode_sets_only_runtime_class_name(fixed_overhead_policy, version, case):
-    verdict = admit(fixture_request(f"{version}-{case}"), fixed_overhead_policy, Mode.RUNTIMECLASS, SANDBOXED)
+    verdict = admit(fixture_request(f"{version}-{case}"), fixed_overhead_policy, Mode.APISERVER_MERGES, SANDBOXED)
     assert verdict.patch == RUNTIMECLASS_ONLY
     assert len(verdict.warnings) == 1
 
 
 def test_gvisor_without_overhead_gets_exactly_one_op(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.RUNTIMECLASS, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "gvisor"}))
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "gvisor"}))
     assert verdict.patch == [{"op": "add", "path": "/spec/runtimeClassName", "value": "gvisor"}]
 
 
@@ -110,7 +110,7 @@ def test_pod_already_in_its_runtime_class_gets_no_patch(fixed_overhead_policy, m
 
 def test_runtimeclass_mode_pads_the_request_dependent_memory(policy):
     req = fixture_request("v1-01-create-bare-pod")  # one container, 250m / 128Mi
-    verdict = admit(req, policy, Mode.RUNTIMECLASS, SANDBOXED)
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, SANDBOXED)
     # jsonpatch orders independent operations by hash order; compare them as a set.
     assert sorted(verdict.patch, key=json.dumps) == sorted([
         {"op": "add", "path": "/spec/runtimeClassName", "value": "runv"},
@@ -123,7 +123,7 @@ def test_runtimeclass_mode_pads_the_request_dependent_memory(policy):
     assert verdict.warnings[1] == ("sandgate: container requests padded for sandbox overhead (memory +14Mi); "
                                    f"see annotation {keys.PADDING_ANNOTATION}")
     # 03a already runs runv: the API server set podFixed; only the 64Mi - 50Mi extra and edge seconds remain.
-    verdict = admit(fixture_request("v1-03a-create-runtimeclass-runv"), policy, Mode.RUNTIMECLASS, SANDBOXED)
+    verdict = admit(fixture_request("v1-03a-create-runtimeclass-runv"), policy, Mode.APISERVER_MERGES, SANDBOXED)
     assert {op["path"] for op in verdict.patch} == {
         "/spec/containers/0/resources/requests/memory", "/spec/tolerations/0/tolerationSeconds",
         "/spec/tolerations/1/tolerationSeconds", "/metadata/annotations"}
@@ -131,7 +131,7 @@ def test_runtimeclass_mode_pads_the_request_dependent_memory(policy):
 
 def test_legacy_mode_on_the_bare_pod_does_the_whole_job(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.LEGACY, SANDBOXED)
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     spec = patched(req.object, verdict)["spec"]
     assert spec["runtimeClassName"] == "runv"
     assert spec["nodeSelector"] == {"runtime": "runv"}
@@ -147,7 +147,7 @@ def test_legacy_mode_on_the_bare_pod_does_the_whole_job(policy):
 
 def test_legacy_mode_merges_into_existing_node_selector_and_tolerations(policy):
     req = fixture_request("v1beta1-02-create-nodeselector-tolerations")
-    verdict = admit(req, policy, Mode.LEGACY, SANDBOXED)
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     spec = patched(req.object, verdict)["spec"]
     assert spec["nodeSelector"] == {"disktype": "ssd", "topology.kubernetes.io/zone": "zone-a", "runtime": "runv"}
     # The pod's "sandbox.io/runtime Exists" already covers the profile's toleration: not added twice.
@@ -161,13 +161,13 @@ def test_legacy_node_selector_conflict_is_denied_with_the_builtin_text(policy):
     req = fixture_request("v1-02-create-nodeselector-tolerations")
     pod = copy.deepcopy(req.object)
     pod["spec"]["nodeSelector"]["runtime"] = "runc"
-    verdict = admit(with_object(req, pod), policy, Mode.LEGACY, SANDBOXED)
+    verdict = admit(with_object(req, pod), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.code, verdict.reason) == (False, 403, "node-selector-conflict")
     assert verdict.message == ("conflict: runtimeClass.scheduling.nodeSelector[runtime] = runv; "
                                "pod.spec.nodeSelector[runtime] = runc")
     assert verdict.patch == []
     # RuntimeClass mode leaves the merge (and this refusal) to the API server.
-    assert admit(with_object(req, pod), policy, Mode.RUNTIMECLASS, SANDBOXED).allowed
+    assert admit(with_object(req, pod), policy, Mode.APISERVER_MERGES, SANDBOXED).allowed
 
 
 def test_invalid_quantity_is_a_denial_naming_the_field_and_nothing_is_patched(policy):
@@ -181,7 +181,7 @@ def test_invalid_quantity_is_a_denial_naming_the_field_and_nothing_is_patched(po
 
 
 def test_pod_without_spec_is_denied_not_raised(policy):
-    verdict = admit(pod_request({"metadata": {"name": "x"}}), policy, Mode.LEGACY, SANDBOXED)
+    verdict = admit(pod_request({"metadata": {"name": "x"}}), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.code) == (False, 400)
     assert verdict.message.startswith("spec")
 
@@ -193,7 +193,7 @@ def test_edge_toleration_seconds(policy):
     ]
     pod = {"metadata": {"name": "edge"}, "spec": {"containers": [{"name": "c", "image": "i"}],
                                                  "tolerations": tolerations}}
-    verdict = admit(pod_request(pod), policy, Mode.RUNTIMECLASS, SANDBOXED)
+    verdict = admit(pod_request(pod), policy, Mode.APISERVER_MERGES, SANDBOXED)
     assert patched(pod, verdict)["spec"]["tolerations"] == tolerations + [
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
          "tolerationSeconds": 86400}]
@@ -201,13 +201,13 @@ def test_edge_toleration_seconds(policy):
     longer["spec"]["tolerations"] = [
         {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 90000},
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]
-    spec = patched(longer, admit(pod_request(longer), policy, Mode.RUNTIMECLASS, SANDBOXED))["spec"]
+    spec = patched(longer, admit(pod_request(longer), policy, Mode.APISERVER_MERGES, SANDBOXED))["spec"]
     assert [t["tolerationSeconds"] for t in spec["tolerations"]] == [90000, 86400]
 
 
 def test_profile_without_edge_seconds_keeps_the_default_300(fixed_overhead_policy):
     req = fixture_request("v1-01-create-bare-pod")
-    spec = patched(req.object, admit(req, fixed_overhead_policy, Mode.LEGACY, SANDBOXED))["spec"]
+    spec = patched(req.object, admit(req, fixed_overhead_policy, Mode.WEBHOOK_MERGES, SANDBOXED))["spec"]
     assert [t.get("tolerationSeconds") for t in spec["tolerations"]] == [300, 300, None]
 
 
@@ -233,7 +233,7 @@ def test_json_pointer_escaping_in_node_selector_keys():
     pol = policy_from(doc)
     pod = {"metadata": {"name": "p", "annotations": {"a/b~c": "x", keys.DEFAULT_POD_ANNOTATION: "gvisor"}},
            "spec": {"containers": [{"name": "c", "image": "i"}], "nodeSelector": {"x~1y/z~0": "keep"}}}
-    verdict = admit(pod_request(pod), pol, Mode.LEGACY, SANDBOXED)
+    verdict = admit(pod_request(pod), pol, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert {"op": "add", "path": "/spec/nodeSelector/sandbox.io~1gvisor", "value": "true"} in verdict.patch
     assert {"op": "add", "path": "/spec/nodeSelector/example.com~1tier", "value": "a~b"} in verdict.patch
     result = jsonpatch.apply_patch(pod, verdict.patch)
@@ -244,7 +244,7 @@ def test_json_pointer_escaping_in_node_selector_keys():
 def test_dry_run_gets_the_same_decision(policy):
     req = fixture_request("v1-07-create-dry-run-server")
     assert req.dry_run
-    dry, wet = admit(req, policy, Mode.LEGACY, SANDBOXED), admit(replace(req, dry_run=False), policy, Mode.LEGACY,
+    dry, wet = admit(req, policy, Mode.WEBHOOK_MERGES, SANDBOXED), admit(replace(req, dry_run=False), policy, Mode.WEBHOOK_MERGES,
                                                                   SANDBOXED)
     assert (dry.allowed, dry.patch) == (wet.allowed, wet.patch)
 
@@ -252,22 +252,22 @@ def test_dry_run_gets_the_same_decision(policy):
 def test_unrouted_pods_get_no_patch_no_warning_no_audit(policy):
     req = fixture_request("v1-01-create-bare-pod")
     for routing in (Routing(namespace_labels={}), Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)):
-        verdict = admit(req, policy, Mode.LEGACY, routing)
+        verdict = admit(req, policy, Mode.WEBHOOK_MERGES, routing)
         assert (verdict.allowed, verdict.patch, verdict.warnings, verdict.audit_annotations, verdict.reason) == (
             True, [], [], {}, "not-routed")
-    exempt = admit(replace(req, namespace="kube-system"), policy, Mode.LEGACY, SANDBOXED)
+    exempt = admit(replace(req, namespace="kube-system"), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert (exempt.allowed, exempt.patch, exempt.warnings, exempt.reason) == (True, [], [], "exempt")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.startswith("08")])
 def test_updates_are_allowed_unchanged(policy, case):
-    verdict = admit(fixture_request(f"v1-{case}"), policy, Mode.LEGACY, SANDBOXED)
+    verdict = admit(fixture_request(f"v1-{case}"), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.patch, verdict.reason) == (True, [], "not-applicable")
 
 
 def test_opt_in_pod_is_routed_with_its_rule(policy):
     req = fixture_request("v1-05a-create-init-limits-special-keys")  # annotated sandgate.io/runtime: runv
-    verdict = admit(req, policy, Mode.RUNTIMECLASS, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
     assert verdict.allowed and RUNTIMECLASS_ONLY[0] in verdict.patch
     assert verdict.audit_annotations == {keys.AUDIT_PROFILE: "runv", keys.AUDIT_RULE: "opt-in"}
     padding = json.loads(patched(req.object, verdict)["metadata"]["annotations"][keys.PADDING_ANNOTATION])
@@ -276,7 +276,7 @@ def test_opt_in_pod_is_routed_with_its_rule(policy):
 
 def test_denials_from_routing_carry_no_patch(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.LEGACY, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "kata"}))
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "kata"}))
     assert (verdict.allowed, verdict.patch, verdict.reason) == (False, [], "invalid-namespace-label")
-    verdict = admit(req, policy, Mode.LEGACY, Routing())
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, Routing())
     assert (verdict.allowed, verdict.code, verdict.reason) == (False, 503, "namespace-routing-unknown")

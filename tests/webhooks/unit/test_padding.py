@@ -67,36 +67,36 @@ def test_effective_request_counts_sidecars_beside_app_and_later_init_containers(
 def test_runtimeclass_mode_pads_only_memory_beyond_pod_fixed(policy):
     runv = policy.profiles["runv"]
     # 2% of 128Mi + 50Mi = 52.56Mi, below memoryMin 64Mi: 64Mi - 50Mi podFixed.
-    assert required_padding(pod([ctr("a", {"memory": "128Mi"})]), runv, Mode.RUNTIMECLASS) == {"memory": 14 * MI}
+    assert required_padding(pod([ctr("a", {"memory": "128Mi"})]), runv, Mode.APISERVER_MERGES) == {"memory": 14 * MI}
     # 2% of 4Gi = 81.92Mi; 50Mi + 81.92Mi = 138328145.92 bytes, rounded up; minus 50Mi.
-    assert required_padding(pod([ctr("a", {"memory": "4Gi"})]), runv, Mode.RUNTIMECLASS) == {
+    assert required_padding(pod([ctr("a", {"memory": "4Gi"})]), runv, Mode.APISERVER_MERGES) == {
         "memory": 138328146 - 50 * MI}
     # 2% of 30Gi = 614.4Mi; clamped to memoryMax 512Mi.
-    assert required_padding(pod([ctr("a", {"memory": "30Gi"})]), runv, Mode.RUNTIMECLASS) == {"memory": 462 * MI}
+    assert required_padding(pod([ctr("a", {"memory": "30Gi"})]), runv, Mode.APISERVER_MERGES) == {"memory": 462 * MI}
 
 
 def test_legacy_mode_pads_the_whole_overhead(policy):
     runv = policy.profiles["runv"]
-    assert required_padding(pod([ctr("a", {"memory": "128Mi"})]), runv, Mode.LEGACY) == {
+    assert required_padding(pod([ctr("a", {"memory": "128Mi"})]), runv, Mode.WEBHOOK_MERGES) == {
         "cpu": Decimal("0.1"), "memory": 64 * MI}
-    assert required_padding(pod([ctr("a", {"memory": "30Gi"})]), runv, Mode.LEGACY) == {
+    assert required_padding(pod([ctr("a", {"memory": "30Gi"})]), runv, Mode.WEBHOOK_MERGES) == {
         "cpu": Decimal("0.1"), "memory": 512 * MI}
 
 
 def test_legacy_mode_subtracts_overhead_the_api_server_already_set(policy):
     # 03a arrives with spec.overhead {cpu: 100m, memory: 50Mi} from the RuntimeClass plugin.
     pod_03a = fixture_request("v1-03a-create-runtimeclass-runv").object
-    assert required_padding(pod_03a, policy.profiles["runv"], Mode.LEGACY) == {"memory": 14 * MI}
+    assert required_padding(pod_03a, policy.profiles["runv"], Mode.WEBHOOK_MERGES) == {"memory": 14 * MI}
 
 
 def test_profile_without_overhead_needs_no_padding(policy):
-    assert required_padding(pod([ctr("a", {"memory": "1Gi"})]), policy.profiles["gvisor"], Mode.LEGACY) == {}
+    assert required_padding(pod([ctr("a", {"memory": "1Gi"})]), policy.profiles["gvisor"], Mode.WEBHOOK_MERGES) == {}
 
 
 def test_legacy_padding_of_init_containers_and_limits_checked_by_hand(policy):
     p = copy.deepcopy(fixture_request("v1-05a-create-init-limits-special-keys").object)
     before = {r: effective_request(p["spec"], r) for r in ("cpu", "memory")}
-    record = pad_pod(p, policy.profiles["runv"], Mode.LEGACY)
+    record = pad_pod(p, policy.profiles["runv"], Mode.WEBHOOK_MERGES)
     assert record == {"cpu": "100m", "memory": "64Mi", "containers": ["etl"], "initContainers": ["fetch"]}
     assert p["metadata"]["annotations"][keys.PADDING_ANNOTATION] == (
         '{"cpu":"100m","memory":"64Mi","containers":["etl"],"initContainers":["fetch"]}')
@@ -113,7 +113,7 @@ def test_init_heavy_pod_total_grows_by_exactly_the_overhead(policy):
             [ctr("big-init", {"cpu": "2", "memory": "1Gi"}), ctr("small-init", {"cpu": "10m"}),
              ctr("side", {"cpu": "50m", "memory": "16Mi"}, restartPolicy="Always")])
     before = {r: effective_request(p["spec"], r) for r in ("cpu", "memory")}
-    record = pad_pod(p, policy.profiles["runv"], Mode.LEGACY)
+    record = pad_pod(p, policy.profiles["runv"], Mode.WEBHOOK_MERGES)
     # Only the first app container and the regular init containers; sidecars are covered by the app side.
     assert (record["containers"], record["initContainers"]) == (["a"], ["big-init", "small-init"])
     assert p["spec"]["containers"][1]["resources"]["requests"] == {"cpu": "100m", "memory": "64Mi"}
@@ -127,10 +127,10 @@ def test_init_heavy_pod_total_grows_by_exactly_the_overhead(policy):
 
 def test_container_without_resources_gets_requests_but_no_limits(policy):
     p = pod([ctr("a")])
-    pad_pod(p, policy.profiles["runv"], Mode.LEGACY)
+    pad_pod(p, policy.profiles["runv"], Mode.WEBHOOK_MERGES)
     assert p["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"}}
     bare = {"metadata": {}, "spec": {"containers": [{"name": "x", "image": "i"}]}}
-    pad_pod(bare, policy.profiles["runv"], Mode.RUNTIMECLASS)
+    pad_pod(bare, policy.profiles["runv"], Mode.APISERVER_MERGES)
     assert bare["spec"]["containers"][0]["resources"] == {"requests": {"memory": "14Mi"}}
     assert json.loads(bare["metadata"]["annotations"][keys.PADDING_ANNOTATION]) == {
         "memory": "14Mi", "containers": ["x"], "initContainers": []}
@@ -138,7 +138,7 @@ def test_container_without_resources_gets_requests_but_no_limits(policy):
 
 def test_limit_only_on_one_resource_is_padded_only_there(policy):
     p = pod([ctr("a", {"cpu": "1", "memory": "128Mi"}, {"memory": "256Mi"})])
-    pad_pod(p, policy.profiles["runv"], Mode.LEGACY)
+    pad_pod(p, policy.profiles["runv"], Mode.WEBHOOK_MERGES)
     assert p["spec"]["containers"][0]["resources"] == {
         "requests": {"cpu": "1100m", "memory": "192Mi"}, "limits": {"memory": "320Mi"}}
 
@@ -146,15 +146,15 @@ def test_limit_only_on_one_resource_is_padded_only_there(policy):
 def test_an_annotated_pod_is_never_padded_again(policy):
     p = pod([ctr("a", {"memory": "128Mi"})], annotations={keys.PADDING_ANNOTATION: '{"memory":"14Mi"}'})
     untouched = copy.deepcopy(p)
-    assert pad_pod(p, policy.profiles["runv"], Mode.LEGACY) is None
+    assert pad_pod(p, policy.profiles["runv"], Mode.WEBHOOK_MERGES) is None
     assert p == untouched
 
 
 def test_padding_twice_changes_nothing_the_second_time(policy):
     p = pod([ctr("a", {"memory": "128Mi"})])
-    pad_pod(p, policy.profiles["runv"], Mode.RUNTIMECLASS)
+    pad_pod(p, policy.profiles["runv"], Mode.APISERVER_MERGES)
     once = copy.deepcopy(p)
-    assert pad_pod(p, policy.profiles["runv"], Mode.RUNTIMECLASS) is None
+    assert pad_pod(p, policy.profiles["runv"], Mode.APISERVER_MERGES) is None
     assert p == once
 
 
@@ -168,12 +168,12 @@ def test_padding_twice_changes_nothing_the_second_time(policy):
 def test_invalid_request_quantities_name_the_field(policy, where, field):
     p = {"metadata": {}, "spec": where}
     with pytest.raises(QuantityError) as info:
-        pad_pod(p, policy.profiles["runv"], Mode.RUNTIMECLASS)
+        pad_pod(p, policy.profiles["runv"], Mode.APISERVER_MERGES)
     assert str(info.value).startswith(f"{field}: invalid quantity ")
 
 
 def test_invalid_limit_quantity_names_the_field(policy):
     p = pod([ctr("a", {"cpu": "1"}, {"cpu": "fast"})])
     with pytest.raises(QuantityError) as info:
-        pad_pod(p, policy.profiles["runv"], Mode.LEGACY)
+        pad_pod(p, policy.profiles["runv"], Mode.WEBHOOK_MERGES)
     assert str(info.value) == 'spec.containers[0].resources.limits.cpu: invalid quantity "fast"'

@@ -43,13 +43,13 @@ def test_runtime_class_changed_after_mutation_is_refused(policy):
     req = fixture_request("v1-01-create-bare-pod")
     pod = copy.deepcopy(req.object)
     pod["spec"]["runtimeClassName"] = "runc"
-    verdict = validate(with_object(req, pod), policy, Mode.RUNTIMECLASS, SANDBOXED)
+    verdict = validate(with_object(req, pod), policy, Mode.APISERVER_MERGES, SANDBOXED)
     assert not verdict.allowed
     assert verdict.message.startswith('spec.runtimeClassName: "runc" does not match sandbox profile "runv"')
 
 
 def test_another_profiles_runtime_class_is_accepted_as_the_users_choice(policy):
-    verdict = validate(fixture_request("v1beta1-03b-create-runtimeclass-gvisor"), policy, Mode.RUNTIMECLASS, SANDBOXED)
+    verdict = validate(fixture_request("v1beta1-03b-create-runtimeclass-gvisor"), policy, Mode.APISERVER_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.profile) == (True, "gvisor")
 
 
@@ -57,14 +57,14 @@ def test_forbidden_feature_is_refused_even_in_the_right_runtime(policy):
     req = fixture_request("v1-06-create-hostnetwork-privileged")
     pod = copy.deepcopy(req.object)
     pod["spec"]["runtimeClassName"] = "runv"
-    verdict = validate(with_object(req, pod), policy, Mode.LEGACY, SANDBOXED)
+    verdict = validate(with_object(req, pod), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.reason) == (False, "forbidden")
     assert verdict.message.startswith('spec.hostNetwork is forbidden by sandbox profile "runv"')
 
 
 def test_opted_in_pod_without_its_runtime_is_refused(policy):
     req = fixture_request("v1-05a-create-init-limits-special-keys")  # annotation sandgate.io/runtime: runv
-    verdict = validate(req, policy, Mode.RUNTIMECLASS, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
+    verdict = validate(req, policy, Mode.APISERVER_MERGES, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
     assert (verdict.allowed, verdict.reason) == (False, "runtime-class-mismatch")
     assert verdict.audit_annotations[keys.AUDIT_RULE] == "opt-in"
 
@@ -72,25 +72,25 @@ def test_opted_in_pod_without_its_runtime_is_refused(policy):
 def test_routing_denials_are_the_same_as_admits(policy):
     req = fixture_request("v1-01-create-bare-pod")
     for routing in (Routing(namespace_labels={LABEL: "kata"}), Routing(), Routing(path_profile="kata")):
-        mutating = admit(req, policy, Mode.LEGACY, routing)
-        validating = validate(req, policy, Mode.LEGACY, routing)
+        mutating = admit(req, policy, Mode.WEBHOOK_MERGES, routing)
+        validating = validate(req, policy, Mode.WEBHOOK_MERGES, routing)
         assert not validating.allowed
         assert (validating.message, validating.code, validating.reason) == (
             mutating.message, mutating.code, mutating.reason)
     pod = copy.deepcopy(req.object)
     pod["metadata"]["annotations"] = {keys.DEFAULT_POD_ANNOTATION: "none"}
-    verdict = validate(with_object(req, pod), policy, Mode.LEGACY, SANDBOXED)
+    verdict = validate(with_object(req, pod), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.reason) == (False, "opt-out-refused")
 
 
 def test_pods_outside_routing_pass_without_noise(policy):
     req = fixture_request("v1-01-create-bare-pod")
     for routing in (Routing(namespace_labels={}), Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)):
-        verdict = validate(req, policy, Mode.LEGACY, routing)
+        verdict = validate(req, policy, Mode.WEBHOOK_MERGES, routing)
         assert (verdict.allowed, verdict.warnings, verdict.reason) == (True, [], "not-routed")
-    assert validate(replace(req, namespace="kube-system"), policy, Mode.LEGACY, SANDBOXED).reason == "exempt"
+    assert validate(replace(req, namespace="kube-system"), policy, Mode.WEBHOOK_MERGES, SANDBOXED).reason == "exempt"
     for name in ("v1-08a-update-kubectl-label", "v1beta1-08c-update-dry-run-server"):
-        verdict = validate(fixture_request(name), policy, Mode.LEGACY, SANDBOXED)
+        verdict = validate(fixture_request(name), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
         assert (verdict.allowed, verdict.reason) == (True, "not-applicable")
 
 
@@ -99,7 +99,7 @@ def test_opt_in_disabled_pod_passes_the_guard_silently():
     doc["allowPodOptIn"] = False
     strict = policy_from(doc)
     req = fixture_request("v1-05a-create-init-limits-special-keys")
-    verdict = validate(req, strict, Mode.LEGACY, Routing(namespace_labels={}))
+    verdict = validate(req, strict, Mode.WEBHOOK_MERGES, Routing(namespace_labels={}))
     assert (verdict.allowed, verdict.warnings, verdict.reason) == (True, [], "opt-in-disabled")
 
 

@@ -1,183 +1,23 @@
-"""The SandboxPolicy file: its typed model, strict validation, and a store that reloads it.
+"""Strict parsing of a decoded SandboxPolicy document into the typed model.
 
-The policy is the one contract every component reads (webhook, extender, agent). A policy with any
-error is refused as a whole, with every error listed by key path, so nothing ever runs half
-configured. Unknown keys are errors too: a typo such as `namespaceLable` must not silently fall
-back to a default.
+A policy with any error is refused as a whole, with every error listed by key path, so nothing ever
+runs half configured. Unknown keys are errors too: a typo such as `namespaceLable` must not silently
+fall back to a default.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
-from pathlib import Path
-from typing import Any, Callable
+from decimal import Decimal
+from typing import Any
 
-import yaml
 from kubernetes.utils import parse_quantity
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, VersionError
-from sandgate.core.reloading import ReloadingFiles
-
-API_VERSION = "sandgate.io/v1alpha1"
-KIND = "SandboxPolicy"
-
-# Pod features a profile may forbid, and the pod fields each one names in a denial.
-FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort")
-TOLERATION_OPERATORS = ("Equal", "Exists")
-TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
-STRATEGIES = ("spread", "binpack")
-# Values of the namespace label / pod annotation with a fixed meaning; no profile may take them.
-RESERVED_PROFILE_NAMES = (keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUALIFIED_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                             r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-
-class PolicyError(ValueError):
-    """The policy is invalid; `errors` holds one "key.path: reason" string per problem."""
-
-    def __init__(self, errors: list[str], source: str = "policy"):
-        self.errors = list(errors)
-        self.source = source
-        super().__init__(f"{source}: invalid policy:\n  " + "\n  ".join(self.errors))
-
-
-@dataclass(frozen=True)
-class Toleration:
-    """A pod toleration, as a profile asks for it."""
-
-    key: str = ""
-    operator: str = "Equal"
-    value: str = ""
-    effect: str = ""
-    toleration_seconds: int | None = None
-
-    def to_k8s(self) -> dict[str, Any]:
-        """The toleration in Kubernetes wire form (only the fields that are set)."""
-        out: dict[str, Any] = {}
-        if self.key:
-            out["key"] = self.key
-        out["operator"] = self.operator
-        if self.value:
-            out["value"] = self.value
-        if self.effect:
-            out["effect"] = self.effect
-        if self.toleration_seconds is not None:
-            out["tolerationSeconds"] = self.toleration_seconds
-        return out
-
-
-@dataclass(frozen=True)
-class Overhead:
-    """Sandbox overhead: a fixed part per pod plus an optional memory part that grows with requests.
-
-    Quantities are kept both as written (for RuntimeClass manifests, which must match exactly) and
-    as Decimal values in base units (cores, bytes) for arithmetic.
-    """
-
-    pod_fixed: dict[str, str] = field(default_factory=dict)
-    memory_percent_of_requests: Decimal | None = None
-    memory_min: Decimal | None = None
-    memory_max: Decimal | None = None
-
-    @property
-    def pod_fixed_values(self) -> dict[str, Decimal]:
-        """podFixed parsed to base units (cpu in cores, memory in bytes)."""
-        return {name: parse_quantity(q) for name, q in self.pod_fixed.items()}
-
-    def memory_total(self, pod_memory_requests: Decimal) -> Decimal:
-        """Whole memory overhead in bytes: fixed + percent of requests, clamped to [min, max], rounded up."""
-        total = self.pod_fixed_values.get("memory", Decimal(0))
-        if self.memory_percent_of_requests:
-            total += pod_memory_requests * self.memory_percent_of_requests / Decimal(100)
-        if self.memory_min is not None:
-            total = max(total, self.memory_min)
-        if self.memory_max is not None:
-            total = min(total, self.memory_max)
-        return total.to_integral_value(rounding=ROUND_CEILING)
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One sandbox runtime a pod can be routed to."""
-
-    name: str
-    runtime_class_name: str
-    handler: str
-    overhead: Overhead | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: tuple[Toleration, ...] = ()
-    forbid: frozenset[str] = frozenset()
-    edge_toleration_seconds: int | None = None
-    # Node-side facts for the agent: containerd runtime_type to configure, its options, an extra probe.
-    runtime_type: str | None = None
-    runtime_options: dict[str, Any] = field(default_factory=dict)
-    probe: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    """Settings of the node agent (policy key `agent`)."""
-
-    namespace: str = "sandgate-system"
-    lease_duration_seconds: int = 90
-    max_sandboxes: int = 110
-    reserved_memory: Decimal = parse_quantity("512Mi")
-    containerd_config: str = "/etc/containerd/config.toml"
-    drop_in_dir: str = "/etc/containerd/conf.d"
-    reload_command: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SchedulingSettings:
-    """Settings of the scheduler extender (policy key `scheduling`)."""
-
-    strategy: str = "spread"
-    prefer_non_sandbox_nodes: bool = True
-    reservation_timeout_seconds: int = 30
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A validated SandboxPolicy."""
-
-    cluster_version: ClusterVersion | None  # None: "auto", ask the API server
-    pod_overhead: bool | None  # None: the version's default
-    namespace_label: str
-    pod_annotation: str
-    default_profile: str
-    allow_pod_opt_in: bool
-    exempt_namespaces: frozenset[str]
-    profiles: dict[str, Profile]
-    agent: AgentSettings = field(default_factory=AgentSettings)
-    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
-    source: str = "policy"
-
-    def profile_for_runtime_class(self, runtime_class_name: str | None) -> Profile | None:
-        """The profile whose runtimeClassName is `runtime_class_name`, if any."""
-        if not runtime_class_name:
-            return None
-        for profile in self.profiles.values():
-            if profile.runtime_class_name == runtime_class_name:
-                return profile
-        return None
-
-    def profile_named(self, value: str | None) -> Profile | None:
-        """The profile a namespace-label or pod-annotation value names: "sandboxed" is defaultProfile."""
-        if value == keys.SANDBOXED_VALUE:
-            return self.profiles[self.default_profile]
-        return self.profiles.get(value) if isinstance(value, str) else None
-
-    @property
-    def handlers(self) -> frozenset[str]:
-        """Every runtime handler some profile uses."""
-        return frozenset(p.handler for p in self.profiles.values())
+from sandgate.core.policy.model import (API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
+                                        TAINT_EFFECTS, TOLERATION_OPERATORS, DNS_LABEL, DNS_SUBDOMAIN,
+                                        QUALIFIED_NAME, AgentSettings, Overhead, Policy, PolicyError, Profile,
+                                        SchedulingSettings, Toleration)
 
 
 class _Errors:
@@ -253,7 +93,7 @@ def _quantity(value: Any, path: str, errs: _Errors) -> tuple[str, Decimal] | Non
 def _string_map(doc: Any, path: str, errs: _Errors, check_keys: bool = True) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in _mapping(doc, path, errs).items():
-        if check_keys and (not isinstance(key, str) or not _QUALIFIED_NAME.match(key)):
+        if check_keys and (not isinstance(key, str) or not QUALIFIED_NAME.match(key)):
             errs.add(f"{path}.{key}", "not a valid label key")
             continue
         text = _string(value, f"{path}.{key}", errs)
@@ -357,7 +197,7 @@ _PROFILE_KEYS = ("runtimeClassName", "handler", "overhead", "nodeSelector", "tol
 
 def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
     path = f"profiles.{name}"
-    if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > 63:
+    if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > 63:
         errs.add(path, "profile name must be a DNS label (lower-case letters, digits, '-')")
         return None
     if name in RESERVED_PROFILE_NAMES:
@@ -367,10 +207,10 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
     rc = _string(d.get("runtimeClassName"), f"{path}.runtimeClassName", errs)
     if rc is None:
         errs.add(f"{path}.runtimeClassName", "is required")
-    elif not _DNS_SUBDOMAIN.match(rc) or len(rc) > 253:
+    elif not DNS_SUBDOMAIN.match(rc) or len(rc) > 253:
         errs.add(f"{path}.runtimeClassName", f'"{rc}" is not a valid RuntimeClass name')
     handler = _string(d.get("handler"), f"{path}.handler", errs, rc)
-    if handler and not _DNS_LABEL.match(handler):
+    if handler and not DNS_LABEL.match(handler):
         errs.add(f"{path}.handler", f'"{handler}" is not a valid runtime handler name (DNS label)')
     tolerations = []
     raw_tols = d.get("tolerations")
@@ -412,7 +252,7 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         parsed = _quantity(d["reservedMemory"], "agent.reservedMemory", errs)
         reserved = parsed[1] if parsed else reserved
     namespace = _string(d.get("namespace"), "agent.namespace", errs, base.namespace)
-    if namespace and not _DNS_LABEL.match(namespace):
+    if namespace and not DNS_LABEL.match(namespace):
         errs.add("agent.namespace", f'"{namespace}" is not a valid namespace name')
     return AgentSettings(
         namespace=namespace or base.namespace,
@@ -459,10 +299,10 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
     version = _parse_cluster_version(doc.get("clusterVersion"), errs)
     pod_overhead = _parse_pod_overhead(doc.get("podOverhead"), errs)
     ns_label = _string(doc.get("namespaceLabel"), "namespaceLabel", errs, keys.DEFAULT_NAMESPACE_LABEL)
-    if ns_label and not _QUALIFIED_NAME.match(ns_label):
+    if ns_label and not QUALIFIED_NAME.match(ns_label):
         errs.add("namespaceLabel", f'"{ns_label}" is not a valid label key')
     annotation = _string(doc.get("podAnnotation"), "podAnnotation", errs, keys.DEFAULT_POD_ANNOTATION)
-    if annotation and not _QUALIFIED_NAME.match(annotation):
+    if annotation and not QUALIFIED_NAME.match(annotation):
         errs.add("podAnnotation", f'"{annotation}" is not a valid annotation key')
     profiles: dict[str, Profile] = {}
     raw_profiles = _mapping(doc.get("profiles"), "profiles", errs)
@@ -502,25 +342,3 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
     return policy
 
 
-def load_policy(path: str | os.PathLike) -> Policy:
-    """Read and validate a policy file (YAML or JSON); raise PolicyError naming the file and keys."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError([f"cannot read the file: {exc.strerror or exc}"], source) from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError([f"not valid YAML: {exc}"], source) from exc
-    return parse_policy(doc, source)
-
-
-class PolicyStore(ReloadingFiles[Policy]):
-    """The current policy of a running server, reloaded when its file changes (see sandgate.reloading)."""
-
-    def __init__(self, path: str | os.PathLike, check_interval: float = 2.0,
-                 on_reload: Callable[[Policy], None] | None = None):
-        self.path = str(path)
-        super().__init__("policy", [self.path], lambda: load_policy(self.path), (PolicyError,),
-                         check_interval, on_reload)

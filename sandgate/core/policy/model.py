@@ -1,0 +1,172 @@
+"""The SandboxPolicy's typed model: profiles, overhead, agent and scheduling settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from sandgate.core import keys
+from sandgate.core.clusterversion import ClusterVersion
+
+API_VERSION = "sandgate.io/v1alpha1"
+KIND = "SandboxPolicy"
+
+# Pod features a profile may forbid, and the pod fields each one names in a denial.
+FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+STRATEGIES = ("spread", "binpack")
+# Values of the namespace label / pod annotation with a fixed meaning; no profile may take them.
+RESERVED_PROFILE_NAMES = (keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+QUALIFIED_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                             r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+class PolicyError(ValueError):
+    """The policy is invalid; `errors` holds one "key.path: reason" string per problem."""
+
+    def __init__(self, errors: list[str], source: str = "policy"):
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(f"{source}: invalid policy:\n  " + "\n  ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A pod toleration, as a profile asks for it."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+    toleration_seconds: int | None = None
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The toleration in Kubernetes wire form (only the fields that are set)."""
+        out: dict[str, Any] = {}
+        if self.key:
+            out["key"] = self.key
+        out["operator"] = self.operator
+        if self.value:
+            out["value"] = self.value
+        if self.effect:
+            out["effect"] = self.effect
+        if self.toleration_seconds is not None:
+            out["tolerationSeconds"] = self.toleration_seconds
+        return out
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Sandbox overhead: a fixed part per pod plus an optional memory part that grows with requests.
+
+    Quantities are kept both as written (for RuntimeClass manifests, which must match exactly) and
+    as Decimal values in base units (cores, bytes) for arithmetic.
+    """
+
+    pod_fixed: dict[str, str] = field(default_factory=dict)
+    memory_percent_of_requests: Decimal | None = None
+    memory_min: Decimal | None = None
+    memory_max: Decimal | None = None
+
+    @property
+    def pod_fixed_values(self) -> dict[str, Decimal]:
+        """podFixed parsed to base units (cpu in cores, memory in bytes)."""
+        return {name: parse_quantity(q) for name, q in self.pod_fixed.items()}
+
+    def memory_total(self, pod_memory_requests: Decimal) -> Decimal:
+        """Whole memory overhead in bytes: fixed + percent of requests, clamped to [min, max], rounded up."""
+        total = self.pod_fixed_values.get("memory", Decimal(0))
+        if self.memory_percent_of_requests:
+            total += pod_memory_requests * self.memory_percent_of_requests / Decimal(100)
+        if self.memory_min is not None:
+            total = max(total, self.memory_min)
+        if self.memory_max is not None:
+            total = min(total, self.memory_max)
+        return total.to_integral_value(rounding=ROUND_CEILING)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One sandbox runtime a pod can be routed to."""
+
+    name: str
+    runtime_class_name: str
+    handler: str
+    overhead: Overhead | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    forbid: frozenset[str] = frozenset()
+    edge_toleration_seconds: int | None = None
+    # Node-side facts for the agent: containerd runtime_type to configure, its options, an extra probe.
+    runtime_type: str | None = None
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    probe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Settings of the node agent (policy key `agent`)."""
+
+    namespace: str = "sandgate-system"
+    lease_duration_seconds: int = 90
+    max_sandboxes: int = 110
+    reserved_memory: Decimal = parse_quantity("512Mi")
+    containerd_config: str = "/etc/containerd/config.toml"
+    drop_in_dir: str = "/etc/containerd/conf.d"
+    reload_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SchedulingSettings:
+    """Settings of the scheduler extender (policy key `scheduling`)."""
+
+    strategy: str = "spread"
+    prefer_non_sandbox_nodes: bool = True
+    reservation_timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated SandboxPolicy."""
+
+    cluster_version: ClusterVersion | None  # None: "auto", ask the API server
+    pod_overhead: bool | None  # None: the version's default
+    namespace_label: str
+    pod_annotation: str
+    default_profile: str
+    allow_pod_opt_in: bool
+    exempt_namespaces: frozenset[str]
+    profiles: dict[str, Profile]
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    source: str = "policy"
+
+    def profile_for_runtime_class(self, runtime_class_name: str | None) -> Profile | None:
+        """The profile whose runtimeClassName is `runtime_class_name`, if any."""
+        if not runtime_class_name:
+            return None
+        for profile in self.profiles.values():
+            if profile.runtime_class_name == runtime_class_name:
+                return profile
+        return None
+
+    def profile_named(self, value: str | None) -> Profile | None:
+        """The profile a namespace-label or pod-annotation value names: "sandboxed" is defaultProfile."""
+        if value == keys.SANDBOXED_VALUE:
+            return self.profiles[self.default_profile]
+        return self.profiles.get(value) if isinstance(value, str) else None
+
+    @property
+    def handlers(self) -> frozenset[str]:
+        """Every runtime handler some profile uses."""
+        return frozenset(p.handler for p in self.profiles.values())
+
+
