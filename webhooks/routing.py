@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sandgate.core import keys
+from sandgate.core.jsonshape import as_object
 from sandgate.core.policy import Policy, Profile
 from webhooks.review import AdmissionRequest, NamespaceFacts
 
@@ -69,20 +70,17 @@ def applies_to(req: AdmissionRequest) -> bool:
 
 def pod_metadata(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod's metadata, or an empty mapping when it is missing or malformed."""
-    meta = pod.get("metadata")
-    return meta if isinstance(meta, dict) else {}
+    return as_object(pod.get("metadata"))
 
 
 def pod_spec(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod's spec, or an empty mapping when it is missing or malformed."""
-    spec = pod.get("spec")
-    return spec if isinstance(spec, dict) else {}
+    return as_object(pod.get("spec"))
 
 
 def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod's annotations, or an empty mapping."""
-    annotations = pod_metadata(pod).get("annotations")
-    return annotations if isinstance(annotations, dict) else {}
+    return as_object(pod_metadata(pod).get("annotations"))
 
 
 def _valid_values(policy: Policy, *fixed: str) -> str:
