@@ -4,10 +4,11 @@ from decimal import Decimal
 
 import pytest
 
-from sandgate.core.podrequests import PodSpecError, pod_requests
+from sandgate.core.jsonshape import ShapeError
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.quantity import QuantityError
 from sandgate.demo.scheduler import pod_request
-from scheduler_ext.model import effective_requests
+from scheduler_ext.objects import effective_requests
 
 MI = 1024 * 1024
 
@@ -52,9 +53,9 @@ def test_the_extender_and_the_demo_sum_the_same_way():
 
 
 @pytest.mark.parametrize("spec, error, field", [
-    ({"containers": {"a": 1}}, PodSpecError, "spec.containers: must be a list"),
+    ({"containers": {"a": 1}}, ShapeError, "spec.containers: must be a list"),
     ({"containers": [ctr("a", {"cpu": "lots"})]}, QuantityError, "spec.containers[0].resources.requests.cpu"),
-    ({"containers": [], "initContainers": ["x"]}, PodSpecError, "spec.initContainers[0]: must be an object"),
+    ({"containers": [], "initContainers": ["x"]}, ShapeError, "spec.initContainers[0]: must be an object"),
     ({"containers": [], "resources": {"requests": {"memory": "1Q"}}}, QuantityError, "spec.resources.requests.memory"),
     ({"containers": [], "overhead": {"cpu": []}}, QuantityError, "spec.overhead.cpu"),
 ])

@@ -28,11 +28,12 @@ import jsonpatch
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from sandgate.core.podrequests import PodSpecError, items, mapping, resource_list
+from sandgate.core.jsonshape import ShapeError, list_at, object_at
+from sandgate.core.podrequests import resource_list
 from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError
 from webhooks.forbidden import forbidden_message
-from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.padding import POD, PaddingPlan, ResourceEdit, format_quantity, plan_padding
 from webhooks.routing import Decision, Outcome, pod_annotations, resolve
 from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations, \
@@ -103,7 +104,7 @@ def _slot_edit(container: dict, handler: str, edit: ResourceEdit) -> None:
 
 
 def _resources_of(container: dict) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
-    resources = mapping(container.get("resources"), "spec.containers[0].resources")
+    resources = object_at(container.get("resources"), "spec.containers[0].resources")
     return (resource_list(resources.get("requests"), "spec.containers[0].resources.requests"),
             resource_list(resources.get("limits"), "spec.containers[0].resources.limits"))
 
@@ -113,7 +114,7 @@ def mutation_patch(pod: dict, profile: Profile, mode: Mode) -> tuple[list[dict],
 
     Built directly from what must change (no copy, no diff): nothing when the pod is already
     right, which is what makes reinvocation a no-op. Raises NodeSelectorConflict, QuantityError or
-    PodSpecError; the caller turns them into denials, so a pod never gets half a mutation.
+    ShapeError; the caller turns them into denials, so a pod never gets half a mutation.
     """
     spec = pod["spec"]
     ops: list[dict] = []
@@ -138,9 +139,9 @@ def mutation_patch(pod: dict, profile: Profile, mode: Mode) -> tuple[list[dict],
 
     plan = plan_padding(pod, profile, mode)
     edits = dict(plan.edits)
-    containers = items(spec.get("containers"), "spec.containers")
+    containers = list_at(spec.get("containers"), "spec.containers")
     if containers:
-        _slot_edit(mapping(containers[0], "spec.containers[0]"), profile.handler,
+        _slot_edit(object_at(containers[0], "spec.containers[0]"), profile.handler,
                    edits.setdefault(("containers", 0), ResourceEdit()))
     for (kind, index), edit in sorted(edits.items()):
         if edit.requests or edit.limits:
@@ -164,9 +165,9 @@ def mutation_patch(pod: dict, profile: Profile, mode: Mode) -> tuple[list[dict],
     return jsonpatch.JsonPatch(ops).patch, plan
 
 
-def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -> Verdict:
+def admit(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFacts) -> Verdict:
     """Decide and build the mutation of one admission request (pure: no I/O, never raises on pod content)."""
-    decision = resolve(req, policy, routing)
+    decision = resolve(req, policy, facts)
     if decision.outcome is not Outcome.ROUTE:
         return unrouted_verdict(decision)
     profile = decision.profile
@@ -187,7 +188,7 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -
     except NodeSelectorConflict as exc:
         # The built-in plugin refuses this with Forbidden (403) and the same text.
         return denied("node-selector-conflict", str(exc))
-    except (QuantityError, PodSpecError) as exc:
+    except (QuantityError, ShapeError) as exc:
         return denied("invalid-pod", str(exc), code=400)
     warnings = [routed_warning(profile)]
     if plan.annotation is not None and any(op["path"].startswith("/metadata") for op in patch):

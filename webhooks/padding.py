@@ -32,7 +32,8 @@ from typing import Any, Mapping
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from sandgate.core.podrequests import (is_pod_level_resource, is_sidecar, items, mapping,
+from sandgate.core.jsonshape import list_at, object_at
+from sandgate.core.podrequests import (is_pod_level_resource, is_sidecar,
                                        pod_level_requests, pod_requests, resource_list)
 from sandgate.core.policy import Profile
 from webhooks.routing import pod_annotations
@@ -165,7 +166,7 @@ class PaddingPlan:
 
 
 def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
-    resources = mapping(holder.get("resources"), f"{path}.resources")
+    resources = object_at(holder.get("resources"), f"{path}.resources")
     return (resource_list(resources.get("requests"), f"{path}.resources.requests"),
             resource_list(resources.get("limits"), f"{path}.resources.limits"))
 
@@ -173,14 +174,14 @@ def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal]
 def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> PaddingPlan:
     """What to write so that the pod carries exactly the padding it needs, whatever it carries now.
 
-    Raises QuantityError or PodSpecError naming the field when a value it must read is invalid.
+    Raises QuantityError or ShapeError naming the field when a value it must read is invalid.
     """
-    spec = mapping(pod.get("spec"), "spec")
+    spec = object_at(pod.get("spec"), "spec")
     previous = PaddingRecord.from_annotation(pod_annotations(pod).get(keys.PADDING_ANNOTATION))
     places: list[tuple[str, int, Any, str]] = []  # (kind, index, container name, path)
     for kind in ("containers", "initContainers"):
-        for i, container in enumerate(items(spec.get(kind), f"spec.{kind}")):
-            places.append((kind, i, mapping(container, f"spec.{kind}[{i}]").get("name"), f"spec.{kind}[{i}]"))
+        for i, container in enumerate(list_at(spec.get(kind), f"spec.{kind}")):
+            places.append((kind, i, object_at(container, f"spec.{kind}[{i}]").get("name"), f"spec.{kind}[{i}]"))
     current: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
     unpadded: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
     for kind, i, name, path in places + [(POD, 0, None, "spec")]:
@@ -241,14 +242,14 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
 def _with_requests(spec: Mapping[str, Any], values: Mapping[tuple[str, int], tuple[dict, dict]]) -> dict:
     """A shallow copy of `spec` whose requests (of containers, init containers, pod level) are `values`."""
     def holder(original: Mapping[str, Any], requests: Mapping[str, Decimal]) -> dict:
-        resources = dict(mapping(original.get("resources"), "resources"))
+        resources = dict(object_at(original.get("resources"), "resources"))
         resources["requests"] = {r: format(v, "f") for r, v in requests.items()}
         return {**original, "resources": resources}
 
     out = dict(spec)
     for kind in ("containers", "initContainers"):
         if kind in spec:
-            out[kind] = [holder(c, values[kind, i][0]) for i, c in enumerate(items(spec[kind], f"spec.{kind}"))]
+            out[kind] = [holder(c, values[kind, i][0]) for i, c in enumerate(list_at(spec[kind], f"spec.{kind}"))]
     if spec.get("resources") is not None:
         out = holder(out, values[POD, 0][0])
     return out

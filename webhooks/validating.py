@@ -23,11 +23,12 @@ from decimal import Decimal
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from sandgate.core.podrequests import PodSpecError, container_requests, items, pod_requests
+from sandgate.core.jsonshape import ShapeError, list_at
+from sandgate.core.podrequests import container_requests, pod_requests
 from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError
 from webhooks.forbidden import forbidden_fields, forbidden_message
-from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import audit_annotations, unrouted_verdict
 from webhooks.padding import PaddingRecord, format_quantity, plan_padding
 from webhooks.routing import Outcome, pod_annotations, pod_spec, resolve
@@ -53,12 +54,12 @@ def slot_message(pod: dict, profile: Profile) -> str | None:
     return None
 
 
-def validate(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -> Verdict:
+def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFacts) -> Verdict:
     """Allow or refuse one admission request; pure, never patches."""
     if req.kind == "Pod" and req.group == "" and req.operation == "UPDATE" \
             and req.sub_resource in (EPHEMERAL_CONTAINERS, RESIZE):
         return _validate_update(req, policy, mode)
-    decision = resolve(req, policy, routing)
+    decision = resolve(req, policy, facts)
     if decision.outcome is not Outcome.ROUTE:
         # Warnings were already given by the mutating webhook; repeating them adds noise.
         return unrouted_verdict(decision) if decision.outcome is Outcome.DENY else \
@@ -81,7 +82,7 @@ def validate(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing
                       f'"{profile.runtime_class_name}", {shown} (was the sandgate mutating webhook skipped?)')
     try:
         slots = slot_message(req.object, profile)
-    except (QuantityError, PodSpecError) as exc:
+    except (QuantityError, ShapeError) as exc:
         return denied("invalid-pod", str(exc), code=400)
     if slots:
         return denied("sandbox-slot", slots)
@@ -112,7 +113,7 @@ def _validate_update(req: AdmissionRequest, policy: Policy, mode: Mode) -> Verdi
         return Verdict(allowed=True, reason="routed", profile=profile.name, audit_annotations=audit)
     try:
         plan = plan_padding(pod, profile, mode)
-    except (QuantityError, PodSpecError) as exc:
+    except (QuantityError, ShapeError) as exc:
         return denied("invalid-pod", str(exc), code=400)
     previous = PaddingRecord.from_annotation(pod_annotations(pod).get(keys.PADDING_ANNOTATION))
     carried = previous.amounts if previous else {}
@@ -132,8 +133,8 @@ def _grown_field(req: AdmissionRequest, resource: str) -> str:
     old = pod_spec(req.old_object) if isinstance(req.old_object, dict) else {}
     new = pod_spec(req.object)
     for kind in ("containers", "initContainers"):
-        for i, container in enumerate(items(new.get(kind), f"spec.{kind}")):
-            before = items(old.get(kind), f"spec.{kind}")
+        for i, container in enumerate(list_at(new.get(kind), f"spec.{kind}")):
+            before = list_at(old.get(kind), f"spec.{kind}")
             was = container_requests(before[i], f"spec.{kind}[{i}]") if i < len(before) else {}
             if container_requests(container, f"spec.{kind}[{i}]").get(resource, Decimal(0)) > \
                     was.get(resource, Decimal(0)):

@@ -12,7 +12,7 @@ and the kubelet's admission use):
 * `spec.overhead` (set by the RuntimeClass admission plugin, 1.18+) is added on top.
 
 Quantities are exact Decimals in base units (cores, bytes); callers round (the scheduler rounds
-the total, never each container). Fields that are not the shape a Pod has raise `PodSpecError`,
+the total, never each container). Fields that are not the shape a Pod has raise `jsonshape.ShapeError`,
 quantities that do not parse raise `QuantityError`, each naming the field.
 """
 
@@ -21,32 +21,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Mapping
 
+from sandgate.core.jsonshape import list_at, object_at
 from sandgate.core.quantity import parse_field
 
 _POD_LEVEL_RESOURCES = ("cpu", "memory")
 _HUGEPAGES_PREFIX = "hugepages-"
-
-
-class PodSpecError(ValueError):
-    """A pod field has the wrong JSON type; the message names the field."""
-
-
-def mapping(value: Any, path: str) -> Mapping[str, Any]:
-    """`value` as an object; absent (None) is empty; anything else is a PodSpecError naming `path`."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PodSpecError(f"{path}: must be an object, got {type(value).__name__}")
-    return value
-
-
-def items(value: Any, path: str) -> list:
-    """`value` as a list; absent (None) is empty; anything else is a PodSpecError naming `path`."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise PodSpecError(f"{path}: must be a list, got {type(value).__name__}")
-    return value
 
 
 def is_sidecar(container: Mapping[str, Any]) -> bool:
@@ -61,12 +40,12 @@ def is_pod_level_resource(resource: str) -> bool:
 
 def resource_list(value: Any, path: str) -> dict[str, Decimal]:
     """A ResourceList (requests, limits, overhead) parsed to Decimals in base units."""
-    return {str(name): parse_field(quantity, f"{path}.{name}") for name, quantity in mapping(value, path).items()}
+    return {str(name): parse_field(quantity, f"{path}.{name}") for name, quantity in object_at(value, path).items()}
 
 
 def container_requests(container: Any, path: str) -> dict[str, Decimal]:
     """The requests of one container (`path` is e.g. "spec.containers[0]")."""
-    resources = mapping(mapping(container, path).get("resources"), f"{path}.resources")
+    resources = object_at(object_at(container, path).get("resources"), f"{path}.resources")
     return resource_list(resources.get("requests"), f"{path}.resources.requests")
 
 
@@ -84,11 +63,11 @@ def _max(total: dict[str, Decimal], other: Mapping[str, Decimal]) -> None:
 def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") -> dict[str, Decimal]:
     """AggregateContainerRequests: max(app containers + sidecars, each init step), per resource."""
     result: dict[str, Decimal] = {}
-    for i, container in enumerate(items(spec.get("containers"), f"{path}.containers")):
+    for i, container in enumerate(list_at(spec.get("containers"), f"{path}.containers")):
         _add(result, container_requests(container, f"{path}.containers[{i}]"))
     sidecars: dict[str, Decimal] = {}
     init_peak: dict[str, Decimal] = {}
-    for i, container in enumerate(items(spec.get("initContainers"), f"{path}.initContainers")):
+    for i, container in enumerate(list_at(spec.get("initContainers"), f"{path}.initContainers")):
         requests = container_requests(container, f"{path}.initContainers[{i}]")
         if is_sidecar(container):
             _add(result, requests)
@@ -104,7 +83,7 @@ def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") ->
 
 def pod_level_requests(spec: Mapping[str, Any], path: str = "spec") -> dict[str, Decimal]:
     """The pod-level requests the scheduler uses instead of the container sums (empty when not set)."""
-    resources = mapping(spec.get("resources"), f"{path}.resources")
+    resources = object_at(spec.get("resources"), f"{path}.resources")
     requests = resource_list(resources.get("requests"), f"{path}.resources.requests")
     return {name: amount for name, amount in requests.items() if is_pod_level_resource(name)}
 

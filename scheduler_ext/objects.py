@@ -13,15 +13,16 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from sandgate.core import keys
-from sandgate.core.podrequests import PodSpecError, pod_requests
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.policy import Policy, Profile
+from sandgate.core.jsonshape import ShapeError, object_at
 from sandgate.core.quantity import QuantityError, parse_field
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
-class ObjectError(ValueError):
-    """A Node or Pod field that cannot be understood; the message names the field."""
+# A Node or Pod field that cannot be understood; the message names the field.
+ObjectError = ShapeError
 
 
 def cpu_millis(value: Any, path: str) -> int:
@@ -41,12 +42,6 @@ def _quantity(value: Any, path: str) -> Decimal:
         raise ObjectError(str(exc)) from None
 
 
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ObjectError(f"{path}: must be an object, got {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -63,13 +58,13 @@ class NodeInfo:
 
 def node_info(node: Any, path: str = "node") -> NodeInfo:
     """Build a NodeInfo from a Node object (dict in Kubernetes JSON form); ObjectError names a bad field."""
-    node = _mapping(node, path)
-    meta = _mapping(node.get("metadata"), f"{path}.metadata")
+    node = object_at(node, path)
+    meta = object_at(node.get("metadata"), f"{path}.metadata")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise ObjectError(f"{path}.metadata.name: required")
-    labels = _mapping(meta.get("labels"), f"{path}.metadata.labels")
-    annotations = _mapping(meta.get("annotations"), f"{path}.metadata.annotations")
+    labels = object_at(meta.get("labels"), f"{path}.metadata.labels")
+    annotations = object_at(meta.get("annotations"), f"{path}.metadata.annotations")
     prefix = keys.RUNTIME_LABEL_PREFIX
     handlers = frozenset(k[len(prefix):] for k, v in labels.items()
                          if k.startswith(prefix) and v == keys.RUNTIME_LABEL_VALUE)
@@ -85,7 +80,7 @@ def node_info(node: Any, path: str = "node") -> NodeInfo:
             capacity[handler] = int(text)
         else:
             bad[handler] = str(value)
-    allocatable = _mapping(_mapping(node.get("status"), f"{path}.status").get("allocatable"),
+    allocatable = object_at(object_at(node.get("status"), f"{path}.status").get("allocatable"),
                            f"{path}.status.allocatable")
     cpu = cpu_millis(allocatable["cpu"], f"{path}.status.allocatable.cpu") if "cpu" in allocatable else 0
     mem = memory_bytes(allocatable["memory"], f"{path}.status.allocatable.memory") if "memory" in allocatable else 0
@@ -168,7 +163,7 @@ def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int
     """
     try:
         requests = pod_requests(spec, path, include_overhead=False)
-    except (QuantityError, PodSpecError) as exc:
+    except (QuantityError, ShapeError) as exc:
         raise ObjectError(str(exc)) from None
     return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
             int(math.ceil(requests.get("memory", Decimal(0)))))
@@ -176,15 +171,15 @@ def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int
 
 def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
     """Build an (unclassified) PodInfo from a Pod object; ObjectError names a bad field."""
-    pod = _mapping(pod, path)
-    meta = _mapping(pod.get("metadata"), f"{path}.metadata")
-    spec = _mapping(pod.get("spec"), f"{path}.spec")
-    status = _mapping(pod.get("status"), f"{path}.status")
+    pod = object_at(pod, path)
+    meta = object_at(pod.get("metadata"), f"{path}.metadata")
+    spec = object_at(pod.get("spec"), f"{path}.spec")
+    status = object_at(pod.get("status"), f"{path}.status")
     name = meta.get("name") or ""
     namespace = meta.get("namespace") or ""
     if not isinstance(name, str) or not isinstance(namespace, str):
         raise ObjectError(f"{path}.metadata: name and namespace must be strings")
-    annotations = _mapping(meta.get("annotations"), f"{path}.metadata.annotations")
+    annotations = object_at(meta.get("annotations"), f"{path}.metadata.annotations")
     runtime_class = spec.get("runtimeClassName")
     if runtime_class is not None and not isinstance(runtime_class, str):
         raise ObjectError(f"{path}.spec.runtimeClassName: must be a string")
@@ -192,7 +187,7 @@ def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
     overhead = spec.get("overhead")
     spec_overhead = None
     if overhead:
-        overhead = _mapping(overhead, f"{path}.spec.overhead")
+        overhead = object_at(overhead, f"{path}.spec.overhead")
         spec_overhead = (
             cpu_millis(overhead["cpu"], f"{path}.spec.overhead.cpu") if "cpu" in overhead else 0,
             memory_bytes(overhead["memory"], f"{path}.spec.overhead.memory") if "memory" in overhead else 0,
