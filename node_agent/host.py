@@ -245,6 +245,7 @@ def gather(root: Root, policy: Policy) -> HostFacts:
         try:
             crio_files = crio.read_files(lambda p: read_text(root, p),
                                          lambda d: _list_dir(root, d), settings.crio_config, settings.crio_drop_in_dir)
+            tables.extend(crio.resolve(crio_files).runtimes().values())
         except containerd.ContainerdConfigError as exc:
             snapshot_error = str(exc)
     endpoint = settings.cri_endpoint or (crio.DEFAULT_ENDPOINT if manager == "crio" else DEFAULT_CRI_ENDPOINT)
@@ -254,6 +255,8 @@ def gather(root: Root, policy: Policy) -> HostFacts:
     version = (None, None) if manager != "containerd" or settings.containerd_version != "auto" or (
         cri.version and cri.version.runtime_name == "containerd") else binary_version(root)
     runtime_types = {p.runtime_type for p in policy.profiles.values() if p.runtime_type}
+    # A dry run discovers over the tables --configure would write: their paths are candidates too.
+    tables.extend({**p.runtime_options, "options": p.runtime_options} for p in policy.profiles.values())
     candidates = shim_candidates(tables, runtime_types)
     probes = {p.probe: run_probe(p.probe) for p in policy.profiles.values() if p.probe}
     return HostFacts(manager, snapshot, snapshot_error, cri, version, crio_files, _executables(root, candidates),

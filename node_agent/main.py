@@ -79,7 +79,9 @@ class Agent:
         plan = decision.plan
         settings = policy.agent
         main_config = settings.containerd_config if decision.manager == "containerd" else settings.crio_config
-        ready = readiness_check(self.root, decision.cri_endpoint or "", plan.handlers)
+        # containerd reports its runtimes in Status(verbose); for CRI-O only RuntimeReady is checked.
+        expected = plan.handlers if decision.manager == "containerd" else ()
+        ready = readiness_check(self.root, decision.cri_endpoint or "", expected)
         result = apply.apply_plan(self.root, plan, main_config, self._stamp(), settings.reload_command, ready,
                                   settings.reload_timeout_seconds)
         if not result.ok:
