@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from flask import Flask, Response, request
@@ -118,6 +120,52 @@ def _content_length(environ: dict) -> int | None:
     return length if length >= 0 else None
 
 
+class VerdictMemo:
+    """The verdicts of recent requests, by everything the decision reads: a repeat is not decided again.
+
+    The decisions are pure functions of the AdmissionRequest (without its uid), the policy, the
+    mode and the namespace facts, so a request equal to an earlier one in all of these gets the
+    earlier Verdict, exactly. That is what a burst of pods from one ReplicaSet or Job looks like
+    to the mutating webhook: the API server calls it (and reinvokes it) before the pod has a name,
+    so every replica's review is the same but for its uid. Anything that differs, however small
+    (another webhook's change, a new annotation, a reloaded policy), is a different key and gets
+    the full decision. Bounded (least recently used out) and cleared when the policy changes.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._entries: OrderedDict[tuple, Verdict] = OrderedDict()
+        self._policy: Policy | None = None
+        self._lock = threading.Lock()
+
+    def get(self, policy: Policy, key: tuple) -> Verdict | None:
+        """The Verdict remembered for `key` under `policy`, or None."""
+        with self._lock:
+            if policy is not self._policy:
+                self._entries.clear()
+                self._policy = policy
+                return None
+            verdict = self._entries.get(key)
+            if verdict is not None:
+                self._entries.move_to_end(key)
+            return verdict
+
+    def put(self, policy: Policy, key: tuple, verdict: Verdict) -> None:
+        """Remember `verdict` for `key` under `policy` (the Verdict must not be changed afterwards)."""
+        with self._lock:
+            if policy is not self._policy:
+                self._entries.clear()
+                self._policy = policy
+            self._entries[key] = verdict
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+def _facts_key(facts: NamespaceFacts) -> tuple:
+    labels = facts.namespace_labels
+    return facts.path_profile, None if labels is None else tuple(sorted(labels.items()))
+
+
 class Reviewer:
     """Answers one AdmissionReview POST: parse, decide, log one line, count it.
 
@@ -125,8 +173,9 @@ class Reviewer:
     answers; it only sees plain values (content type, length, body stream, path, peer).
     """
 
-    def __init__(self, state: WebhookState):
+    def __init__(self, state: WebhookState, memo: VerdictMemo | None = None):
         self.state = state
+        self.memo = memo if memo is not None else VerdictMemo()
 
     def __call__(self, endpoint: str, profile: str | None, content_type: str | None, length: int | None,
                  stream, path: str, remote: str | None) -> tuple[int, bytes]:
@@ -135,7 +184,7 @@ class Reviewer:
         started = time.perf_counter()
         try:
             wire.check_content_type(content_type)
-            req = wire.parse_review(_read_body(length, stream))
+            req, key = wire.parse_review_keyed(_read_body(length, stream))
         except wire.WireError as exc:
             state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
             log.warning("bad admission request", extra={"endpoint": path, "error": exc.reason, "remote": remote})
@@ -145,7 +194,14 @@ class Reviewer:
         unknown = None
         try:
             facts, unknown = state.namespace_facts(req, profile)
-            verdict = DECIDERS[endpoint](req, policy, state.mode(policy), facts)
+            decide, mode = DECIDERS[endpoint], state.mode(policy)
+            # Only verdicts of known namespace facts are remembered (the others name the reason).
+            memo_key = (decide, mode, _facts_key(facts), key) if key is not None and unknown is None else None
+            verdict = self.memo.get(policy, memo_key) if memo_key else None
+            if verdict is None:
+                verdict = decide(req, policy, mode, facts)
+                if memo_key:
+                    self.memo.put(policy, memo_key, verdict)
         except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
             log.exception("decision failed; denying the request", extra={
                 "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": path})

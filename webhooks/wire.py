@@ -59,12 +59,18 @@ def _field(doc: dict, key: str, path: str, expected: type, required: bool) -> An
 
 def decode(body: bytes) -> dict:
     """The JSON object in `body`; WireError when it is not valid JSON or not an object."""
+    return _decode(body)[0]
+
+
+def _decode(body: bytes) -> tuple[dict, bool]:
+    """The JSON object in `body` and whether orjson parsed it (no NaN or infinity in it then)."""
     doc = _decode_quickly(body) if body.count(b"{") + body.count(b"[") <= ORJSON_MAX_CONTAINERS else _REFUSED
-    if doc is _REFUSED:
+    quick = doc is not _REFUSED
+    if not quick:
         doc = _decode_slowly(body)
     if not isinstance(doc, dict):
         raise WireError(f"body must be a JSON object (an AdmissionReview), got {type(doc).__name__}", "malformed_json")
-    return doc
+    return doc, quick
 
 
 # orjson parses ~4x faster than json, but the installed 3.8 recurses without a limit and crashes
@@ -97,9 +103,24 @@ def _decode_slowly(body: bytes) -> Any:
         raise WireError(f"body is not valid JSON: {exc}", "malformed_json") from exc
 
 
+# Requests larger than this are not remembered by key (see `parse_review_keyed`).
+MAX_KEYED_BYTES = 64 * 1024
+
+
 def parse_review(body: bytes) -> AdmissionRequest:
     """Parse an AdmissionReview body into an AdmissionRequest, or raise WireError naming the field."""
-    doc = decode(body)
+    return parse_review_keyed(body)[0]
+
+
+def parse_review_keyed(body: bytes) -> tuple[AdmissionRequest, bytes | None]:
+    """`parse_review`, plus a key equal for two bodies exactly when their reviews differ only in uid.
+
+    The key is the canonical JSON of everything in the review but request.uid, so a decision that
+    is a pure function of the AdmissionRequest (without its uid) can be remembered under it. None
+    when the body is not keyed: larger than MAX_KEYED_BYTES, or parsed by json (its NaN and
+    infinities would serialise as null and collide with a real null).
+    """
+    doc, quick = _decode(body)
     api_version = doc.get("apiVersion")
     if api_version not in SUPPORTED_VERSIONS:
         raise WireError(f"apiVersion must be {V1} or {V1BETA1}, got {api_version!r}", "api_version")
@@ -114,6 +135,12 @@ def parse_review(body: bytes) -> AdmissionRequest:
     if not uid:
         raise WireError("request.uid is empty", "missing_field")
     kind = _field(request, "kind", "request", dict, required=True)
+    key = None
+    if quick and len(body) <= MAX_KEYED_BYTES:
+        try:
+            key = orjson.dumps([api_version, {name: value for name, value in request.items() if name != "uid"}])
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels): not keyed
+            key = None
     return AdmissionRequest(
         uid=uid,
         api_version=api_version,
@@ -126,7 +153,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
         object=_field(request, "object", "request", dict, required=False),
         old_object=_field(request, "oldObject", "request", dict, required=False),
         sub_resource=_field(request, "subResource", "request", str, required=False) or None,
-    )
+    ), key
 
 
 def review_response(api_version: str, uid: str, verdict: Verdict) -> dict:
