@@ -184,7 +184,8 @@ class Reviewer:
         started = time.perf_counter()
         try:
             wire.check_content_type(content_type)
-            req, key = wire.parse_review_keyed(_read_body(length, stream))
+            # Only the mutating calls of unnamed pods recur (see VerdictMemo); the others skip the key.
+            req, key = wire.parse_review_keyed(_read_body(length, stream), keyed=endpoint == "mutate")
         except wire.WireError as exc:
             state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
             log.warning("bad admission request", extra={"endpoint": path, "error": exc.reason, "remote": remote})

@@ -109,16 +109,18 @@ MAX_KEYED_BYTES = 64 * 1024
 
 def parse_review(body: bytes) -> AdmissionRequest:
     """Parse an AdmissionReview body into an AdmissionRequest, or raise WireError naming the field."""
-    return parse_review_keyed(body)[0]
+    return parse_review_keyed(body, keyed=False)[0]
 
 
-def parse_review_keyed(body: bytes) -> tuple[AdmissionRequest, bytes | None]:
+def parse_review_keyed(body: bytes, keyed: bool = True) -> tuple[AdmissionRequest, bytes | None]:
     """`parse_review`, plus a key equal for two bodies exactly when their reviews differ only in uid.
 
     The key is the canonical JSON of everything in the review but request.uid, so a decision that
     is a pure function of the AdmissionRequest (without its uid) can be remembered under it. None
-    when the body is not keyed: larger than MAX_KEYED_BYTES, or parsed by json (its NaN and
-    infinities would serialise as null and collide with a real null).
+    when not `keyed`, and for what is unlikely to recur or unsafe to key: a request with a name
+    (only objects named by generateName, such as a ReplicaSet's pods, are sent alike), a body
+    larger than MAX_KEYED_BYTES, or one parsed by json (its NaN and infinities would serialise as
+    null and collide with a real null).
     """
     doc, quick = _decode(body)
     api_version = doc.get("apiVersion")
@@ -136,7 +138,7 @@ def parse_review_keyed(body: bytes) -> tuple[AdmissionRequest, bytes | None]:
         raise WireError("request.uid is empty", "missing_field")
     kind = _field(request, "kind", "request", dict, required=True)
     key = None
-    if quick and len(body) <= MAX_KEYED_BYTES:
+    if keyed and quick and len(body) <= MAX_KEYED_BYTES and not request.get("name"):
         try:
             key = orjson.dumps([api_version, {name: value for name, value in request.items() if name != "uid"}])
         except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels): not keyed
