@@ -44,7 +44,8 @@ class Root:
 
     def to_host(self, local: str) -> str:
         """The host path of a local path under the root."""
-        return "/" + os.path.relpath(local, self.path) if os.path.relpath(local, self.path) != "." else "/"
+        relative = os.path.relpath(local, self.path)
+        return "/" if relative == "." else "/" + relative
 
 
 @dataclass(frozen=True)
