@@ -237,6 +237,8 @@ def _restart_main(argv: list[str]) -> int:
     d = Path(argv[0])
     ctd = Containerd(d, d / "config.toml")
     marker = d / "failed-once"
+    with open(d / "restarts", "a") as log:
+        log.write("restart\n")
     ctd.stop()
     if "--fail-first" in argv and not marker.exists():
         marker.write_text("")
