@@ -249,7 +249,9 @@ def gather(root: Root, policy: Policy) -> HostFacts:
             tables.extend(crio.resolve(crio_files).runtimes().values())
         except containerd.ContainerdConfigError as exc:
             snapshot_error = str(exc)
-    endpoint = settings.cri_endpoint or (crio.DEFAULT_ENDPOINT if manager == "crio" else DEFAULT_CRI_ENDPOINT)
+    endpoint = settings.cri_endpoint
+    if manager == "crio" and endpoint == DEFAULT_CRI_ENDPOINT:
+        endpoint = crio.DEFAULT_ENDPOINT
     cri = read_cri(root, endpoint)
     if cri.status is not None:
         tables.extend(cri_runtime_tables(cri.status).values())

@@ -65,6 +65,7 @@ def test_auto_detects_crio_discovers_and_plans_a_drop_in(root, tmp_path, dry_run
     policy.write_text(POLICY % "  maxSandboxes: 10")
     doc = dry_run("--configure", policy=policy)
     assert doc["containerd"]["runtimeManager"] == "crio"
+    assert doc["containerd"]["criEndpoint"] == "unix:///var/run/crio/crio.sock"  # the default means CRI-O's own
     assert doc["containerd"]["crioFiles"] == ["/etc/crio/crio.conf", "/etc/crio/crio.conf.d/10-gvisor.conf"]
     [drop_in] = doc["containerd"]["dropIns"]
     assert drop_in["path"] == "/etc/crio/crio.conf.d/50-sandgate-kata.conf"
