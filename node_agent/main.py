@@ -234,6 +234,9 @@ def _run_once(agent: Agent) -> int:
     if agent.last_rollback is not None:
         print(f"sandgate agent: configuration rolled back: {agent.last_rollback}", file=sys.stderr)
         return 1
+    if result.configure_error and not agent.args.dry_run:  # a one-shot --configure that could not configure
+        print(f"sandgate agent: cannot configure: {result.configure_error}", file=sys.stderr)
+        return 1
     return 0
 
 
