@@ -99,3 +99,14 @@ def test_a_containerd_runtime_type_is_not_written_for_crio(root, tmp_path, dry_r
     assert doc["containerd"]["skipped"] == [{"handler": "kata", "reason": "missing from CRI-O and the profile's "
                                              "runtimeType 'io.containerd.kata.v2' is not a CRI-O runtime_type "
                                              '("oci" or "vm")'}]
+
+
+def test_unparsable_crio_drop_in_is_reported_and_nothing_advertised(root, tmp_path, dry_run):
+    root.write("etc/crio/crio.conf", MAIN)
+    root.write("etc/crio/crio.conf.d/10-broken.conf", "[crio.runtime\n")
+    policy = tmp_path / "crio-policy.yaml"
+    policy.write_text(POLICY % "  runtimeManager: crio")
+    doc = dry_run(policy=policy)
+    assert doc["containerd"]["error"].startswith("/etc/crio/crio.conf.d/10-broken.conf: not valid TOML")
+    assert all(r["reason"].startswith("CRI-O configuration unusable") for r in doc["runtimes"])
+    assert doc["nodePatch"]["metadata"]["labels"] == {}
