@@ -144,7 +144,9 @@ def read_cri(root: Root, endpoint: str) -> CriFacts:
         with CriClient(path, timeout=CRI_TIMEOUT) as client:
             return CriFacts(endpoint, client.version(), client.status(verbose=True))
     except CriError as exc:
-        return CriFacts(endpoint, error=exc.code.name if exc.unreachable else str(exc))
+        # gRPC's connect errors end in the OS reason ("...: Permission denied"); that is what an operator needs.
+        reason = exc.details.rsplit(": ", 1)[-1].strip()[:120] if exc.unreachable else str(exc)
+        return CriFacts(endpoint, error=f"{exc.code.name}: {reason}" if exc.unreachable else reason)
     except ValueError as exc:
         return CriFacts(endpoint, error=str(exc))
 

@@ -18,7 +18,7 @@ KATA_CAPACITY, RUNSC_CAPACITY = "44", "100"
 
 UNKNOWN_VERSION = ("containerd version unknown (no CRI answer, no containerd binary under --root): discovery "
                    "trusts only handlers that containerd 1.x and 2.x rules agree on; set agent.containerdVersion")
-NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE): "
+NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE: No such file or directory): "
           "handlers come from the config files")
 
 
