@@ -138,7 +138,11 @@ def _split_stars(text: str) -> list[str]:
 
 
 def read_cri(root: Root, endpoint: str) -> CriFacts:
-    """Ask the runtime's CRI socket for its Version and verbose Status (each call has a deadline)."""
+    """Ask the runtime's CRI socket for its Version and verbose Status (each call has a deadline).
+
+    A fresh channel each time: a channel kept across cycles would sit in gRPC's reconnect backoff
+    (up to two minutes) after the runtime restarts, exactly when the agent must see it come back.
+    """
     try:
         path = socket_path(endpoint, root.path if str(root.path) != "/" else None)
         with CriClient(path, timeout=CRI_TIMEOUT) as client:
