@@ -43,7 +43,7 @@ agent:
   containerdConfig: {config}
   criEndpoint: unix://{socket}
   reloadCommand: {reload}
-  reloadTimeoutSeconds: 5
+  reloadTimeoutSeconds: {timeout}
 """
 
 
@@ -55,8 +55,9 @@ def ctd():
 
 
 def agent_args(ctd: Containerd, tmp_path, fake_api, fail_first: bool = False) -> tuple[str, ...]:
+    """The agent's --once --configure arguments; a reload meant to fail gets a short readiness timeout."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.format(config=ctd.config, socket=ctd.socket,
+    policy.write_text(POLICY.format(config=ctd.config, socket=ctd.socket, timeout=4 if fail_first else 30,
                                     reload=json.dumps(ctd.reload_command(fail_first=fail_first))))
     return ("--config", str(policy), "--node-name", "n1", "--root", "/", "--once", "--configure",
             "--kubeconfig", str(fake_api.kubeconfig(tmp_path)))
@@ -105,7 +106,7 @@ def test_broken_reload_rolls_back(ctd, tmp_path, fake_api, agent_cmd):
     assert ctd.config.read_bytes() == original  # restored from the backup
     assert ctd.running() and handlers(ctd) == {"runc"}  # reloaded again on the old config
     [line] = [json.loads(line) for line in done.stderr.splitlines() if "rolled back" in line and "reason" in line]
-    assert line["level"] == "error" and "not ready 5s after the reload" in line["reason"]
+    assert line["level"] == "error" and "not ready 4s after the reload" in line["reason"]
     assert "configuration rolled back" in done.stderr.splitlines()[-1]
     assert all(not (c["body"]["metadata"]["labels"] or {}) or
                all(v is None for v in c["body"]["metadata"]["labels"].values()) for c in fake_api.calls("PATCH"))
