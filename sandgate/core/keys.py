@@ -54,3 +54,9 @@ def capacity_annotation(handler: str) -> str:
 def agent_lease_name(node_name: str) -> str:
     """Name of the heartbeat Lease the agent on `node_name` renews."""
     return AGENT_LEASE_PREFIX + node_name
+
+
+
+def sandbox_resource(handler: str) -> str:
+    """Extended resource of the sandbox slots of `handler` (e.g. sandgate.io/sandbox-runv)."""
+    return f"{DOMAIN}/sandbox-{handler}"
