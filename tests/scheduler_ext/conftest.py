@@ -40,10 +40,19 @@ def lease(node: str, age_seconds: float = 0, duration: int = 90) -> dict:
             "spec": {"holderIdentity": node, "leaseDurationSeconds": duration, "renewTime": micro_time(renew)}}
 
 
+def with_slot(pod: dict, handler: str, count: str = "1") -> dict:
+    """`pod` requesting `count` sandbox slots of `handler` in its first container, as the webhook routes it."""
+    resources = pod["spec"]["containers"][0].setdefault("resources", {})
+    for kind in ("requests", "limits"):
+        resources.setdefault(kind, {})[keys.sandbox_resource(handler)] = count
+    return pod
+
+
 def pod(name: str, node: str = "", runtime_class: str | None = None, cpu: str = "100m", memory: str = "64Mi",
         namespace: str = "batch-jobs", annotations: dict | None = None, overhead: dict | None = None,
-        phase: str = "Running", uid: str | None = None) -> dict:
-    """A Pod object as the API server stores it."""
+        phase: str = "Running", uid: str | None = None, slot: bool = True) -> dict:
+    """A Pod object as the API server stores it; with a runtime class of the example policy (whose
+    handlers are named like the classes) it requests that handler's slot, as a routed pod does."""
     spec: dict = {"containers": [{"name": "c", "image": "alpine:3.19",
                                   "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}
     if node:
@@ -55,7 +64,8 @@ def pod(name: str, node: str = "", runtime_class: str | None = None, cpu: str = 
     meta: dict = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4())}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": phase}}
+    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": phase}}
+    return with_slot(obj, runtime_class) if runtime_class and slot else obj
 
 
 def fresh_leases(nodes: list[dict]) -> list[dict]:
@@ -149,7 +159,7 @@ def k8s():
     from types import SimpleNamespace
 
     return SimpleNamespace(manifest_nodes=manifest_nodes, lease=lease, pod=pod, fresh_leases=fresh_leases,
-                           snapshot_list=snapshot_list, micro_time=micro_time)
+                           snapshot_list=snapshot_list, micro_time=micro_time, with_slot=with_slot)
 
 
 class FakeApiServer:

@@ -1,0 +1,149 @@
+"""Is this pod sandboxed, and in which profile: the one rule the validating webhook and the extender share.
+
+The extender cannot see namespace labels, so the rule reads only what the mutating webhook writes
+into every pod it routes and what the validating webhook then insists on:
+
+* `spec.runtimeClassName` is the runtimeClassName of a profile, and
+* the pod requests exactly one slot of that profile's handler (`keys.sandbox_resource(handler)`)
+  and no slot of any other handler.
+
+A pod that meets both is sandboxed in that profile; any other pod is not sandboxed. The validating
+webhook admits a pod only when this rule names the profile the routing chose (None for a pod it
+leaves alone), so the extender's view of a pod is the webhook's, without namespace labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Mapping
+
+from sandgate.core import keys
+from sandgate.core.policy import Policy, Profile
+from sandgate.core.quantity import QuantityError, parse_field
+
+SLOT_PREFIX = keys.sandbox_resource("")
+MAX_SLOTS = 10**6  # far above any node's slots; bounds the arithmetic on hostile values
+
+
+class SandboxingError(ValueError):
+    """A pod field the rule reads is malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SandboxFacts:
+    """What the rule reads from a pod: its runtimeClassName and its slot requests per resource."""
+
+    runtime_class: str | None
+    slots: Mapping[str, Decimal]  # sandgate.io/sandbox-<handler> -> the pod's effective request
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SandboxingError(f"{path}: must be an object, got {type(value).__name__}")
+    return value
+
+
+def _container_slots(container: Any, path: str) -> dict[str, Decimal]:
+    resources = _mapping(_mapping(container, path).get("resources"), f"{path}.resources")
+    requests = _mapping(resources.get("requests"), f"{path}.resources.requests")
+    limits = _mapping(resources.get("limits"), f"{path}.resources.limits")
+    out: dict[str, Decimal] = {}
+    # The API server defaults a missing request to the limit; a pod seen before defaulting (a
+    # hand-made AdmissionReview) must read the same.
+    for name, value in {**limits, **requests}.items():
+        if isinstance(name, str) and name.startswith(SLOT_PREFIX):
+            where = "requests" if name in requests else "limits"
+            field = f"{path}.resources.{where}[{name}]"
+            try:
+                amount = parse_field(value, field)
+            except QuantityError as exc:
+                raise SandboxingError(str(exc)) from None
+            if not amount.is_finite() or amount < 0 or amount > MAX_SLOTS:
+                raise SandboxingError(f'{field}: "{value}" is not a slot count (0..{MAX_SLOTS})')
+            out[name] = amount
+    return out
+
+
+def _containers(spec: Mapping[str, Any], key: str) -> list:
+    value = spec.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SandboxingError(f"spec.{key}: must be a list, got {type(value).__name__}")
+    return value
+
+
+def sandbox_facts(pod: Mapping[str, Any]) -> SandboxFacts:
+    """Read the pod's runtimeClassName and effective slot requests (SandboxingError names a bad field).
+
+    The effective request is the scheduler's: max(sum over app containers and restartable init
+    containers, each init container plus the restartable ones started before it).
+    """
+    spec = _mapping(_mapping(pod, "pod").get("spec"), "spec")
+    runtime_class = spec.get("runtimeClassName")
+    if runtime_class is not None and not isinstance(runtime_class, str):
+        raise SandboxingError("spec.runtimeClassName: must be a string")
+    total: dict[str, Decimal] = {}
+    for i, c in enumerate(_containers(spec, "containers")):
+        for name, value in _container_slots(c, f"spec.containers[{i}]").items():
+            total[name] = total.get(name, Decimal(0)) + value
+    sidecars: dict[str, Decimal] = {}
+    peak: dict[str, Decimal] = {}
+    for i, c in enumerate(_containers(spec, "initContainers")):
+        slots = _container_slots(c, f"spec.initContainers[{i}]")
+        restartable = isinstance(c, dict) and c.get("restartPolicy") == "Always"
+        for name in set(slots) | set(sidecars):
+            if restartable:
+                sidecars[name] = sidecars.get(name, Decimal(0)) + slots.get(name, Decimal(0))
+                level = sidecars[name]
+            else:
+                level = sidecars.get(name, Decimal(0)) + slots.get(name, Decimal(0))
+            peak[name] = max(peak.get(name, Decimal(0)), level)
+    for name, value in sidecars.items():
+        total[name] = total.get(name, Decimal(0)) + value
+    for name, value in peak.items():
+        total[name] = max(total.get(name, Decimal(0)), value)
+    return SandboxFacts(runtime_class, {name: value for name, value in total.items() if value != 0})
+
+
+def profile_for(facts: SandboxFacts, policy: Policy) -> Profile | None:
+    """The profile a pod with these facts is sandboxed in, or None (the rule of the module docstring)."""
+    profile = policy.profile_for_runtime_class(facts.runtime_class)
+    if profile is None:
+        return None
+    resource = keys.sandbox_resource(profile.handler)
+    if len(facts.slots) != 1 or facts.slots.get(resource) != 1:
+        return None
+    return profile
+
+
+def profile_of(pod: Mapping[str, Any], policy: Policy) -> Profile | None:
+    """The profile `pod` is sandboxed in, or None; SandboxingError when a field it reads is malformed."""
+    return profile_for(sandbox_facts(pod), policy)
+
+
+def disagreement(pod: Mapping[str, Any], policy: Policy, expected: Profile | None) -> str | None:
+    """Why `profile_of(pod)` is not `expected` (a message naming the field), or None when it is.
+
+    The validating webhook refuses a pod whenever this returns a message: a routed pod must carry
+    its one slot, and a pod left alone must not look sandboxed to the extender.
+    """
+    try:
+        facts = sandbox_facts(pod)
+    except SandboxingError as exc:
+        return str(exc)
+    actual = profile_for(facts, policy)
+    if actual == expected:
+        return None
+    shown = ", ".join(f"{name}={value}" for name, value in sorted(facts.slots.items())) or "none"
+    if expected is None:
+        return (f'pod requests sandbox slots ({shown}) with spec.runtimeClassName "{facts.runtime_class}" but the '
+                f"sandbox policy does not route it (its namespace is not sandboxed, is exempt, or pod opt-in is "
+                f"off); remove the {SLOT_PREFIX}* requests and limits")
+    resource = keys.sandbox_resource(expected.handler)
+    return (f'spec.containers[*].resources: sandbox profile "{expected.name}" requires exactly one {resource} '
+            f"slot and no other sandbox slot, the pod requests: {shown} (was the sandgate mutating webhook "
+            f"skipped?)")
