@@ -127,7 +127,7 @@ def start_server(tmp_path: Path, items: dict | None, *extra: str, policy: Path =
         try:
             if requests.get(f"{server.url}/readyz", timeout=1, verify=str(tls) if tls else True).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a loaded machine may answer late
             pass
         time.sleep(0.1)
     stop_server(server)
@@ -164,7 +164,7 @@ def k8s():
 
 class FakeApiServer:
     """A tiny kube-apiserver stand-in over real HTTP: list/watch of nodes, pods and leases (with
-    resourceVersions, bookmarks-free streams and an injectable 410 Gone), pod bindings and Lease CRUD.
+    resourceVersions, bookmarks-free streams and an injectable 410 Gone).
     Just enough of the API for the extender's client code to be exercised end to end."""
 
     WATCH_CAP_SECONDS = 2  # end every watch stream quickly so tests see re-watches
@@ -179,8 +179,6 @@ class FakeApiServer:
         self.events: list[tuple[int, str, str, dict]] = []  # (rv, kind, type, object)
         self.gone_next_watch: set[str] = set()
         self.down = False
-        self.bindings: list[dict] = []
-        self.binding_status = 201
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -224,15 +222,11 @@ class FakeApiServer:
         self.server.server_close()
 
     def _handler(self):
-        import re
         from urllib.parse import parse_qs, urlparse
 
         fake = self
         lists = {"/api/v1/nodes": "nodes", "/api/v1/pods": "pods",
                  f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases": "leases"}
-        lease_path = re.compile(rf"^/apis/coordination.k8s.io/v1/namespaces/({AGENT_NS})/leases/([^/]+)$")
-        binding_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/binding$")
-        pod_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 
         class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"  # watches stream chunked, as kube-apiserver does
@@ -240,9 +234,6 @@ class FakeApiServer:
             def status(self, code: int, reason: str, message: str) -> None:
                 self.send_json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                                  "reason": reason, "message": message})
-
-            def body(self) -> dict:
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
 
             def do_GET(self):
                 if fake.down:
@@ -259,14 +250,6 @@ class FakeApiServer:
                 if url.path in lists:
                     kind = lists[url.path]
                     return self.watch(kind, query) if query.get("watch") == "true" else self.list(kind)
-                m = lease_path.match(url.path)
-                if m:
-                    lease = fake.objects["leases"].get(f"{m.group(1)}/{m.group(2)}")
-                    return self.send_json(200, lease) if lease else self.status(404, "NotFound", "lease not found")
-                m = pod_path.match(url.path)
-                if m:
-                    pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
-                    return self.send_json(200, pod) if pod else self.status(404, "NotFound", "pod not found")
                 self.status(404, "NotFound", url.path)
 
             def list(self, kind: str) -> None:
@@ -295,36 +278,6 @@ class FakeApiServer:
                             self.send_event({"type": typ, "object": obj})
                             since = rv
                 self.end_watch()
-
-            def do_POST(self):
-                url = urlparse(self.path).path
-                body = self.body()
-                m = binding_path.match(url)
-                if m:
-                    fake.bindings.append(body)
-                    if fake.binding_status != 201:
-                        return self.status(fake.binding_status, "Conflict", "pod is being deleted")
-                    pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
-                    if pod is None or pod["metadata"]["uid"] != body["metadata"].get("uid"):
-                        return self.status(409, "Conflict", "Precondition failed: UID in precondition")
-                    fake.put("pods", {**pod, "spec": {**pod["spec"], "nodeName": body["target"]["name"]}})
-                    return self.send_json(201, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201})
-                if url == f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases":
-                    if fake.key(body) in fake.objects["leases"]:
-                        return self.status(409, "AlreadyExists", "lease exists")
-                    return self.send_json(201, fake.put("leases", body))
-                self.status(404, "NotFound", url)
-
-            def do_PUT(self):
-                url = urlparse(self.path).path
-                body = self.body()
-                m = lease_path.match(url)
-                if not m:
-                    return self.status(404, "NotFound", url)
-                current = fake.objects["leases"].get(fake.key(body))
-                if current and current["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
-                    return self.status(409, "Conflict", "the object has been modified")
-                self.send_json(200, fake.put("leases", body))
 
         return Handler
 
