@@ -30,8 +30,8 @@ from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.core.informer import SkippedObjects, SyncStatus
 from sandgate.core.policy import Policy
 from scheduler_ext import decisions
-from scheduler_ext.decisions import NodeVerdict, Verdict
-from scheduler_ext.model import NodeInfo, NodeUsage, ObjectError, PodInfo, node_info, pod_info
+from scheduler_ext.decisions import Fit, NodeVerdict
+from scheduler_ext.objects import NodeInfo, NodeUsage, ObjectError, PodInfo, node_info, pod_info
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +160,11 @@ class ClusterCache:
         return memo[1]
 
     def _evaluate_all(self, pod: PodInfo, names: set[str], now: float) -> set[str]:
-        evaluate, empty, pass_ = decisions.evaluate, NodeUsage.empty(), Verdict.PASS
+        evaluate, empty, pass_ = decisions.evaluate, NodeUsage.empty(), Fit.PASS
         nodes, usage, leases = self.nodes, self.usage, self.leases
         ois, ns = self.overhead_in_scheduler, self.policy.agent.namespace
         return {n for n in names
-                if evaluate(nodes[n], usage.get(n, empty), pod, leases.get(n), now, ois, ns).verdict is pass_}
+                if evaluate(nodes[n], usage.get(n, empty), pod, leases.get(n), now, ois, ns).fit is pass_}
 
     # -- policy ------------------------------------------------------------------------------------
 
@@ -264,7 +264,7 @@ class ClusterCache:
         handler = pod.handler
         if handler is None:
             out.passed = list(names)
-            out.reasons[(Verdict.PASS.value, decisions.NOT_SANDBOXED.reason)] = len(names)
+            out.reasons[(Fit.PASS.value, decisions.NOT_SANDBOXED.reason)] = len(names)
             return out
         now = self.clock()
         with self.lock:
@@ -291,23 +291,23 @@ class ClusterCache:
                     verdict = decisions.evaluate(info, self.usage.get(name, NodeUsage.empty()), pod,
                                                  self.leases.get(name), now, self.overhead_in_scheduler,
                                                  self.policy.agent.namespace)
-                if verdict.verdict is Verdict.PASS:
+                if verdict.fit is Fit.PASS:
                     passed.append(name)
                     continue
-                key = (verdict.verdict.value, verdict.reason)
+                key = (verdict.fit.value, verdict.reason)
                 out.reasons[key] = out.reasons.get(key, 0) + 1
-                target = out.unresolvable if verdict.verdict is Verdict.UNRESOLVABLE else out.failed
+                target = out.unresolvable if verdict.fit is Fit.UNRESOLVABLE else out.failed
                 target[name] = verdict.message
         if given is not None:
             order = {n: i for i, n in enumerate(names)}
             passed.sort(key=order.__getitem__)
         out.passed = passed
         if passed:
-            out.reasons[(Verdict.PASS.value, decisions.PASSED.reason)] = len(passed)
+            out.reasons[(Fit.PASS.value, decisions.PASSED.reason)] = len(passed)
         if missing:
             verdict = decisions.runtime_missing(handler)
             out.unresolvable.update(dict.fromkeys(missing, verdict.message))
-            out.reasons[(verdict.verdict.value, verdict.reason)] = len(missing)
+            out.reasons[(verdict.fit.value, verdict.reason)] = len(missing)
         return out
 
     def priorities(self, pod: PodInfo, names: list[str], given: Mapping[str, NodeInfo] | None = None) -> bytes:

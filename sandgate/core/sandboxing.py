@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from sandgate.core import keys
+from sandgate.core.jsonshape import ShapeError, list_at, object_at
 from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError, parse_field
 
@@ -26,8 +27,8 @@ SLOT_PREFIX = keys.sandbox_resource("")
 MAX_SLOTS = 10**6  # far above any node's slots; bounds the arithmetic on hostile values
 
 
-class SandboxingError(ValueError):
-    """A pod field the rule reads is malformed; the message names the field."""
+# A pod field the rule reads is malformed; the message names the field.
+SandboxingError = ShapeError
 
 
 @dataclass(frozen=True)
@@ -38,18 +39,10 @@ class SandboxFacts:
     slots: Mapping[str, Decimal]  # sandgate.io/sandbox-<handler> -> the pod's effective request
 
 
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SandboxingError(f"{path}: must be an object, got {type(value).__name__}")
-    return value
-
-
 def _container_slots(container: Any, path: str) -> dict[str, Decimal]:
-    resources = _mapping(_mapping(container, path).get("resources"), f"{path}.resources")
-    requests = _mapping(resources.get("requests"), f"{path}.resources.requests")
-    limits = _mapping(resources.get("limits"), f"{path}.resources.limits")
+    resources = object_at(object_at(container, path).get("resources"), f"{path}.resources")
+    requests = object_at(resources.get("requests"), f"{path}.resources.requests")
+    limits = object_at(resources.get("limits"), f"{path}.resources.limits")
     out: dict[str, Decimal] = {}
     # The API server defaults a missing request to the limit; a pod seen before defaulting (a
     # hand-made AdmissionReview) must read the same.
@@ -67,32 +60,23 @@ def _container_slots(container: Any, path: str) -> dict[str, Decimal]:
     return out
 
 
-def _containers(spec: Mapping[str, Any], key: str) -> list:
-    value = spec.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise SandboxingError(f"spec.{key}: must be a list, got {type(value).__name__}")
-    return value
-
-
 def sandbox_facts(pod: Mapping[str, Any]) -> SandboxFacts:
     """Read the pod's runtimeClassName and effective slot requests (SandboxingError names a bad field).
 
     The effective request is the scheduler's: max(sum over app containers and restartable init
     containers, each init container plus the restartable ones started before it).
     """
-    spec = _mapping(_mapping(pod, "pod").get("spec"), "spec")
+    spec = object_at(object_at(pod, "pod").get("spec"), "spec")
     runtime_class = spec.get("runtimeClassName")
     if runtime_class is not None and not isinstance(runtime_class, str):
         raise SandboxingError("spec.runtimeClassName: must be a string")
     total: dict[str, Decimal] = {}
-    for i, c in enumerate(_containers(spec, "containers")):
+    for i, c in enumerate(list_at(spec.get("containers"), "spec.containers")):
         for name, value in _container_slots(c, f"spec.containers[{i}]").items():
             total[name] = total.get(name, Decimal(0)) + value
     sidecars: dict[str, Decimal] = {}
     peak: dict[str, Decimal] = {}
-    for i, c in enumerate(_containers(spec, "initContainers")):
+    for i, c in enumerate(list_at(spec.get("initContainers"), "spec.initContainers")):
         slots = _container_slots(c, f"spec.initContainers[{i}]")
         restartable = isinstance(c, dict) and c.get("restartPolicy") == "Always"
         for name in set(slots) | set(sidecars):

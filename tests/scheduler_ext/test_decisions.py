@@ -11,8 +11,8 @@ from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion
 from sandgate.core.policy import load_policy
 from scheduler_ext import decisions
-from scheduler_ext.decisions import Verdict
-from scheduler_ext.model import NodeUsage, ObjectError, effective_requests, node_info, pod_info
+from scheduler_ext.decisions import Fit
+from scheduler_ext.objects import NodeUsage, ObjectError, effective_requests, node_info, pod_info
 from sandgate.core.informer import object_key, parse_all
 from scheduler_ext.state import ClusterCache
 from support import EXAMPLE_POLICY
@@ -110,7 +110,7 @@ def test_overhead_accounted_only_where_the_scheduler_cannot(policy, k8s):
 
 def test_runtime_not_advertised_is_unresolvable(policy, k8s):
     verdict = evaluate(policy, make_node(handlers=("gvisor",)), classified(policy, k8s.pod("a", runtime_class="runv")))
-    assert verdict.verdict is Verdict.UNRESOLVABLE
+    assert verdict.fit is Fit.UNRESOLVABLE
     assert verdict.reason == "runtime_not_advertised"
     assert keys.runtime_label("runv") in verdict.message
 
@@ -125,25 +125,25 @@ def test_label_must_say_true(policy, k8s):
 def test_heartbeat_missing_or_stale_is_unresolvable(policy, k8s):
     pod = classified(policy, k8s.pod("a", runtime_class="runv"))
     missing = evaluate(policy, make_node(), pod, lease=None)
-    assert (missing.verdict, missing.reason) == (Verdict.UNRESOLVABLE, "heartbeat_missing")
+    assert (missing.fit, missing.reason) == (Fit.UNRESOLVABLE, "heartbeat_missing")
     assert f"sandgate-system/{keys.agent_lease_name('n1')}" in missing.message
     stale = evaluate(policy, make_node(), pod, lease=NOW - 42)
-    assert (stale.verdict, stale.reason) == (Verdict.UNRESOLVABLE, "heartbeat_stale")
+    assert (stale.fit, stale.reason) == (Fit.UNRESOLVABLE, "heartbeat_stale")
     assert "42s ago" in stale.message
-    assert evaluate(policy, make_node(), pod, lease=NOW).verdict is Verdict.PASS
+    assert evaluate(policy, make_node(), pod, lease=NOW).fit is Fit.PASS
 
 
 def test_slots_are_the_schedulers_to_count(policy, k8s):
     pod = classified(policy, k8s.pod("a", runtime_class="runv"))
     full = NodeUsage({"runv": 3})
-    assert evaluate(policy, make_node(capacity={"runv": 3}), pod, full).verdict is Verdict.PASS
+    assert evaluate(policy, make_node(capacity={"runv": 3}), pod, full).fit is Fit.PASS
 
 
 def test_missing_or_bad_capacity_is_unresolvable_and_names_the_annotation(policy, k8s):
     pod = classified(policy, k8s.pod("a", runtime_class="runv"))
     none = evaluate(policy, make_node(capacity={}), pod)
     assert none.reason == "capacity_unknown" and keys.capacity_annotation("runv") in none.message
-    assert none.verdict is Verdict.UNRESOLVABLE
+    assert none.fit is Fit.UNRESOLVABLE
     node = make_node()
     node["metadata"]["annotations"][keys.capacity_annotation("runv")] = "eight"
     assert '"eight"' in evaluate(policy, node, pod).message
@@ -155,10 +155,10 @@ def test_legacy_mode_checks_allocatable_with_overhead(policy, k8s):
     near_full = NodeUsage({"runv": 1}, cpu_millis=1400, memory_bytes=GI)
     cpu = evaluate(policy, node, pod, near_full, legacy=True)
     # 1400m + 500m + 100m overhead = 2000m fits exactly; one more millicore does not
-    assert cpu.verdict is Verdict.PASS
+    assert cpu.fit is Fit.PASS
     near_full.cpu_millis += 1
     assert evaluate(policy, node, pod, near_full, legacy=True).reason == "insufficient_cpu"
-    assert evaluate(policy, node, pod, near_full, legacy=False).verdict is Verdict.PASS
+    assert evaluate(policy, node, pod, near_full, legacy=False).fit is Fit.PASS
     mem = NodeUsage({}, cpu_millis=0, memory_bytes=3 * GI)
     assert evaluate(policy, node, pod, mem, legacy=True).reason == "insufficient_memory"
 
@@ -286,9 +286,9 @@ def test_preemption_judges_the_node_after_eviction(policy, k8s):
         victims.append(cache.pods[object_key(raw)])
     urgent = classified(policy, k8s.pod("urgent", runtime_class="runv", cpu="300m"), legacy=True)
     assert cache.verdict_after_eviction(urgent, "n1", []).reason == "insufficient_cpu"
-    assert cache.verdict_after_eviction(urgent, "n1", victims[:1]).verdict is Verdict.PASS
+    assert cache.verdict_after_eviction(urgent, "n1", victims[:1]).fit is Fit.PASS
     gvisor_only = node_info(make_node("n1", handlers=("gvisor",)))
-    assert cache.verdict_after_eviction(urgent, "n1", victims, gvisor_only).verdict is Verdict.UNRESOLVABLE
+    assert cache.verdict_after_eviction(urgent, "n1", victims, gvisor_only).fit is Fit.UNRESOLVABLE
 
 
 @pytest.mark.parametrize("version", [ClusterVersion(1, 24), ClusterVersion(1, 15)])
@@ -322,10 +322,10 @@ def test_precomputed_filter_and_scores_agree_with_the_pure_checks(policy, k8s, v
             usage = cache.usage.get(name, NodeUsage.empty())
             expected = (decisions.evaluate(info, usage, pod, cache.leases.get(name), now, not cache.legacy,
                                            "sandgate-system") if info else decisions.unknown_node(name))
-            got = (Verdict.PASS if name in out.passed else Verdict.UNRESOLVABLE if name in out.unresolvable
-                   else Verdict.FAIL)
-            assert got is expected.verdict, (name, expected)
-            if got is not Verdict.PASS:  # "expired Ns ago" may differ by a second between the two clocks
+            got = (Fit.PASS if name in out.passed else Fit.UNRESOLVABLE if name in out.unresolvable
+                   else Fit.FAIL)
+            assert got is expected.fit, (name, expected)
+            if got is not Fit.PASS:  # "expired Ns ago" may differ by a second between the two clocks
                 message = (out.failed | out.unresolvable)[name]
                 assert message.split(" expired ")[0] == expected.message.split(" expired ")[0]
         assert sum(out.reasons.values()) == len(names)
