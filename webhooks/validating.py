@@ -5,16 +5,21 @@ so it catches a pod the mutating webhook never saw (skipped, bypassed, misconfig
 later mutation changed. It routes the pod by the same rules as admit and refuses it when its
 `spec.runtimeClassName` is not the profile's or it uses a feature the profile forbids. It never
 patches.
+
+A pod it leaves alone must not look sandboxed to the scheduler extender either, which cannot see
+namespace labels: one that requests a sandbox slot in a runtime class of a profile is refused
+(`sandgate.core.sandboxing`, the rule both share).
 """
 
 from __future__ import annotations
 
+from sandgate.core import sandboxing
 from sandgate.core.clusterversion import Mode
 from sandgate.core.policy import Policy
 from webhooks.forbidden import forbidden_message
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import audit_annotations, unrouted_verdict
-from webhooks.routing import Outcome, pod_spec, resolve
+from webhooks.routing import Outcome, applies_to, pod_spec, resolve
 
 
 def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFacts) -> Verdict:
@@ -24,6 +29,10 @@ def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: Namespace
     sandbox runtime, without forbidden features) is the same on every cluster version.
     """
     decision = resolve(req, policy, facts)
+    if decision.outcome is Outcome.SKIP and applies_to(req) and isinstance(req.object, dict):
+        problem = sandboxing.disagreement(req.object, policy, None)
+        if problem:
+            return Verdict(allowed=False, message=problem, reason="unrouted-sandbox-slot")
     if decision.outcome is not Outcome.ROUTE:
         # Warnings were already given by the mutating webhook; repeating them adds noise.
         return unrouted_verdict(decision) if decision.outcome is Outcome.DENY else \

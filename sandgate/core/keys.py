@@ -25,6 +25,11 @@ RUNTIME_LABEL_VALUE = "true"
 # Node annotation published by the agent: how many sandboxes of this handler the node can hold.
 CAPACITY_ANNOTATION_PREFIX = f"{DOMAIN}/sandbox-capacity."
 
+# Extended resource of one sandbox slot of a runtime handler: sandgate.io/sandbox-<handler>. The
+# agent advertises the slots through the device plugin API, the webhook requests one in the first
+# app container of every routed pod, and the scheduler counts them.
+SANDBOX_RESOURCE_PREFIX = f"{DOMAIN}/sandbox-"
+
 # Pod annotation written by the webhook when it pads container resources to emulate pod overhead.
 PADDING_ANNOTATION = f"{DOMAIN}/overhead-padding"
 
@@ -46,6 +51,11 @@ def runtime_label(handler: str) -> str:
     return RUNTIME_LABEL_PREFIX + handler
 
 
+def sandbox_resource(handler: str) -> str:
+    """Extended resource name of one sandbox slot of `handler`, e.g. sandgate.io/sandbox-runv."""
+    return SANDBOX_RESOURCE_PREFIX + handler
+
+
 def capacity_annotation(handler: str) -> str:
     """Node annotation key holding the sandbox capacity of `handler` on the node."""
     return CAPACITY_ANNOTATION_PREFIX + handler
@@ -54,9 +64,3 @@ def capacity_annotation(handler: str) -> str:
 def agent_lease_name(node_name: str) -> str:
     """Name of the heartbeat Lease the agent on `node_name` renews."""
     return AGENT_LEASE_PREFIX + node_name
-
-
-
-def sandbox_resource(handler: str) -> str:
-    """Extended resource of the sandbox slots of `handler` (e.g. sandgate.io/sandbox-runv)."""
-    return f"{DOMAIN}/sandbox-{handler}"

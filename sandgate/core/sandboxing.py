@@ -23,7 +23,6 @@ from sandgate.core.jsonshape import ShapeError, list_at, object_at
 from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError, parse_field
 
-SLOT_PREFIX = keys.sandbox_resource("")
 MAX_SLOTS = 10**6  # far above any node's slots; bounds the arithmetic on hostile values
 
 
@@ -47,7 +46,7 @@ def _container_slots(container: Any, path: str) -> dict[str, Decimal]:
     # The API server defaults a missing request to the limit; a pod seen before defaulting (a
     # hand-made AdmissionReview) must read the same.
     for name, value in {**limits, **requests}.items():
-        if isinstance(name, str) and name.startswith(SLOT_PREFIX):
+        if isinstance(name, str) and name.startswith(keys.SANDBOX_RESOURCE_PREFIX):
             where = "requests" if name in requests else "limits"
             field = f"{path}.resources.{where}[{name}]"
             try:
@@ -113,7 +112,7 @@ def disagreement(pod: Mapping[str, Any], policy: Policy, expected: Profile | Non
     """Why `profile_of(pod)` is not `expected` (a message naming the field), or None when it is.
 
     The validating webhook refuses a pod whenever this returns a message: a routed pod must carry
-    its one slot, and a pod left alone must not look sandboxed to the extender.
+    exactly its one slot, and a pod left alone must not look sandboxed to the extender.
     """
     try:
         facts = sandbox_facts(pod)
@@ -122,12 +121,24 @@ def disagreement(pod: Mapping[str, Any], policy: Policy, expected: Profile | Non
     actual = profile_for(facts, policy)
     if actual == expected:
         return None
-    shown = ", ".join(f"{name}={value}" for name, value in sorted(facts.slots.items())) or "none"
     if expected is None:
-        return (f'pod requests sandbox slots ({shown}) with spec.runtimeClassName "{facts.runtime_class}" but the '
-                f"sandbox policy does not route it (its namespace is not sandboxed, is exempt, or pod opt-in is "
-                f"off); remove the {SLOT_PREFIX}* requests and limits")
-    resource = keys.sandbox_resource(expected.handler)
-    return (f'spec.containers[*].resources: sandbox profile "{expected.name}" requires exactly one {resource} '
-            f"slot and no other sandbox slot, the pod requests: {shown} (was the sandgate mutating webhook "
-            f"skipped?)")
+        shown = ", ".join(f"{name}: {_count(value)}" for name, value in sorted(facts.slots.items()))
+        return (f'spec.containers[*].resources: the pod requests sandbox slots ({shown}) with spec.runtimeClassName '
+                f'"{facts.runtime_class}", but the sandbox policy does not route it (its namespace is exempt or not '
+                f"sandboxed and it did not opt in); remove the {keys.SANDBOX_RESOURCE_PREFIX}* requests and limits")
+    own = keys.sandbox_resource(expected.handler)
+    count = facts.slots.get(own, Decimal(0))
+    if count != 1:
+        return (f'spec.containers[0].resources.requests[{own}]: a pod in sandbox profile "{expected.name}" must '
+                f'request exactly one sandbox slot ("{own}": "1" in requests and limits of its first container), '
+                f"got {_count(count)} (was the sandgate mutating webhook skipped?)")
+    others = sorted(name for name in facts.slots if name != own)
+    if others:
+        return (f'spec.containers[*].resources.requests[{others[0]}]: a pod in sandbox profile "{expected.name}" '
+                f"may only request slots of its own runtime handler ({own})")
+    return (f'spec.runtimeClassName: sandbox profile "{expected.name}" requires "{expected.runtime_class_name}", '
+            f'got "{facts.runtime_class}"')
+
+
+def _count(value: Decimal) -> str:
+    return str(int(value)) if value == value.to_integral_value() else str(value)
