@@ -170,7 +170,7 @@ class Informer(threading.Thread, Generic[T]):
             except Exception as exc:  # ApiException, urllib3 and socket errors alike: keep the last store
                 if self.stop_event.is_set():
                     return
-                self._lost(_describe(exc), backoff)
+                self._lost(_describe(exc, self.kind), backoff)
                 self.stop_event.wait(backoff)
                 backoff = min(self.backoff_max, backoff * 2)
                 continue
@@ -181,7 +181,7 @@ class Informer(threading.Thread, Generic[T]):
                 log.info("watch expired (410 Gone); relisting", extra={"resource": self.kind})
             except Exception as exc:  # connection reset, timeout, bad chunk: relist like an informer
                 if not self.stop_event.is_set():
-                    log.warning("watch broke; relisting", extra={"resource": self.kind, "error": _describe(exc)})
+                    log.warning("watch broke; relisting", extra={"resource": self.kind, "error": _describe(exc, self.kind)})
                     self.stop_event.wait(BACKOFF_START)
 
     def _lost(self, error: str, retry_in: float) -> None:
@@ -278,8 +278,9 @@ class Informer(threading.Thread, Generic[T]):
         return rv if isinstance(rv, str) and rv else version
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, kind: str = "") -> str:
     if isinstance(exc, ApiException):
-        hint = " (RBAC: the ServiceAccount needs list and watch)" if exc.status == 403 else ""
+        hint = f" (RBAC: the ServiceAccount needs list and watch on {kind or 'this resource'})" \
+            if exc.status == 403 else ""
         return f"API server answered {exc.status} {exc.reason}{hint}"
     return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
