@@ -41,9 +41,10 @@ AUDIT_PROFILE = "profile"
 AUDIT_RULE = "rule"
 
 # Path segment of /mutate/<segment> and /validate/<segment> used by the webhook entry for
-# namespaces that carry no isolation label (pod opt-in). Profile names are DNS labels, so a
-# leading underscore can never collide with one.
-OPT_IN_PATH_SEGMENT = "_optin"
+# namespaces that carry no isolation label (pod opt-in). The API server requires every segment of
+# a webhook service path to be a DNS-1123 subdomain, so the segment has the shape of a profile
+# name; the policy reserves it (policy.RESERVED_PROFILE_NAMES) so the two can never collide.
+OPT_IN_PATH_SEGMENT = "opt-in"
 
 
 def runtime_label(handler: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from sandgate.core import keys
 from sandgate.core.jsonshape import ShapeError, list_at, object_at
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError, parse_field
 
@@ -38,58 +39,45 @@ class SandboxFacts:
     slots: Mapping[str, Decimal]  # sandgate.io/sandbox-<handler> -> the pod's effective request
 
 
-def _container_slots(container: Any, path: str) -> dict[str, Decimal]:
-    resources = object_at(object_at(container, path).get("resources"), f"{path}.resources")
-    requests = object_at(resources.get("requests"), f"{path}.resources.requests")
-    limits = object_at(resources.get("limits"), f"{path}.resources.limits")
-    out: dict[str, Decimal] = {}
-    # The API server defaults a missing request to the limit; a pod seen before defaulting (a
-    # hand-made AdmissionReview) must read the same.
-    for name, value in {**limits, **requests}.items():
-        if isinstance(name, str) and name.startswith(keys.SANDBOX_RESOURCE_PREFIX):
-            where = "requests" if name in requests else "limits"
-            field = f"{path}.resources.{where}[{name}]"
-            try:
-                amount = parse_field(value, field)
-            except QuantityError as exc:
-                raise SandboxingError(str(exc)) from None
-            if not amount.is_finite() or amount < 0 or amount > MAX_SLOTS:
-                raise SandboxingError(f'{field}: "{value}" is not a slot count (0..{MAX_SLOTS})')
-            out[name] = amount
-    return out
+def _check_slot_values(spec: Mapping[str, Any]) -> None:
+    """Every slot request is a count in 0..MAX_SLOTS; SandboxingError naming the field otherwise.
+
+    Checked before the sums so that a hostile value (NaN, Inf, 1e999990) is reported, never computed with.
+    """
+    for kind in ("containers", "initContainers"):
+        for i, container in enumerate(list_at(spec.get(kind), f"spec.{kind}")):
+            path = f"spec.{kind}[{i}].resources.requests"
+            resources = object_at(object_at(container, f"spec.{kind}[{i}]").get("resources"), f"spec.{kind}[{i}].resources")
+            for name, value in object_at(resources.get("requests"), path).items():
+                if not (isinstance(name, str) and name.startswith(keys.SANDBOX_RESOURCE_PREFIX)):
+                    continue
+                try:
+                    amount = parse_field(value, f"{path}.{name}")
+                except QuantityError as exc:
+                    raise SandboxingError(str(exc)) from None
+                if not amount.is_finite() or amount < 0 or amount > MAX_SLOTS:
+                    raise SandboxingError(f'{path}.{name}: "{value}" is not a slot count (0..{MAX_SLOTS})')
 
 
 def sandbox_facts(pod: Mapping[str, Any]) -> SandboxFacts:
     """Read the pod's runtimeClassName and effective slot requests (SandboxingError names a bad field).
 
-    The effective request is the scheduler's: max(sum over app containers and restartable init
-    containers, each init container plus the restartable ones started before it).
+    The effective request is what the scheduler counts (`sandgate.core.podrequests`): app
+    containers plus sidecars, or the largest init step, whichever is more.
     """
     spec = object_at(object_at(pod, "pod").get("spec"), "spec")
     runtime_class = spec.get("runtimeClassName")
     if runtime_class is not None and not isinstance(runtime_class, str):
         raise SandboxingError("spec.runtimeClassName: must be a string")
-    total: dict[str, Decimal] = {}
-    for i, c in enumerate(list_at(spec.get("containers"), "spec.containers")):
-        for name, value in _container_slots(c, f"spec.containers[{i}]").items():
-            total[name] = total.get(name, Decimal(0)) + value
-    sidecars: dict[str, Decimal] = {}
-    peak: dict[str, Decimal] = {}
-    for i, c in enumerate(list_at(spec.get("initContainers"), "spec.initContainers")):
-        slots = _container_slots(c, f"spec.initContainers[{i}]")
-        restartable = isinstance(c, dict) and c.get("restartPolicy") == "Always"
-        for name in set(slots) | set(sidecars):
-            if restartable:
-                sidecars[name] = sidecars.get(name, Decimal(0)) + slots.get(name, Decimal(0))
-                level = sidecars[name]
-            else:
-                level = sidecars.get(name, Decimal(0)) + slots.get(name, Decimal(0))
-            peak[name] = max(peak.get(name, Decimal(0)), level)
-    for name, value in sidecars.items():
-        total[name] = total.get(name, Decimal(0)) + value
-    for name, value in peak.items():
-        total[name] = max(total.get(name, Decimal(0)), value)
-    return SandboxFacts(runtime_class, {name: value for name, value in total.items() if value != 0})
+    _check_slot_values(spec)
+    try:
+        requests = pod_requests(spec, include_overhead=False)
+    except QuantityError as exc:
+        raise SandboxingError(str(exc)) from None
+    except ArithmeticError as exc:  # a non-finite quantity of another resource
+        raise SandboxingError(f"spec: a resource request is not a finite quantity ({type(exc).__name__})") from None
+    return SandboxFacts(runtime_class, {name: value for name, value in requests.items()
+                                        if name.startswith(keys.SANDBOX_RESOURCE_PREFIX) and value != 0})
 
 
 def profile_for(facts: SandboxFacts, policy: Policy) -> Profile | None:
@@ -112,12 +100,10 @@ def disagreement(pod: Mapping[str, Any], policy: Policy, expected: Profile | Non
     """Why `profile_of(pod)` is not `expected` (a message naming the field), or None when it is.
 
     The validating webhook refuses a pod whenever this returns a message: a routed pod must carry
-    exactly its one slot, and a pod left alone must not look sandboxed to the extender.
+    exactly its one slot, and a pod left alone must not look sandboxed to the extender. A malformed
+    field raises SandboxingError (naming it), as `sandbox_facts` does.
     """
-    try:
-        facts = sandbox_facts(pod)
-    except SandboxingError as exc:
-        return str(exc)
+    facts = sandbox_facts(pod)
     actual = profile_for(facts, policy)
     if actual == expected:
         return None

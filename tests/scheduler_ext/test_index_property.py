@@ -8,7 +8,7 @@ handler, and the filter answer is exactly `evaluate`'s verdict node by node.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
