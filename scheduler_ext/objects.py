@@ -39,7 +39,10 @@ _INT64_MAX = Decimal(INT64_MAX)
 
 def cpu_millis(value: Any, path: str) -> int:
     """A cpu quantity in millicores, rounded up (as the scheduler does), at most INT64_MAX."""
-    amount = _quantity(value, path)
+    return _millis(_quantity(value, path), path)
+
+
+def _millis(amount: Decimal, path: str) -> int:
     if amount.is_finite() and amount >= _INT64_MAX:
         return INT64_MAX
     return _clamped(amount * 1000, path)
@@ -180,8 +183,10 @@ def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int
         requests = pod_requests(spec, path, include_overhead=False)
     except (QuantityError, ShapeError) as exc:
         raise ObjectError(str(exc)) from None
-    return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
-            int(math.ceil(requests.get("memory", Decimal(0)))))
+    except ArithmeticError:  # NaN compared while summing: the quantity parser let a non-number through
+        raise ObjectError(f"{path}: a container request is not a finite quantity") from None
+    return (_millis(requests.get("cpu", Decimal(0)), f"{path}.containers[*].resources.requests.cpu"),
+            _clamped(requests.get("memory", Decimal(0)), f"{path}.containers[*].resources.requests.memory"))
 
 
 def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
