@@ -26,6 +26,7 @@ from webhooks.metrics import Metrics
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import admit
 from webhooks.namespaces import NamespaceCache
+from webhooks.runtimeclasses import RuntimeClassLookup, missing_runtime_class
 from webhooks.tls import ReloadingContext
 from webhooks.validating import validate
 
@@ -44,7 +45,8 @@ class WebhookState:
     `cluster_version` is the --cluster-version override; `start_version` is the version resolved
     at start (override, policy, or the API server's /version) and applies whenever a reloaded
     policy says "auto". `namespaces` is None when the cache is disabled, with `namespaces_off` the
-    reason shown in denials and /readyz.
+    reason shown in denials and /readyz. `runtime_classes` (None without API access) checks that a
+    pod's RuntimeClass exists on versions without the built-in plugin that does (1.14-1.15).
     """
 
     policies: PolicyStore
@@ -55,11 +57,19 @@ class WebhookState:
     namespaces_off: str = "disabled"
     tls: ReloadingContext | None = None
     lookup_wait: float = 1.0
+    runtime_classes: RuntimeClassLookup | None = None
 
     def mode(self, policy: Policy) -> Mode:
         """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
         version = self.cluster_version or policy.cluster_version or self.start_version
         return version.mode(policy.pod_overhead)
+
+    def runtime_class_check(self, req: AdmissionRequest, policy: Policy, verdict: Verdict) -> Verdict:
+        """`verdict`, or the built-in plugin's refusal of a missing RuntimeClass where no plugin gives it."""
+        version = self.cluster_version or policy.cluster_version or self.start_version
+        if not verdict.allowed or self.runtime_classes is None or version.runtimeclass_scheduling:
+            return verdict
+        return missing_runtime_class(req, self.runtime_classes.exists) or verdict
 
     def namespace_facts(self, req: AdmissionRequest, profile: str | None) -> tuple[NamespaceFacts, str | None]:
         """The NamespaceFacts for the request and, when namespace labels are unknown, why."""
@@ -203,6 +213,8 @@ class Reviewer:
                 verdict = decide(req, policy, mode, facts)
                 if memo_key:
                     self.memo.put(policy, memo_key, verdict)
+            if endpoint == "validate":  # not remembered: it may ask the API server (legacy clusters)
+                verdict = state.runtime_class_check(req, policy, verdict)
         except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
             log.exception("decision failed; denying the request", extra={
                 "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": path})
