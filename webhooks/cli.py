@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-namespace-watch", action="store_true",
                         help="do not watch namespaces: only the /mutate/<profile> and /validate/<profile> paths "
                              "route; /mutate and /validate without a profile deny")
+    parser.add_argument("--access-log", action="store_true",
+                        help="also log every HTTP request (gunicorn's access log, JSON); off by default: "
+                             "every admission review already has its own log line")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default info); logs are JSON lines on stderr")
 

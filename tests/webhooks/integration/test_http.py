@@ -221,9 +221,21 @@ def test_readyz_reports_each_check(hook):
     assert hook.get("/healthz").json() == {"status": "ok"}
 
 
-def test_gunicorn_logs_are_json(hook):
+def test_gunicorn_logs_are_json_and_one_line_per_review(hook):
+    uid = "one-line-per-review"
+    doc = bare()
+    doc["request"]["uid"] = uid
+    assert hook.post("/mutate/runv", doc).status_code == 200
     lines = [line for line in hook.logs().splitlines() if line.strip()]
     assert lines
     records = [json.loads(line) for line in lines]
     assert any(r["logger"] == "gunicorn.error" for r in records)
+    # No access log by default: the admission line is the one line a review costs.
+    assert not any(r["logger"] == "gunicorn.access" for r in records)
+    assert len([r for r in records if r.get("uid") == uid]) == 1
+
+
+def test_access_log_on_request(start_webhook):
+    hook = start_webhook("--cluster-version", "1.24", "--access-log", "--workers", "1")
+    records = [json.loads(line) for line in hook.logs().splitlines() if line.strip()]
     assert any(r["logger"] == "gunicorn.access" and r["path"] == "/healthz" and r["status"] == 200 for r in records)
