@@ -260,6 +260,8 @@ class AdmissionFront:
         """The WSGI entry point."""
         if environ.get("REQUEST_METHOD") == "POST":
             path = environ.get("PATH_INFO") or ""
+            if not path.isascii():  # WSGI carries the path as latin-1; decode it as Flask does
+                path = path.encode("latin-1").decode("utf-8", "replace")
             endpoint, _, profile = path[1:].partition("/")
             if path[:1] == "/" and endpoint in DECIDERS and (not _ or (profile and "/" not in profile)):
                 try:
