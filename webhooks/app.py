@@ -104,7 +104,10 @@ def _read_body(length: int | None, stream) -> bytes:
     drain before keep-alive decides.
     """
     if length is not None and length <= wire.MAX_BODY_BYTES:
-        return stream.read(length) if length else b""  # the API server always sends Content-Length
+        body = stream.read(length) if length else b""  # the API server always sends Content-Length
+        if len(body) != length:
+            raise wire.WireError(f"body ended after {len(body)} of its {length} bytes (Content-Length)", "truncated")
+        return body
     too_large = wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large")
     if length is not None and length > DRAIN_LIMIT:
         raise too_large

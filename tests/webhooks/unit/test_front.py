@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -42,3 +43,15 @@ def test_front_answers_like_flask(clients, path, method):
             assert (got.status_code, got.get_data()) == (want.status_code, want.get_data()), (path, body[:20])
             assert got.headers["Content-Type"] == want.headers["Content-Type"]
             assert got.headers.get("Allow") == want.headers.get("Allow")
+
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400_naming_it(clients):
+    """A client gone after part of its body (a plain gthread worker passes the short read on)."""
+    fronted, _ = clients
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/mutate/runv", "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": str(len(BARE)), "wsgi.input": io.BytesIO(BARE[:100]), "REMOTE_ADDR": "127.0.0.1"}
+    answer = []
+    body = b"".join(fronted.application.wsgi_app(environ, lambda status, headers: answer.append(status)))
+    assert answer == ["400 BAD REQUEST"]
+    assert json.loads(body) == {"error": f"body ended after 100 of its {len(BARE)} bytes (Content-Length)"}
