@@ -122,6 +122,10 @@ class AgentSettings:
     containerd_config: str = "/etc/containerd/config.toml"
     drop_in_dir: str = "/etc/containerd/conf.d"
     reload_command: tuple[str, ...] = ()
+    # The CRI socket the agent lists sandboxes on (resolved under --root).
+    cri_endpoint: str = "unix:///run/containerd/containerd.sock"
+    # agent.metrics.allSandboxes: also export runc (non-policy handler) sandboxes, for comparison.
+    all_sandboxes: bool = False
 
 
 @dataclass(frozen=True)

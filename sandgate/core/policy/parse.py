@@ -245,7 +245,7 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
 
 def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
     d = _mapping(doc, "agent", errs, ("namespace", "leaseDurationSeconds", "maxSandboxes", "reservedMemory",
-                                      "containerdConfig", "dropInDir", "reloadCommand"))
+                                      "containerdConfig", "dropInDir", "reloadCommand", "criEndpoint", "metrics"))
     base = AgentSettings()
     reserved = base.reserved_memory
     if d.get("reservedMemory") is not None:
@@ -263,7 +263,20 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         containerd_config=_string(d.get("containerdConfig"), "agent.containerdConfig", errs, base.containerd_config),
         drop_in_dir=_string(d.get("dropInDir"), "agent.dropInDir", errs, base.drop_in_dir),
         reload_command=_string_list(d.get("reloadCommand"), "agent.reloadCommand", errs),
+        cri_endpoint=_cri_endpoint(d.get("criEndpoint"), errs, base.cri_endpoint),
+        all_sandboxes=_bool(_mapping(d.get("metrics"), "agent.metrics", errs, ("allSandboxes",)).get("allSandboxes"),
+                            "agent.metrics.allSandboxes", errs, base.all_sandboxes),
     )
+
+
+def _cri_endpoint(value: Any, errs: _Errors, default: str) -> str:
+    """A node-local CRI socket: unix:///<absolute path> or an absolute path (the CRI is never remote)."""
+    text = _string(value, "agent.criEndpoint", errs, default) or default
+    path = text.removeprefix("unix://")
+    if not path.startswith("/"):
+        errs.add("agent.criEndpoint", f'"{text}" is not unix:///<absolute path> or an absolute socket path')
+        return default
+    return text
 
 
 def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
