@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import grpc
+from sandgate.core.jsonshape import as_list, as_object
 from sandgate.core.policy import Policy
 
 from node_agent import cgroups
@@ -126,24 +127,22 @@ def exported(inventory: Inventory, policy: Policy) -> list[Sandbox]:
             if s.state == "SANDBOX_READY" and (policy.agent.all_sandboxes or s.handler in handlers)]
 
 
-def _spec_facts(info: dict[str, Any]) -> SandboxFacts:
-    spec = info.get("runtimeSpec") if isinstance(info.get("runtimeSpec"), dict) else {}
-    linux = spec.get("linux") if isinstance(spec.get("linux"), dict) else {}
+def _spec_facts(info: Mapping[str, Any]) -> SandboxFacts:
+    linux = as_object(as_object(info.get("runtimeSpec")).get("linux"))
     netns = None
-    for namespace in linux.get("namespaces") or []:
-        if isinstance(namespace, dict) and namespace.get("type") == "network":
+    for namespace in as_list(linux.get("namespaces")):
+        if as_object(namespace).get("type") == "network":
             netns = namespace.get("path") or None
-    config = info.get("config") if isinstance(info.get("config"), dict) else {}
-    overhead = ((config.get("linux") or {}).get("overhead") or {}) if isinstance(config.get("linux"), dict) else {}
-    overhead_memory = overhead.get("memory_limit_in_bytes") if isinstance(overhead, dict) else None
-    pid = info.get("pid")
-    cgroup = linux.get("cgroupsPath")
+    config = as_object(info.get("config"))
+    overhead = as_object(as_object(config.get("linux")).get("overhead")).get("memory_limit_in_bytes")
+    pid, cgroup, log_directory = info.get("pid"), linux.get("cgroupsPath"), config.get("log_directory")
     return SandboxFacts(
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
         netns=netns if isinstance(netns, str) else None,
         cgroup=cgroup if isinstance(cgroup, str) and cgroup else None,
-        log_directory=config.get("log_directory") or config.get("logDirectory") or "",
-        overhead_memory_bytes=overhead_memory if isinstance(overhead_memory, int) and overhead_memory > 0 else None,
+        log_directory=log_directory if isinstance(log_directory, str) else "",
+        overhead_memory_bytes=overhead if isinstance(overhead, int) and not isinstance(overhead, bool)
+        and overhead > 0 else None,
     )
 
 
@@ -157,7 +156,7 @@ def facts_from_status(response: Any) -> SandboxFacts:
         info = json.loads(response.info.get("info", "{}"))
     except ValueError:
         info = {}
-    return _spec_facts(info if isinstance(info, dict) else {})
+    return _spec_facts(as_object(info))
 
 
 def container_from(item: Any, log_path: str) -> Container:
