@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 # cgroup v1 controller names of the counters we read, keyed by what they measure.
 V1_CONTROLLERS = {"memory": "memory", "cpu": "cpuacct", "io": "blkio"}
@@ -236,9 +237,11 @@ def parse_mountinfo(text: str, root: Path, v2_controllers: frozenset[str] | None
     return CgroupLayout(v1, v2)
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str | Path) -> str | None:
+    # Unbuffered binary read: these files are small and read hundreds of times per refresh.
     try:
-        return path.read_text()
+        with open(path, "rb", buffering=0) as f:
+            return f.read().decode()
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -255,61 +258,91 @@ def load_layout(root: Path) -> CgroupLayout:
 
 def read_net_dev(root: Path, pid: int) -> list[NetDev] | None:
     """Interfaces (lo excluded) of the network namespace process `pid` is in; None if it is gone."""
-    text = _read(root / f"proc/{pid}/net/dev")
+    text = _read(f"{root}/proc/{pid}/net/dev")
     return parse_net_dev(text) if text is not None else None
 
 
-def _int_file(path: Path) -> int | None:
-    text = _read(path)
+@dataclass(frozen=True)
+class CgroupFiles:
+    """The files holding one cgroup's counters, resolved once (a sandbox's cgroup never moves)."""
+
+    memory_usage: str | None = None  # memory.current (v2) or memory.usage_in_bytes (v1)
+    memory_stat: str | None = None
+    inactive_key: str = "inactive_file"  # v1: total_inactive_file (the hierarchical one)
+    cpu: str | None = None  # cpu.stat (v2, usage_usec) or cpuacct.usage (v1, ns)
+    cpu_v2: bool = False
+    io_stat: str | None = None  # v2
+    blkio_dir: str | None = None  # v1
+
+
+def cgroup_files(layout: CgroupLayout, relpath: str) -> CgroupFiles:
+    """Where the memory, CPU and block I/O counters of cgroup `relpath` are, for each controller's version."""
+    memory, cpu, io = (layout.locate(what, relpath) for what in ("memory", "cpu", "io"))
+    files: dict[str, Any] = {}
+    if memory:
+        version, directory = memory
+        files.update(memory_usage=f"{directory}/{'memory.current' if version == 2 else 'memory.usage_in_bytes'}",
+                     memory_stat=f"{directory}/memory.stat",
+                     inactive_key="inactive_file" if version == 2 else "total_inactive_file")
+    if cpu:
+        version, directory = cpu
+        files.update(cpu=f"{directory}/{'cpu.stat' if version == 2 else 'cpuacct.usage'}", cpu_v2=version == 2)
+    if io:
+        version, directory = io
+        files.update({"io_stat": f"{directory}/io.stat"} if version == 2 else {"blkio_dir": str(directory)})
+    return CgroupFiles(**files)
+
+
+def _int(text: str | None) -> int | None:
     try:
         return int(text) if text is not None else None
     except ValueError:
         return None
 
 
-def read_memory_working_set(layout: CgroupLayout, relpath: str) -> int | None:
+def _key_value(text: str, key: str) -> int | None:
+    """One "key value" line of a flat-keyed file (memory.stat has ~40; only one is needed)."""
+    prefix = key + " "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return _int(line[len(prefix):])
+    return None
+
+
+def read_memory_working_set(files: CgroupFiles) -> int | None:
     """Working set as kubelet/cAdvisor define it: usage minus inactive file cache (clamped at 0)."""
-    found = layout.locate("memory", relpath)
-    if found is None:
-        return None
-    version, directory = found
-    usage = _int_file(directory / ("memory.current" if version == 2 else "memory.usage_in_bytes"))
-    stat = parse_flat_keyed(_read(directory / "memory.stat") or "")
+    usage = _int(_read(files.memory_usage)) if files.memory_usage else None
     if usage is None:
         return None
-    inactive = stat.get("inactive_file" if version == 2 else "total_inactive_file", 0)
+    inactive = _key_value(_read(files.memory_stat) or "", files.inactive_key) or 0
     return max(0, usage - inactive)
 
 
-def read_cpu_seconds(layout: CgroupLayout, relpath: str) -> float | None:
+def read_cpu_seconds(files: CgroupFiles) -> float | None:
     """CPU time of the cgroup and its descendants: v2 cpu.stat usage_usec, v1 cpuacct.usage (ns)."""
-    found = layout.locate("cpu", relpath)
-    if found is None:
+    if not files.cpu:
         return None
-    version, directory = found
-    if version == 2:
-        usec = parse_flat_keyed(_read(directory / "cpu.stat") or "").get("usage_usec")
+    text = _read(files.cpu)
+    if files.cpu_v2:
+        usec = parse_flat_keyed(text or "").get("usage_usec")
         return usec / 1e6 if usec is not None else None
-    nsec = _int_file(directory / "cpuacct.usage")
+    nsec = _int(text)
     return nsec / 1e9 if nsec is not None else None
 
 
-def read_block_io(layout: CgroupLayout, relpath: str) -> list[BlockIO]:
+def read_block_io(files: CgroupFiles) -> list[BlockIO]:
     """Block I/O by device: v2 io.stat (hierarchical); v1 blkio.throttle.* (the recursive files when present)."""
-    found = layout.locate("io", relpath)
-    if found is None:
+    if files.io_stat:
+        return parse_io_stat(_read(files.io_stat) or "")
+    if not files.blkio_dir:
         return []
-    version, directory = found
-    if version == 2:
-        return parse_io_stat(_read(directory / "io.stat") or "")
     for suffix in ("_recursive", ""):
-        service_bytes = _read(directory / f"blkio.throttle.io_service_bytes{suffix}")
+        service_bytes = _read(f"{files.blkio_dir}/blkio.throttle.io_service_bytes{suffix}")
         if service_bytes is not None:
-            return parse_blkio(service_bytes, _read(directory / f"blkio.throttle.io_serviced{suffix}") or "")
+            return parse_blkio(service_bytes, _read(f"{files.blkio_dir}/blkio.throttle.io_serviced{suffix}") or "")
     return []
 
 
-def read_usage(layout: CgroupLayout, relpath: str) -> CgroupUsage:
+def read_usage(files: CgroupFiles) -> CgroupUsage:
     """Memory working set, CPU seconds and block I/O of one cgroup."""
-    return CgroupUsage(read_memory_working_set(layout, relpath), read_cpu_seconds(layout, relpath),
-                       tuple(read_block_io(layout, relpath)))
+    return CgroupUsage(read_memory_working_set(files), read_cpu_seconds(files), tuple(read_block_io(files)))

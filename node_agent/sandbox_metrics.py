@@ -106,6 +106,8 @@ class SandboxCollector(Collector):
 def sandbox_watcher(root: Path, store: Any, interval: float, registry: CollectorRegistry,
                     stop: threading.Event) -> SandboxWatcher:
     """The inventory thread (start() it), its sandboxes exported on `registry`: the agent loop's hook."""
-    watcher = SandboxWatcher(inventory_for(root, store, min(DEFAULT_DEADLINE, interval)), store, interval, stop)
+    # The deadline follows the interval (a refresh should not outlast a cycle) but leaves CRI at least 2 s.
+    deadline = min(DEFAULT_DEADLINE, max(2.0, interval))
+    watcher = SandboxWatcher(inventory_for(root, store, deadline), store, interval, stop)
     registry.register(SandboxCollector(watcher.snapshot))
     return watcher

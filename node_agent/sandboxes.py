@@ -22,7 +22,7 @@ from sandgate.core.jsonshape import as_list, as_object
 from sandgate.core.policy import Policy
 
 from node_agent import cgroups
-from node_agent.cgroups import CgroupLayout, CgroupUsage, NetDev
+from node_agent.cgroups import CgroupFiles, CgroupLayout, CgroupUsage, NetDev
 from node_agent.cri.client import CriClient, CriError, api, socket_path
 
 log = logging.getLogger("sandgate.agent.sandboxes")
@@ -171,19 +171,18 @@ def sandbox_from(item: Any, facts: SandboxFacts, containers: Iterable[Container]
                    api.PodSandboxState.Name(item.state), facts, tuple(sorted(containers, key=lambda c: c.name)))
 
 
-def with_counters(sandbox: Sandbox, root: Path, layout: CgroupLayout) -> Sandbox:
+def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None) -> Sandbox:
     """The sandbox with its current counters (none for a sandbox that is not ready).
 
     Network counters come from the sandbox process's own namespace; a host-network pod has none of
-    its own, so it gets none rather than the node's.
+    its own, so it gets none rather than the node's. `files` are its pod cgroup's counter files.
     """
     if sandbox.state != "SANDBOX_READY":
         return sandbox
     network: tuple[NetDev, ...] = ()
     if sandbox.facts.netns and sandbox.facts.pid:
         network = tuple(cgroups.read_net_dev(root, sandbox.facts.pid) or ())
-    rel = sandbox.pod_cgroup
-    usage = cgroups.read_usage(layout, rel) if rel else CgroupUsage()
+    usage = cgroups.read_usage(files) if files else CgroupUsage()
     return replace(sandbox, network=network, usage=usage)
 
 
@@ -203,6 +202,7 @@ class SandboxInventory:
         self._log_paths: dict[str, str] = {}
         self._default_handler: str | None = None
         self._layout: CgroupLayout | None = None
+        self._files: dict[str, CgroupFiles | None] = {}
 
     def close(self) -> None:
         """Release the CRI channel."""
@@ -232,7 +232,14 @@ class SandboxInventory:
             return self.current
         if self._layout is None:
             self._layout = cgroups.load_layout(self.root)
-        counted = tuple(with_counters(s, self.root, self._layout) for s in sandboxes)
+        files = {}
+        for sandbox in sandboxes:
+            if sandbox.id not in self._files:
+                rel = sandbox.pod_cgroup
+                self._files[sandbox.id] = cgroups.cgroup_files(self._layout, rel) if rel else None
+            files[sandbox.id] = self._files[sandbox.id]
+        self._files = files  # resolved once per sandbox, kept while it is listed
+        counted = tuple(with_counters(s, self.root, files[s.id]) for s in sandboxes)
         self.current = Inventory(counted, None, time.time(), self.failures)
         return self.current
 
@@ -241,36 +248,33 @@ class SandboxInventory:
             self._default_handler = _default_handler(client.status(verbose=True, timeout=self._remaining(ends)))
         items = client.list_pod_sandbox(timeout=self._remaining(ends))
         containers = client.list_containers(timeout=self._remaining(ends))
-        facts: dict[str, SandboxFacts] = {}
+        # Facts and log paths are cached as soon as they are read, so a refresh cut short by its deadline
+        # still makes progress; each one then prunes the caches to the ids still listed.
         for item in items:
-            known = self._facts.get(item.id)
-            if known is None:
+            if item.id not in self._facts:
                 try:
-                    known = facts_from_status(client.pod_sandbox_status(item.id, verbose=True,
-                                                                        timeout=self._remaining(ends)))
+                    self._facts[item.id] = facts_from_status(client.pod_sandbox_status(
+                        item.id, verbose=True, timeout=self._remaining(ends)))
                 except CriError as exc:
                     if exc.unreachable:
                         raise
-                    known = SandboxFacts()  # removed meanwhile: listed without facts this once
-            facts[item.id] = known
-        log_paths: dict[str, str] = {}
+                    # Removed between the list and the status: listed without facts this once.
         by_sandbox: dict[str, list[Container]] = {}
         for item in containers:
-            path = self._log_paths.get(item.id)
-            if path is None:
+            if item.id not in self._log_paths:
                 try:
-                    path = client.container_status(item.id, timeout=self._remaining(ends)).status.log_path
+                    self._log_paths[item.id] = client.container_status(
+                        item.id, timeout=self._remaining(ends)).status.log_path
                 except CriError as exc:
                     if exc.unreachable:
                         raise
                     continue  # removed between the list and the status
-            log_paths[item.id] = path
-            by_sandbox.setdefault(item.pod_sandbox_id, []).append(container_from(item, path))
-        # Only ids still listed stay cached, so the caches never outgrow the node's pods.
-        self._facts = {k: v for k, v in facts.items() if v != SandboxFacts()}
-        self._log_paths = log_paths
-        return sorted((sandbox_from(item, facts[item.id], by_sandbox.get(item.id, ()), self._default_handler)
-                       for item in items), key=lambda s: (s.namespace, s.pod, s.id))
+            by_sandbox.setdefault(item.pod_sandbox_id, []).append(container_from(item, self._log_paths[item.id]))
+        listed = {item.id for item in items}
+        self._facts = {k: v for k, v in self._facts.items() if k in listed}
+        self._log_paths = {c.id: c.log_path for found in by_sandbox.values() for c in found}
+        return sorted((sandbox_from(item, self._facts.get(item.id, SandboxFacts()), by_sandbox.get(item.id, ()),
+                                    self._default_handler) for item in items), key=lambda s: (s.namespace, s.pod, s.id))
 
 
 def _default_handler(status: Any) -> str:

@@ -123,7 +123,7 @@ def test_v2_usage_from_files(tmp_path):
     write(pod / "cpu.stat", "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
     write(pod / "io.stat", "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n")
     layout = CgroupLayout({}, Mount(tmp_path, "/", frozenset({"memory", "io"})))
-    assert cgroups.read_usage(layout, "pod") == cgroups.CgroupUsage(100 * 1024 * 1024 - 4857600, 2.5,
+    assert cgroups.read_usage(cgroups.cgroup_files(layout, "pod")) == cgroups.CgroupUsage(100 * 1024 * 1024 - 4857600, 2.5,
                                                                      (BlockIO("8:0", 1, 2, 3, 4),))
 
 
@@ -136,15 +136,15 @@ def test_v1_usage_from_files_prefers_recursive_blkio(tmp_path):
     write(tmp_path / "blkio/pod/blkio.throttle.io_service_bytes_recursive", "8:0 Read 7\n8:0 Write 9\nTotal 16\n")
     write(tmp_path / "blkio/pod/blkio.throttle.io_serviced_recursive", "8:0 Read 1\n8:0 Write 2\nTotal 3\n")
     layout = CgroupLayout({c: Mount(tmp_path / c, "/", frozenset({c})) for c in ("memory", "cpuacct", "blkio")})
-    assert cgroups.read_usage(layout, "pod") == cgroups.CgroupUsage(1500, 1.5, (BlockIO("8:0", 7, 9, 1, 2),))
+    assert cgroups.read_usage(cgroups.cgroup_files(layout, "pod")) == cgroups.CgroupUsage(1500, 1.5, (BlockIO("8:0", 7, 9, 1, 2),))
 
 
 def test_working_set_never_negative_and_gone_cgroups_read_as_unknown(tmp_path):
     write(tmp_path / "pod/memory.current", "100\n")
     write(tmp_path / "pod/memory.stat", "inactive_file 4096\n")
     layout = CgroupLayout({}, Mount(tmp_path, "/", frozenset({"memory", "io"})))
-    assert cgroups.read_memory_working_set(layout, "pod") == 0
-    assert cgroups.read_usage(layout, "gone") == cgroups.CgroupUsage(None, None, ())
+    assert cgroups.read_memory_working_set(cgroups.cgroup_files(layout, "pod")) == 0
+    assert cgroups.read_usage(cgroups.cgroup_files(layout, "gone")) == cgroups.CgroupUsage(None, None, ())
     assert cgroups.read_net_dev(tmp_path, 999999999) is None
 
 
@@ -162,7 +162,7 @@ def test_this_host_counts_real_cpu_time_of_a_cgroup():
                                  stdin=subprocess.PIPE)
         (directory / "cgroup.procs").write_text(str(child.pid))
         child.communicate(b"go\n", timeout=120)
-        assert cgroups.read_cpu_seconds(layout, rel) > 0.01
+        assert cgroups.read_cpu_seconds(cgroups.cgroup_files(layout, rel)) > 0.01
     finally:
         deadline = time.monotonic() + 5
         while True:
