@@ -57,6 +57,9 @@ def families(inventory: Inventory, policy: Policy) -> list[Metric]:
     cpu = CounterMetricFamily("sandgate_sandbox_cpu_seconds", "CPU time of the sandbox's pod cgroup, overhead included",
                               labels=LABELS)
     info = GaugeMetricFamily("sandgate_sandbox_info", "A sandbox the agent sees (1)", labels=LABELS + ["sandbox_id"])
+    overhead = GaugeMetricFamily("sandgate_sandbox_overhead_ratio",
+                                 "(memory working set - pod memory requests) / pod overhead memory: 1 means the "
+                                 "configured overhead is exactly what the sandbox costs", labels=LABELS)
     for sandbox in sandboxes:
         labels = _labels(sandbox)
         info.add_metric(labels + [sandbox.id], 1)
@@ -70,7 +73,9 @@ def families(inventory: Inventory, policy: Policy) -> list[Metric]:
             memory.add_metric(labels, sandbox.usage.memory_working_set_bytes)
         if sandbox.usage.cpu_seconds is not None:
             cpu.add_metric(labels, sandbox.usage.cpu_seconds)
-    return [info, *network.values(), *block.values(), memory, cpu, *health(inventory)]
+        if sandbox.overhead_ratio is not None:
+            overhead.add_metric(labels, sandbox.overhead_ratio)
+    return [info, *network.values(), *block.values(), memory, cpu, overhead, *health(inventory)]
 
 
 def health(inventory: Inventory) -> list[Metric]:
@@ -103,11 +108,11 @@ class SandboxCollector(Collector):
         return []
 
 
-def sandbox_watcher(root: Path, store: Any, interval: float, registry: CollectorRegistry,
-                    stop: threading.Event) -> SandboxWatcher:
+def sandbox_watcher(root: Path, store: Any, interval: float, registry: CollectorRegistry, stop: threading.Event,
+                    pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> SandboxWatcher:
     """The inventory thread (start() it), its sandboxes exported on `registry`: the agent loop's hook."""
     # The deadline follows the interval (a refresh should not outlast a cycle) but leaves CRI at least 2 s.
     deadline = min(DEFAULT_DEADLINE, max(2.0, interval))
-    watcher = SandboxWatcher(inventory_for(root, store, deadline), store, interval, stop)
+    watcher = SandboxWatcher(inventory_for(root, store, deadline, pod_reader), store, interval, stop)
     registry.register(SandboxCollector(watcher.snapshot))
     return watcher

@@ -14,10 +14,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import grpc
+from kubernetes.utils import parse_quantity
+
 from sandgate.core.jsonshape import as_list, as_object
 from sandgate.core.policy import Policy
 
@@ -69,6 +72,20 @@ class Sandbox:
     containers: tuple[Container, ...] = ()
     network: tuple[NetDev, ...] = ()
     usage: CgroupUsage = field(default_factory=CgroupUsage)
+    memory_requests_bytes: int | None = None  # the pod's memory requests, from the API server
+
+    @property
+    def overhead_ratio(self) -> float | None:
+        """Measured memory beyond the pod's requests, over the overhead the pod was admitted with.
+
+        1.0: the sandbox costs exactly its configured overhead; above: podFixed / memoryPercentOfRequests
+        are too small for this workload; below: too generous. None when any input is unknown.
+        """
+        used, requests = self.usage.memory_working_set_bytes, self.memory_requests_bytes
+        overhead = self.facts.overhead_memory_bytes
+        if used is None or requests is None or not overhead:
+            return None
+        return (used - requests) / overhead
 
     @property
     def pod_cgroup(self) -> str | None:
@@ -98,6 +115,9 @@ class Sandbox:
                            "readOps": b.read_ops, "writeOps": b.write_ops} for b in usage.block],
                 "memoryWorkingSetBytes": usage.memory_working_set_bytes,
                 "cpuSeconds": usage.cpu_seconds,
+                "memoryRequestsBytes": self.memory_requests_bytes,
+                "overheadMemoryBytes": self.facts.overhead_memory_bytes,
+                "overheadRatio": self.overhead_ratio,
             },
         }
 
@@ -190,8 +210,10 @@ class SandboxInventory:
     """Keeps the latest Inventory of one CRI socket; refresh() is the only method that does I/O."""
 
     def __init__(self, client_factory: Callable[[], CriClient], root: Path,
-                 deadline: float = DEFAULT_DEADLINE, clock: Callable[[], float] = time.monotonic):
+                 deadline: float = DEFAULT_DEADLINE, clock: Callable[[], float] = time.monotonic,
+                          pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None):
         self.client_factory = client_factory
+        self.pod_reader = pod_reader
         self.root = root
         self.deadline = deadline
         self.clock = clock
@@ -203,6 +225,7 @@ class SandboxInventory:
         self._default_handler: str | None = None
         self._layout: CgroupLayout | None = None
         self._files: dict[str, CgroupFiles | None] = {}
+        self._requests: dict[str, int | None] = {}
 
     def close(self) -> None:
         """Release the CRI channel."""
@@ -239,9 +262,37 @@ class SandboxInventory:
                 self._files[sandbox.id] = cgroups.cgroup_files(self._layout, rel) if rel else None
             files[sandbox.id] = self._files[sandbox.id]
         self._files = files  # resolved once per sandbox, kept while it is listed
-        counted = tuple(with_counters(s, self.root, files[s.id]) for s in sandboxes)
+        requests = self._pod_requests(sandboxes)
+        counted = tuple(replace(with_counters(s, self.root, files[s.id]), memory_requests_bytes=requests.get(s.uid))
+                        for s in sandboxes)
         self.current = Inventory(counted, None, time.time(), self.failures)
         return self.current
+
+    def _pod_requests(self, sandboxes: list[Sandbox]) -> dict[str, int | None]:
+        """Memory requests of the pods that have an overhead, read once per pod UID from the API server.
+
+        Requests are not in CRI (the kubelet passes limits and the overhead only). A pod the API
+        server no longer has, or one whose UID differs (recreated under the same name), counts as
+        unknown; a failed read is retried on the next refresh.
+        """
+        found: dict[str, int | None] = {}
+        for sandbox in sandboxes:
+            if sandbox.uid in self._requests:
+                found[sandbox.uid] = self._requests[sandbox.uid]
+                continue
+            if self.pod_reader is None or not sandbox.facts.overhead_memory_bytes:
+                continue
+            try:
+                pod = self.pod_reader(sandbox.namespace, sandbox.pod)
+            except Exception as exc:  # the publisher's PublishError after its retries; try again next refresh
+                log.warning("cannot read a sandboxed pod's requests", extra={
+                    "namespace": sandbox.namespace, "pod": sandbox.pod, "uid": sandbox.uid, "error": str(exc)})
+                continue
+            pod = as_object(pod)
+            same = as_object(pod.get("metadata")).get("uid") == sandbox.uid
+            found[sandbox.uid] = int(pod_memory_requests(pod)) if same else None
+        self._requests = found
+        return found
 
     def _list(self, client: CriClient, ends: float) -> list[Sandbox]:
         if self._default_handler is None:
@@ -325,19 +376,40 @@ class SandboxWatcher:
             self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
-def inventory_once(root: Path, store: Any, deadline: float = DEFAULT_DEADLINE) -> Inventory:
+def inventory_once(root: Path, store: Any, deadline: float = DEFAULT_DEADLINE,
+                   pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> Inventory:
     """One inventory (for --once --dry-run); a CRI failure is in its `error`, never raised."""
-    inventory = inventory_for(root, store, deadline)
+    inventory = inventory_for(root, store, deadline, pod_reader)
     try:
         return inventory.refresh()
     finally:
         inventory.close()
 
 
-def inventory_for(root: Path, store: Any, deadline: float) -> SandboxInventory:
+def inventory_for(root: Path, store: Any, deadline: float,
+                  pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> SandboxInventory:
     """A SandboxInventory on the policy's agent.criEndpoint (re-read whenever a new channel is opened)."""
 
     def client() -> CriClient:
         return CriClient(socket_path(store.current.agent.cri_endpoint, root), timeout=deadline)
 
-    return SandboxInventory(client, root, deadline)
+    return SandboxInventory(client, root, deadline, pod_reader=pod_reader)
+
+
+def pod_memory_requests(pod: Mapping[str, Any]) -> Decimal:
+    """A pod's effective memory request as the scheduler counts it: max(sum of containers, largest init container).
+
+    A quantity that does not parse counts as 0 (the API server has validated it already).
+    """
+    def requests(containers: Any) -> list[Decimal]:
+        out = []
+        for container in as_list(containers):
+            value = as_object(as_object(as_object(container).get("resources")).get("requests")).get("memory")
+            try:
+                out.append(parse_quantity(value) if isinstance(value, (str, int, float)) else Decimal(0))
+            except ValueError:
+                out.append(Decimal(0))
+        return out
+
+    spec = as_object(pod.get("spec"))
+    return max([sum(requests(spec.get("containers")), Decimal(0)), *requests(spec.get("initContainers"))])

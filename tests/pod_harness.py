@@ -199,9 +199,12 @@ class PodHost:
         """A CriClient on the daemon (close it)."""
         return self.ctd.cri(timeout)
 
-    def run_pod(self, name: str, host_network: bool = False, handler: str = "",
-                command: list[str] | None = None, namespace: str = "team-a") -> Pod:
-        """RunPodSandbox + CreateContainer + StartContainer, as the kubelet does; logs under the pod's dir."""
+    def run_pod(self, name: str, host_network: bool = False, handler: str = "", command: list[str] | None = None,
+                namespace: str = "team-a", overhead_memory: int = 0) -> Pod:
+        """RunPodSandbox + CreateContainer + StartContainer, as the kubelet does; logs under the pod's dir.
+
+        `overhead_memory` is passed as the kubelet passes pod.spec.overhead (linux.overhead).
+        """
         from node_agent.cri.client import api
 
         uid = str(uuid.uuid4())
@@ -211,6 +214,7 @@ class PodHost:
             hostname="" if host_network else name, log_directory=str(self.ctd.dir / "logs" / f"{namespace}_{name}_{uid}"),
             linux=api.LinuxPodSandboxConfig(
                 cgroup_parent=f"{self.cgroup_parent}/pod{uid}",
+                overhead=api.LinuxContainerResources(memory_limit_in_bytes=overhead_memory) if overhead_memory else None,
                 security_context=api.LinuxSandboxSecurityContext(
                     namespace_options=api.NamespaceOption(network=mode, pid=api.CONTAINER, ipc=api.POD))))
         with self.cri() as client:

@@ -355,7 +355,8 @@ def test_rbac_is_least_privilege(rendered):
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get", "list", "watch"]}]
     assert _rules(docs, "ClusterRole", "sandgate-agent") == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     agent_role = one(docs, "Role", "sandgate-agent")
     assert agent_role["metadata"]["namespace"] == ns
     assert agent_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],

@@ -30,6 +30,7 @@ class FakeSandbox:
     log_directory: str = ""
     containers: tuple[str, ...] = ("main",)
     ready: bool = True
+    overhead_memory: int = 0  # PodSandboxConfig.linux.overhead.memory_limit_in_bytes (pod.spec.overhead)
 
 
 class CriStandIn:
@@ -94,7 +95,8 @@ class CriStandIn:
             namespaces.append({"type": "network", "path": s.netns})
         info = {"pid": s.pid, "processStatus": "running", "runtimeHandler": s.handler,
                 "config": {"metadata": {"name": s.name, "uid": s.uid, "namespace": s.namespace},
-                           "log_directory": s.log_directory},
+                           "log_directory": s.log_directory,
+                           "linux": {"overhead": {"memory_limit_in_bytes": s.overhead_memory}}},
                 "runtimeSpec": {"linux": {"namespaces": namespaces, "cgroupsPath": s.cgroups_path}}}
         status = api.PodSandboxStatus(id=s.id, metadata=self._meta(s), state=self._state(s), runtime_handler=s.handler)
         return api.PodSandboxStatusResponse(status=status, info={"info": json.dumps(info)} if request.verbose else {})

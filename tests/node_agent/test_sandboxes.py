@@ -19,7 +19,7 @@ from node_agent.cri.client import CriClient
 from node_agent.metrics import AgentMetrics, MetricsServer
 from node_agent.sandbox_metrics import SandboxCollector, families
 from node_agent.sandboxes import (Container, Inventory, Sandbox, SandboxFacts, SandboxInventory, exported,
-                                  facts_from_status)
+                                  facts_from_status, pod_memory_requests)
 from sandgate.core.policy import PolicyError, parse_policy
 
 POLICY = {"apiVersion": "sandgate.io/v1alpha1", "kind": "SandboxPolicy", "defaultProfile": "kata",
@@ -237,3 +237,77 @@ def test_sandboxes_endpoint_serves_the_inventory_document():
         assert requests.post(f"{base}/sandboxes", timeout=5).status_code == 501  # read-only
     finally:
         server.stop()
+
+
+MI = 1024 * 1024
+
+
+def test_overhead_ratio_is_memory_beyond_requests_over_the_admitted_overhead():
+    facts = SandboxFacts(pid=1, netns=None, cgroup="/kubepods/podu/id", overhead_memory_bytes=160 * MI)
+    measured = Sandbox("id", "team-a", "p", "u", "kata", "SANDBOX_READY", facts,
+                       usage=CgroupUsage(300 * MI, 1.0, ()), memory_requests_bytes=64 * MI)
+    assert measured.overhead_ratio == (300 - 64) / 160
+    found = samples(scrape(Inventory((measured,), None, 1.0), policy()))
+    labels = frozenset({"namespace": "team-a", "pod": "p", "uid": "u", "handler": "kata"}.items())
+    assert found[("sandgate_sandbox_overhead_ratio", labels)] == (300 - 64) / 160
+    for unknown in (Sandbox("id", "n", "p", "u", "kata", "SANDBOX_READY", facts, usage=CgroupUsage(300 * MI)),
+                    Sandbox("id", "n", "p", "u", "kata", "SANDBOX_READY", SandboxFacts(),
+                            usage=CgroupUsage(300 * MI), memory_requests_bytes=64 * MI)):
+        assert unknown.overhead_ratio is None
+        assert not [k for k in samples(scrape(Inventory((unknown,)), policy())) if k[0] == "sandgate_sandbox_overhead_ratio"]
+
+
+def test_pod_memory_requests_as_the_scheduler_counts_them():
+    pod = {"spec": {"containers": [{"resources": {"requests": {"memory": "64Mi"}}},
+                                   {"resources": {"requests": {"memory": "32Mi", "cpu": "1"}}}, {}],
+                    "initContainers": [{"resources": {"requests": {"memory": "80Mi"}}}]}}
+    assert pod_memory_requests(pod) == 96 * MI
+    pod["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = "128Mi"
+    assert pod_memory_requests(pod) == 128 * MI
+    assert pod_memory_requests({"spec": {"containers": [{"resources": {"requests": {"memory": "1e999990x"}}}]}}) == 0
+    assert pod_memory_requests({"spec": "bad"}) == 0
+
+
+def test_requests_are_read_once_per_pod_uid_and_only_for_pods_with_an_overhead(short_tmp):
+    sandboxes = [fake(1, short_tmp, overhead_memory=160 * MI), fake(2, short_tmp),
+                 fake(3, short_tmp, overhead_memory=160 * MI), fake(4, short_tmp, overhead_memory=160 * MI)]
+    reads, fail = [], {"pod4"}
+
+    def reader(namespace: str, name: str):
+        reads.append(name)
+        if name in fail:
+            raise RuntimeError("get pod: HTTP 503 (after 5 attempts)")
+        uid = {"pod1": "uid-1", "pod3": "recreated-uid"}[name]
+        return {"metadata": {"uid": uid}, "spec": {"containers": [{"resources": {"requests": {"memory": "64Mi"}}}]}}
+
+    server = CriStandIn(short_tmp / "cri.sock", sandboxes)
+    inventory = SandboxInventory(lambda: CriClient(short_tmp / "cri.sock"), Path("/"), deadline=5, pod_reader=reader)
+    try:
+        got = {s.pod: s for s in inventory.refresh().sandboxes}
+        assert got["pod1"].memory_requests_bytes == 64 * MI and got["pod1"].facts.overhead_memory_bytes == 160 * MI
+        assert got["pod2"].memory_requests_bytes is None  # no overhead: not asked
+        assert got["pod3"].memory_requests_bytes is None  # same name, another pod
+        assert got["pod4"].memory_requests_bytes is None  # failed: asked again next time
+        fail.clear()
+        reads.clear()
+        inventory.refresh()
+        assert reads == ["pod4"]
+    finally:
+        inventory.close()
+        server.close()
+
+
+def test_publisher_reads_a_pod_or_none(fake_api):
+    from node_agent.publish import Publisher, Retry
+    from sandgate.core.kube import load_api_client
+
+    fake_api.pods["/api/v1/namespaces/team-a/pods/web-1"] = {"metadata": {"name": "web-1", "uid": "u1"}}
+    publisher = Publisher(load_api_client(str(fake_api.kubeconfig(Path(short_dir())))), "n1", Retry(attempts=1))
+    assert publisher.read_pod("team-a", "web-1")["metadata"]["uid"] == "u1"
+    assert publisher.read_pod("team-a", "gone") is None
+
+
+def short_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="sg-pub-")

@@ -111,7 +111,7 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
     with PodHost.start(handlers=("kata",)) as host:
         hostnet = host.run_pod("hostnet", host_network=True,
                                command=["/bin/sh", "-c", "echo hello-from-hostnet; exec sleep 2147483647"])
-        bridged = host.run_pod("bridged", handler="kata",
+        bridged = host.run_pod("bridged", handler="kata", overhead_memory=160 * 1024 * 1024,
                                command=["/bin/sh", "-c", "echo hello-from-bridged; exec sleep 2147483647"])
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY % (host.ctd.socket, "true"))
@@ -143,6 +143,10 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
         assert Path(listed["bridged"]["netns"]).exists() and listed["bridged"]["handler"] == "kata"
         assert [n["interface"] for n in listed["bridged"]["counters"]["network"]] == ["eth0"]
         assert listed["hostnet"]["counters"]["network"] == []  # the node's traffic is not the pod's
+        # The pod's overhead as the kubelet passes it reaches the inventory through containerd's verbose status
+        # (the ratio itself needs the pod's requests from the API server; this run is offline).
+        assert listed["bridged"]["counters"]["overheadMemoryBytes"] == 160 * 1024 * 1024
+        assert listed["bridged"]["counters"]["overheadRatio"] is None
 
         port = free_port()
         proc = agent(*common, "--interval", "0.3", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
