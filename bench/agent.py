@@ -12,7 +12,7 @@ plus one inventory refresh, which runs on its own thread at the same interval. A
 measured apart (it happens per Prometheus scrape interval, not per cycle). Memory is VmRSS and VmHWM
 (peak) from /proc/<pid>/status. The baselines, measured in the same run, are the 0-sandbox agent and
 a bare interpreter that only imports the shared policy module the ordinary way, which runs the
-kubernetes package's eager __init__; the agent skips that __init__ (node_agent/lean.py).
+kubernetes package's eager __init__; the agent skips that __init__ (node_agent/skip_kubernetes_init.py).
 
     python3 bench/agent.py                 # 50 cycles at --interval 0.1, 0 and 100 sandboxes
     python3 bench/agent.py --quick         # 5 cycles

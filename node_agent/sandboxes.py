@@ -24,9 +24,10 @@ from kubernetes.utils import parse_quantity
 from sandgate.core.jsonshape import as_list, as_object
 from sandgate.core.policy import Policy
 
-from node_agent import cgroups
+from node_agent import cgroups, host
 from node_agent.cgroups import CgroupFiles, CgroupLayout, CgroupUsage, NetDev
 from node_agent.cri.client import CriClient, CriError, api, socket_path
+from node_agent.host import Root
 
 log = logging.getLogger("sandgate.agent.sandboxes")
 
@@ -388,10 +389,13 @@ def inventory_once(root: Path, store: Any, deadline: float = DEFAULT_DEADLINE,
 
 def inventory_for(root: Path, store: Any, deadline: float,
                   pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> SandboxInventory:
-    """A SandboxInventory on the policy's agent.criEndpoint (re-read whenever a new channel is opened)."""
+    """A SandboxInventory on the runtime's CRI socket (agent.criEndpoint or the runtime manager's own; re-read
+    whenever a new channel is opened)."""
 
     def client() -> CriClient:
-        return CriClient(socket_path(store.current.agent.cri_endpoint, root), timeout=deadline)
+        policy = store.current
+        endpoint = host.cri_endpoint(policy.agent, host.detect_manager(Root(root), policy))
+        return CriClient(socket_path(endpoint, root), timeout=deadline)
 
     return SandboxInventory(client, root, deadline, pod_reader=pod_reader)
 

@@ -5,13 +5,15 @@ Usage (from any test: tests/ is on sys.path):
     with Containerd.start() as ctd:      # or Containerd.start(cri_extra=..., config_extra=...)
         ctd.cri()                          # a CriClient on its socket
         ctd.ctr("plugins", "ls")           # the real ctr against it
+        ctd.reload_command()               # argv that restarts it, as `systemctl restart containerd` would
 
 Its root, state, grpc/ttrpc sockets and the opt plugin's path live under a short /tmp directory
 (unix socket paths are limited to 107 bytes). The CRI plugin is set up to start pods on this
 machine: root lacks CAP_SYS_RESOURCE, so `restrict_oom_score_adj = true`; network namespaces are
 mounted under the temp state dir; CNI binaries come from /usr/lib/cni (containernetworking-plugins)
-and CNI configs from `<dir>/cni/net.d`. The daemon is stopped by its pid (SIGTERM, then SIGKILL)
-and the directory removed, so nothing outlives a test.
+and CNI configs from `<dir>/cni/net.d`. The daemon's pid is kept in `<dir>/containerd.pid` (a
+restart by reload_command() replaces it); close() stops that pid (SIGTERM, then SIGKILL) and removes
+the directory, so nothing outlives a test.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 CTR = shutil.which("ctr") or "/usr/bin/ctr"
@@ -104,14 +108,28 @@ class Containerd:
             raise
         return ctd
 
-    def launch(self) -> None:
-        """Start the daemon on self.config and wait until its CRI plugin answers Status."""
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "containerd.pid"
+
+    def launch(self, wait: bool = True) -> None:
+        """Start the daemon on self.config (detached, pid in self.pidfile); wait until its CRI is ready."""
         self.stop()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([CONTAINERD, "--config", str(self.config), "--log-level", "info"],
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        self.wait_ready()
+        self.pidfile.write_text(str(self.process.pid))
+        if wait:
+            self.wait_ready()
+
+    def reload_command(self, fail_first: bool = False) -> list[str]:
+        """argv restarting this daemon on its config (for agent.reloadCommand).
+
+        fail_first: the first run only stops the daemon (a deliberately broken reload); later runs restart it.
+        """
+        argv = [sys.executable, str(Path(__file__).resolve()), "restart", str(self.dir)]
+        return argv + ["--fail-first"] if fail_first else argv
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Poll CRI Status until RuntimeReady; raise with the log's tail when the daemon dies or is slow."""
@@ -120,8 +138,8 @@ class Containerd:
         deadline = time.monotonic() + timeout
         with CriClient(self.socket, timeout=1.0) as client:
             while True:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"containerd exited {self.process.returncode}:\n{self.tail()}")
+                if not self.running():
+                    raise RuntimeError(f"containerd exited:\n{self.tail()}")
                 try:
                     if self.socket.exists() and client.status().runtime_ready:
                         return
@@ -154,16 +172,39 @@ class Containerd:
         self.stop()
         self.launch()
 
+    def pid(self) -> int | None:
+        """The daemon's pid from the pidfile (it may have been restarted by reload_command)."""
+        try:
+            return int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        """Whether the pid in the pidfile is a live (not zombie) containerd of this directory."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z" and str(self.config).encode() in cmdline
+
     def stop(self) -> None:
         """Stop the daemon by its pid: SIGTERM, then SIGKILL after 10 s."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if self.running():
+            pid = self.pid()
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while self.running() and time.monotonic() < deadline:
+                if process is not None and process.pid == pid:
+                    process.poll()
+                time.sleep(0.05)
+            if self.running():
+                os.kill(pid, signal.SIGKILL)
+        if process is not None:
             process.wait(timeout=10)
 
     def close(self) -> None:
@@ -188,3 +229,20 @@ def _unmount_under(d: Path) -> None:
         return
     for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def _restart_main(argv: list[str]) -> int:
+    """`containerd_harness.py restart DIR [--fail-first]`: what a reload command does to the harness daemon."""
+    d = Path(argv[0])
+    ctd = Containerd(d, d / "config.toml")
+    marker = d / "failed-once"
+    ctd.stop()
+    if "--fail-first" in argv and not marker.exists():
+        marker.write_text("")
+        return 0  # "reloaded", but the daemon is gone: the agent must notice and roll back
+    ctd.launch(wait=False)
+    return 0
+
+
+if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "restart":
+    sys.exit(_restart_main(sys.argv[2:]))

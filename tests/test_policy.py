@@ -116,3 +116,30 @@ def test_profile_named_resolves_label_and_annotation_values():
     assert policy.profile_named("none") is None
     assert policy.profile_named("kata") is None
     assert policy.profile_named(None) is None
+
+
+def test_agent_runtime_settings_default_and_parse():
+    agent = load_policy(EXAMPLE_POLICY).agent
+    assert (agent.containerd_version, agent.cri_endpoint, agent.runtime_manager) == ("auto", None, "auto")
+    assert agent.reload_timeout_seconds == 30
+    doc = example_doc()
+    doc.setdefault("agent", {}).update(containerdVersion="1.7", criEndpoint="unix:///run/k3s/containerd/containerd.sock",
+                                       runtimeManager="crio", reloadTimeoutSeconds=10)
+    agent = parse_policy(doc).agent
+    assert (agent.containerd_version, agent.cri_endpoint, agent.runtime_manager, agent.reload_timeout_seconds) == (
+        "1.7", "unix:///run/k3s/containerd/containerd.sock", "crio", 10)
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("containerdVersion", 1.7, "quote it in YAML"),  # YAML reads 1.10 as 1.1: only strings are accepted
+    ("containerdVersion", "1.x", 'must be "auto" or a containerd release'),
+    ("containerdVersion", "latest", 'must be "auto" or a containerd release'),
+    ("criEndpoint", "tcp://10.0.0.1:1234", "must be unix:///<absolute path>"),
+    ("runtimeManager", "docker", "must be one of auto, containerd, crio"),
+    ("reloadTimeoutSeconds", 0, ""),
+])
+def test_invalid_agent_runtime_settings_are_refused_by_key(key, value, reason):
+    doc = example_doc()
+    doc.setdefault("agent", {})[key] = value
+    errors = errors_of(doc)
+    assert any(e.startswith(f"agent.{key}:") and reason in e for e in errors), errors

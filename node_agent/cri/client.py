@@ -12,6 +12,9 @@ never a hung agent.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,12 +118,20 @@ class CriClient:
     """The RuntimeService of one CRI socket. Thread-safe; close() (or `with`) releases the channel."""
 
     def __init__(self, path: str | Path, timeout: float = DEFAULT_TIMEOUT):
-        path = str(path)
-        if len(path.encode()) > MAX_SOCKET_PATH:
-            raise ValueError(f"CRI socket path {path} is longer than {MAX_SOCKET_PATH} bytes (a unix socket limit)")
-        self.path = path
+        self.path = str(path)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(f"unix://{path}", options=[
+        self._short_dir: str | None = None
+        connect = self.path
+        if len(connect.encode()) > MAX_SOCKET_PATH:
+            # sun_path holds 107 bytes, but a host root mounted deep (--root) can push the socket past
+            # that: connect through a short symlink to its directory instead.
+            self._short_dir = tempfile.mkdtemp(prefix="sg-cri-")
+            os.symlink(os.path.dirname(self.path), os.path.join(self._short_dir, "d"))
+            connect = os.path.join(self._short_dir, "d", os.path.basename(self.path))
+            if len(connect.encode()) > MAX_SOCKET_PATH:
+                self.close()
+                raise ValueError(f"CRI socket name {os.path.basename(self.path)} is too long for a unix socket")
+        self._channel = grpc.insecure_channel(f"unix://{connect}", options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_http_proxy", 0),
         ])
@@ -135,8 +146,12 @@ class CriClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel; later calls fail."""
-        self._channel.close()
+        """Close the channel (later calls fail) and remove the short symlink if one was made."""
+        if getattr(self, "_channel", None) is not None:
+            self._channel.close()
+        if self._short_dir is not None:
+            shutil.rmtree(self._short_dir, ignore_errors=True)
+            self._short_dir = None
 
     @property
     def api(self) -> str:

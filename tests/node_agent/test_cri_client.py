@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -31,8 +32,21 @@ def test_endpoints_resolve_to_socket_paths(tmp_path):
     for bad in ("tcp://127.0.0.1:1234", "unix://relative.sock", "containerd.sock"):
         with pytest.raises(ValueError, match="not unix:///<absolute path>"):
             socket_path(bad)
-    with pytest.raises(ValueError, match="longer than 107 bytes"):
-        CriClient("/" + "x" * 120)
+    with pytest.raises(ValueError, match="too long for a unix socket"):
+        CriClient("/tmp/" + "x" * 120)
+
+
+@needs_containerd
+def test_a_socket_path_longer_than_sun_path_is_reached_through_a_short_link(tmp_path):
+    with Containerd.start() as ctd:
+        deep = tmp_path / ("d" * 60) / ("e" * 60)
+        deep.mkdir(parents=True)
+        (deep / "containerd.sock").symlink_to(ctd.socket)
+        client = CriClient(deep / "containerd.sock")
+        link_dir = client._short_dir
+        assert client.version().runtime_name == "containerd"
+        client.close()
+        assert not os.path.exists(link_dir)
 
 
 @needs_containerd

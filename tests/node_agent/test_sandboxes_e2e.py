@@ -107,7 +107,7 @@ def block_device_counts_direct_io() -> bool:
 
 
 @needs_pods
-def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
+def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path, fake_api):
     with PodHost.start(handlers=("kata",)) as host:
         hostnet = host.run_pod("hostnet", host_network=True,
                                command=["/bin/sh", "-c", "echo hello-from-hostnet; exec sleep 2147483647"])
@@ -115,10 +115,10 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
                                command=["/bin/sh", "-c", "echo hello-from-bridged; exec sleep 2147483647"])
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY % (host.ctd.socket, "true"))
-        common = ["--config", str(policy), "--node-name", "n1", "--root", "/", "--dry-run",
-                  "--node-allocatable-memory", "8Gi"]
+        common = ["--config", str(policy), "--node-name", "n1", "--root", "/"]
 
-        done = subprocess.run([sys.executable, "-m", "sandgate", "agent", *common, "--once"], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "sandgate", "agent", *common, "--once", "--dry-run",
+                               "--node-allocatable-memory", "8Gi"], cwd=REPO,
                               capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
@@ -148,8 +148,13 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
         assert listed["bridged"]["counters"]["overheadMemoryBytes"] == 160 * 1024 * 1024
         assert listed["bridged"]["counters"]["overheadRatio"] is None
 
+        # The loop publishes to an API stand-in, which also serves the bridged pod (64 MiB requested).
+        fake_api.pods["/api/v1/namespaces/team-a/pods/bridged"] = {
+            "metadata": {"name": "bridged", "namespace": "team-a", "uid": bridged.uid},
+            "spec": {"containers": [{"name": "main", "resources": {"requests": {"memory": "64Mi"}}}]}}
         port = free_port()
-        proc = agent(*common, "--interval", "0.3", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+        proc = agent(*common, "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.3",
+                     "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             bridged_labels = {"pod": "bridged", "uid": bridged.uid, "handler": "kata", "namespace": "team-a"}
@@ -160,6 +165,13 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
             for name in ("hostnet", "bridged"):
                 assert list(series(found, "sandgate_sandbox_memory_working_set_bytes", pod=name).values())[0] > 0
                 assert list(series(found, "sandgate_sandbox_cpu_seconds_total", pod=name).values())[0] > 0
+            # Overhead ratio: (working set - 64 MiB requested) / 160 MiB overhead, for the pod that has one.
+            found = wait_for("the overhead ratio", lambda: (lambda f: f if series(
+                f, "sandgate_sandbox_overhead_ratio", pod="bridged") else None)(samples(port)))
+            used = list(series(found, "sandgate_sandbox_memory_working_set_bytes", pod="bridged").values())[0]
+            assert list(series(found, "sandgate_sandbox_overhead_ratio", pod="bridged").values())[0] == \
+                pytest.approx((used - 64 * 1024 * 1024) / (160 * 1024 * 1024))
+            assert not series(found, "sandgate_sandbox_overhead_ratio", pod="hostnet")  # no overhead admitted
 
             # Network: ping the bridge's gateway from inside the bridged pod; its eth0 counters follow.
             eth0 = {**bridged_labels, "interface": "eth0"}
@@ -199,15 +211,15 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path):
 
 
 @needs_pods
-def test_by_default_only_policy_handlers_are_exported(tmp_path):
+def test_by_default_only_policy_handlers_are_exported(tmp_path, fake_api):
     with PodHost.start(handlers=("kata",)) as host:
         host.run_pod("plain")
         sandboxed = host.run_pod("sandboxed", handler="kata")
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY % (host.ctd.socket, "false"))
         port = free_port()
-        proc = agent("--config", str(policy), "--node-name", "n1", "--root", "/", "--dry-run",
-                     "--node-allocatable-memory", "8Gi", "--interval", "0.3", "--metrics-host", "127.0.0.1",
+        proc = agent("--config", str(policy), "--node-name", "n1", "--root", "/", "--kubeconfig",
+                     str(fake_api.kubeconfig(tmp_path)), "--interval", "0.3", "--metrics-host", "127.0.0.1",
                      "--metrics-port", str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             found = wait_for("the sandboxed pod on /metrics",
