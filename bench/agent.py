@@ -192,7 +192,8 @@ def main() -> int:
                                          netns=f"/proc/{os.getpid()}/ns/net", cgroups_path=f"/{pods.parent}/pod{i}/sb{i}",
                                          log_directory=f"/var/log/pods/team_pod-{i}_uid-{i}", containers=("app", "proxy"))
                              for i in range(count)]
-                standin = CriStandIn(root / "run/cri.sock", sandboxes)
+                standin = CriStandIn(root / "run/cri.sock", sandboxes, runtimes={
+                    "runc": "io.containerd.runc.v2", "kata": "io.containerd.kata.v2", "runsc": "io.containerd.runsc.v1"})
                 try:
                     results[count] = run_agent(root, policy, api, base, args.interval, cycles)
                 finally:

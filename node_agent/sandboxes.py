@@ -192,19 +192,19 @@ def sandbox_from(item: Any, facts: SandboxFacts, containers: Iterable[Container]
                    api.PodSandboxState.Name(item.state), facts, tuple(sorted(containers, key=lambda c: c.name)))
 
 
-def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None) -> Sandbox:
-    """The sandbox with its current counters (none for a sandbox that is not ready).
+def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None, requests: int | None = None) -> Sandbox:
+    """The sandbox with its current counters (none for a sandbox that is not ready) and its pod's requests.
 
     Network counters come from the sandbox process's own namespace; a host-network pod has none of
     its own, so it gets none rather than the node's. `files` are its pod cgroup's counter files.
     """
     if sandbox.state != "SANDBOX_READY":
-        return sandbox
+        return replace(sandbox, memory_requests_bytes=requests)
     network: tuple[NetDev, ...] = ()
     if sandbox.facts.netns and sandbox.facts.pid:
         network = tuple(cgroups.read_net_dev(root, sandbox.facts.pid) or ())
     usage = cgroups.read_usage(files) if files else CgroupUsage()
-    return replace(sandbox, network=network, usage=usage)
+    return replace(sandbox, network=network, usage=usage, memory_requests_bytes=requests)
 
 
 class SandboxInventory:
@@ -264,8 +264,7 @@ class SandboxInventory:
             files[sandbox.id] = self._files[sandbox.id]
         self._files = files  # resolved once per sandbox, kept while it is listed
         requests = self._pod_requests(sandboxes)
-        counted = tuple(replace(with_counters(s, self.root, files[s.id]), memory_requests_bytes=requests.get(s.uid))
-                        for s in sandboxes)
+        counted = tuple(with_counters(s, self.root, files[s.id], requests.get(s.uid)) for s in sandboxes)
         self.current = Inventory(counted, None, time.time(), self.failures)
         return self.current
 

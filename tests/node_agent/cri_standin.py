@@ -1,5 +1,8 @@
 """A stand-in CRI runtime on a unix socket: N sandboxes shaped like containerd 1.6's answers.
 
+Version and Status(verbose) answer like containerd 1.6.20 with the given runtime handlers, so the
+agent's CRI discovery sees a consistent runtime too.
+
 Shared by the inventory tests and bench/agent.py (100 sandboxes without starting 100 pods). The
 sandboxes' pids, netns and cgroups are whatever the caller gives; `delay` makes every RPC slow.
 """
@@ -36,14 +39,17 @@ class FakeSandbox:
 class CriStandIn:
     """Serves Status, ListPodSandbox, PodSandboxStatus, ListContainers, ContainerStatus on `path`."""
 
-    def __init__(self, path: Path, sandboxes: list[FakeSandbox], delay: float = 0.0):
+    def __init__(self, path: Path, sandboxes: list[FakeSandbox], delay: float = 0.0,
+                 runtimes: dict[str, str] | None = None):
         self.sandboxes = sandboxes
+        self.runtimes = runtimes or {"runc": "io.containerd.runc.v2"}  # handler -> runtime_type
         self.delay = delay
         self.release = threading.Event()
         self.calls: dict[str, int] = {}
         service = {name: grpc.unary_unary_rpc_method_handler(
             self._counted(name, getattr(self, "_" + name)), request.FromString, response.SerializeToString)
             for name, request, response in (
+                ("Version", api.VersionRequest, api.VersionResponse),
                 ("Status", api.StatusRequest, api.StatusResponse),
                 ("ListPodSandbox", api.ListPodSandboxRequest, api.ListPodSandboxResponse),
                 ("PodSandboxStatus", api.PodSandboxStatusRequest, api.PodSandboxStatusResponse),
@@ -72,8 +78,14 @@ class CriStandIn:
                 return sandbox
         context.abort(grpc.StatusCode.NOT_FOUND, f"an error occurred when try to find sandbox {sandbox_id}")
 
+    def _Version(self, request, context):
+        return api.VersionResponse(version="0.1.0", runtime_name="containerd", runtime_version="1.6.20~ds1",
+                                   runtime_api_version="v1")
+
     def _Status(self, request, context):
-        info = {"config": json.dumps({"containerd": {"defaultRuntimeName": "runc"}})} if request.verbose else {}
+        config = {"containerd": {"defaultRuntimeName": "runc", "runtimes": {
+            handler: {"runtimeType": runtime_type} for handler, runtime_type in self.runtimes.items()}}}
+        info = {"config": json.dumps(config)} if request.verbose else {}
         return api.StatusResponse(status=api.RuntimeStatus(conditions=[
             api.RuntimeCondition(type="RuntimeReady", status=True)]), info=info)
 
