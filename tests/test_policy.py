@@ -4,10 +4,13 @@ from decimal import Decimal
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sandgate.core.clusterversion import ClusterVersion, Mode, VersionError
 from sandgate.core.policy import PolicyError, PolicyStore, load_policy, parse_policy
 
+import apiserver_validation
 from support import EXAMPLE_POLICY
 
 
@@ -116,6 +119,37 @@ def test_profile_named_resolves_label_and_annotation_values():
     assert policy.profile_named("none") is None
     assert policy.profile_named("kata") is None
     assert policy.profile_named(None) is None
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("opt-in", "the webhook path segment of the pod opt-in entry (/mutate/opt-in)"),
+    ("sandboxed", "selects defaultProfile"),
+    ("none", "asks to stay unsandboxed"),
+    ("_optin", "must be a DNS-1123 label"),
+    ("Kata", "must be a DNS-1123 label"),
+    ("kata.v2", "must be a DNS-1123 label"),
+    ("k" * 64, "must be a DNS-1123 label"),
+])
+def test_profile_names_are_dns_labels_and_not_reserved(name, reason):
+    doc = example_doc()
+    doc["profiles"][name] = doc["profiles"].pop("gvisor")
+    errors = errors_of(doc)
+    assert any(e.startswith(f"profiles.{name}: ") and reason in e for e in errors), errors
+
+
+@given(st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z"))
+def test_every_accepted_profile_name_makes_webhook_paths_the_api_server_accepts(name):
+    doc = example_doc()
+    doc["profiles"][name] = doc["profiles"].pop("gvisor")
+    try:
+        policy = parse_policy(doc)
+    except PolicyError as exc:
+        assert name in ("runv", "sandboxed", "none", "opt-in"), exc.errors
+        return
+    for profile in policy.profiles:
+        for verb in ("mutate", "validate"):
+            service = {"name": "s", "namespace": "n", "path": f"/{verb}/{profile}"}
+            assert apiserver_validation.validate_service(service, "service") == []
 
 
 def test_agent_runtime_settings_default_and_parse():

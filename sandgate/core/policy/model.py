@@ -20,8 +20,13 @@ FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "h
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 STRATEGIES = ("spread", "binpack")
-# Values of the namespace label / pod annotation with a fixed meaning; no profile may take them.
-RESERVED_PROFILE_NAMES = (keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)
+# Names no profile may take, with why: values of the namespace label / pod annotation with a fixed
+# meaning, and the webhook path segment of the pod opt-in entry (/mutate/<profile> vs /mutate/opt-in).
+RESERVED_PROFILE_NAMES = {
+    keys.SANDBOXED_VALUE: "the namespace-label and pod-annotation value that selects defaultProfile",
+    keys.OPT_OUT_VALUE: "the pod-annotation value that asks to stay unsandboxed",
+    keys.OPT_IN_PATH_SEGMENT: f"the webhook path segment of the pod opt-in entry (/mutate/{keys.OPT_IN_PATH_SEGMENT})",
+}
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

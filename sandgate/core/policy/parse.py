@@ -198,10 +198,13 @@ _PROFILE_KEYS = ("runtimeClassName", "handler", "overhead", "nodeSelector", "tol
 def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
     path = f"profiles.{name}"
     if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > 63:
-        errs.add(path, "profile name must be a DNS label (lower-case letters, digits, '-')")
+        # It becomes a namespace-label value and a webhook path segment (/mutate/<profile>), which the
+        # API server accepts only as a DNS-1123 label.
+        errs.add(path, "profile name must be a DNS-1123 label (at most 63 lower-case letters, digits and "
+                       "'-', starting and ending with a letter or digit)")
         return None
     if name in RESERVED_PROFILE_NAMES:
-        errs.add(path, f'"{name}" is a reserved value and cannot name a profile')
+        errs.add(path, f'"{name}" is reserved and cannot name a profile: it is {RESERVED_PROFILE_NAMES[name]}')
         return None
     d = _mapping(doc, path, errs, _PROFILE_KEYS)
     rc = _string(d.get("runtimeClassName"), f"{path}.runtimeClassName", errs)
