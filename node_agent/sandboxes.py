@@ -14,15 +14,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import grpc
-from kubernetes.utils import parse_quantity
 
-from sandgate.core.jsonshape import as_list, as_object
+from sandgate.core.jsonshape import ShapeError, as_list, as_object
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.policy import Policy
+from sandgate.core.quantity import QuantityError
 
 from node_agent import cgroups, host
 from node_agent.cgroups import CgroupFiles, CgroupLayout, CgroupUsage, NetDev
@@ -290,7 +290,7 @@ class SandboxInventory:
                 continue
             pod = as_object(pod)
             same = as_object(pod.get("metadata")).get("uid") == sandbox.uid
-            found[sandbox.uid] = int(pod_memory_requests(pod)) if same else None
+            found[sandbox.uid] = pod_memory_requests(pod) if same else None
         self._requests = found
         return found
 
@@ -399,20 +399,11 @@ def inventory_for(root: Path, store: Any, deadline: float,
     return SandboxInventory(client, root, deadline, pod_reader=pod_reader)
 
 
-def pod_memory_requests(pod: Mapping[str, Any]) -> Decimal:
-    """A pod's effective memory request as the scheduler counts it: max(sum of containers, largest init container).
 
-    A quantity that does not parse counts as 0 (the API server has validated it already).
-    """
-    def requests(containers: Any) -> list[Decimal]:
-        out = []
-        for container in as_list(containers):
-            value = as_object(as_object(as_object(container).get("resources")).get("requests")).get("memory")
-            try:
-                out.append(parse_quantity(value) if isinstance(value, (str, int, float)) else Decimal(0))
-            except ValueError:
-                out.append(Decimal(0))
-        return out
-
-    spec = as_object(pod.get("spec"))
-    return max([sum(requests(spec.get("containers")), Decimal(0)), *requests(spec.get("initContainers"))])
+def pod_memory_requests(pod: Mapping[str, Any]) -> int | None:
+    """A pod's memory request as the scheduler counts it (sidecars, init steps, pod-level resources), without
+    the overhead; None when the object is not shaped like a Pod (the API server sent something else)."""
+    try:
+        return int(pod_requests(as_object(pod.get("spec")), include_overhead=False).get("memory", 0))
+    except (ShapeError, QuantityError):
+        return None

@@ -263,8 +263,11 @@ def test_pod_memory_requests_as_the_scheduler_counts_them():
     assert pod_memory_requests(pod) == 96 * MI
     pod["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = "128Mi"
     assert pod_memory_requests(pod) == 128 * MI
-    assert pod_memory_requests({"spec": {"containers": [{"resources": {"requests": {"memory": "1e999990x"}}}]}}) == 0
-    assert pod_memory_requests({"spec": "bad"}) == 0
+    pod["spec"]["overhead"] = {"memory": "160Mi"}
+    assert pod_memory_requests(pod) == 128 * MI  # the overhead is what the ratio divides by, not requests
+    assert pod_memory_requests({"spec": {"containers": [{"resources": {"requests": {"memory": "12x"}}}]}}) is None
+    assert pod_memory_requests({"spec": {"containers": "bad"}}) is None
+    assert pod_memory_requests({}) == 0
 
 
 def test_requests_are_read_once_per_pod_uid_and_only_for_pods_with_an_overhead(short_tmp):
