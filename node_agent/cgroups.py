@@ -86,9 +86,10 @@ def parse_io_stat(text: str) -> list[BlockIO]:
     """cgroup v2 io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..", one line per device."""
     out = []
     for line in text.splitlines():
-        device, *pairs = line.split()
-        if ":" not in device:
+        fields = line.split()
+        if not fields or ":" not in fields[0]:
             continue
+        device, pairs = fields[0], fields[1:]
         values = {}
         for pair in pairs:
             key, _, value = pair.partition("=")

@@ -32,6 +32,9 @@ from node_agent.host import Root
 log = logging.getLogger("sandgate.agent.sandboxes")
 
 DEFAULT_DEADLINE = 10.0
+# A pod with NET_ADMIN can create any number of interfaces in its namespace; each would be a label
+# value. Past this many (eth0 first, then by name) the rest are left out of the metrics.
+MAX_INTERFACES = 8
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,10 @@ def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None, reque
         return replace(sandbox, memory_requests_bytes=requests)
     network: tuple[NetDev, ...] = ()
     if sandbox.facts.netns and sandbox.facts.pid:
-        network = tuple(cgroups.read_net_dev(root, sandbox.facts.pid) or ())
+        found = cgroups.read_net_dev(root, sandbox.facts.pid) or []
+        if len(found) > MAX_INTERFACES:
+            found = sorted(found, key=lambda dev: (dev.interface != "eth0", dev.interface))[:MAX_INTERFACES]
+        network = tuple(found)
     usage = cgroups.read_usage(files) if files else CgroupUsage()
     return replace(sandbox, network=network, usage=usage, memory_requests_bytes=requests)
 

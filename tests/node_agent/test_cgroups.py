@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from node_agent import cgroups
 from node_agent.cgroups import BlockIO, CgroupLayout, Mount, NetDev
@@ -178,3 +179,20 @@ def test_this_host_counts_real_cpu_time_of_a_cgroup():
 def test_this_process_sees_its_own_interfaces():
     found = cgroups.read_net_dev(Path("/"), os.getpid())
     assert found is not None and all(dev.interface != "lo" for dev in found)
+
+
+@given(st.text())
+def test_parsers_never_fail_on_any_text(text):
+    for parse in (cgroups.parse_net_dev, cgroups.parse_io_stat, cgroups.parse_flat_keyed):
+        parse(text)
+    cgroups.parse_blkio(text, text)
+    cgroups.parse_mountinfo(text, Path("/host"))
+
+
+@given(st.text(alphabet=st.sampled_from("/.:-_aZ9s"), max_size=40))
+def test_a_cgroups_path_resolves_below_the_root_or_is_refused(path):
+    try:
+        rel = cgroups.cgroup_relpath(path)
+    except ValueError:
+        return
+    assert not rel.startswith("/") and ".." not in rel.split("/")

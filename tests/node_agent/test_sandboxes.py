@@ -19,7 +19,8 @@ from node_agent.cri.client import CriClient
 from node_agent.metrics import AgentMetrics, MetricsServer
 from node_agent.sandbox_metrics import SandboxCollector, families
 from node_agent.sandboxes import (Container, Inventory, Sandbox, SandboxFacts, SandboxInventory, exported,
-                                  facts_from_status, pod_memory_requests)
+                                  facts_from_status, pod_memory_requests, with_counters,
+                                  MAX_INTERFACES)
 from sandgate.core.policy import PolicyError, parse_policy
 
 POLICY = {"apiVersion": "sandgate.io/v1alpha1", "kind": "SandboxPolicy", "defaultProfile": "kata",
@@ -313,3 +314,13 @@ def short_dir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="sg-pub-")
+
+
+def test_a_pod_with_many_interfaces_cannot_grow_the_labels_without_bound(tmp_path):
+    lines = ["h1", "h2"] + [f" dummy{i:03d}: " + "1 " * 16 for i in range(200)] + [" eth0: " + "7 " * 16]
+    (tmp_path / "proc/42/net").mkdir(parents=True)
+    (tmp_path / "proc/42/net/dev").write_text("\n".join(lines) + "\n")
+    bare = Sandbox("id", "ns", "p", "u", "kata", "SANDBOX_READY", SandboxFacts(pid=42, netns="/n"))
+    counted = with_counters(bare, tmp_path, None)
+    assert [d.interface for d in counted.network][:2] == ["eth0", "dummy000"]
+    assert len(counted.network) == MAX_INTERFACES
