@@ -214,12 +214,15 @@ def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None, reque
 
 
 class SandboxInventory:
-    """Keeps the latest Inventory of one CRI socket; refresh() is the only method that does I/O."""
+    """Keeps the latest Inventory of a CRI socket; refresh() is the only method that does I/O.
 
-    def __init__(self, client_factory: Callable[[], CriClient], root: Path,
+    `socket` names the socket at each refresh (the policy may change it): a new path gets a new channel.
+    """
+
+    def __init__(self, socket: Callable[[], Path], root: Path,
                  deadline: float = DEFAULT_DEADLINE, clock: Callable[[], float] = time.monotonic,
-                          pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None):
-        self.client_factory = client_factory
+                 pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None):
+        self.socket = socket
         self.pod_reader = pod_reader
         self.root = root
         self.deadline = deadline
@@ -239,6 +242,7 @@ class SandboxInventory:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._default_handler = None  # asked again of whichever runtime answers next
 
     def _remaining(self, ends: float) -> float:
         left = ends - self.clock()
@@ -251,8 +255,11 @@ class SandboxInventory:
         """List, fill in what is new, read counters; on failure keep the last list and record the error."""
         ends = self.clock() + self.deadline
         try:
+            path = str(self.socket())
+            if self._client is not None and self._client.path != path:
+                self.close()
             if self._client is None:
-                self._client = self.client_factory()
+                self._client = CriClient(path, timeout=self.deadline)
             sandboxes = self._list(self._client, ends)
         except (CriError, ValueError) as exc:
             self.failures += 1
@@ -394,15 +401,14 @@ def inventory_once(root: Path, store: Any, deadline: float = DEFAULT_DEADLINE,
 
 def inventory_for(root: Path, store: Any, deadline: float,
                   pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> SandboxInventory:
-    """A SandboxInventory on the runtime's CRI socket (agent.criEndpoint or the runtime manager's own; re-read
-    whenever a new channel is opened)."""
+    """A SandboxInventory on the runtime's CRI socket: agent.criEndpoint or the runtime manager's own, as the
+    current policy says at each refresh."""
 
-    def client() -> CriClient:
+    def socket() -> Path:
         policy = store.current
-        endpoint = host.cri_endpoint(policy.agent, host.detect_manager(Root(root), policy))
-        return CriClient(socket_path(endpoint, root), timeout=deadline)
+        return socket_path(host.cri_endpoint(policy.agent, host.detect_manager(Root(root), policy)), root)
 
-    return SandboxInventory(client, root, deadline, pod_reader=pod_reader)
+    return SandboxInventory(socket, root, deadline, pod_reader=pod_reader)
 
 
 

@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cri_standin import CriStandIn, FakeSandbox
 from node_agent.cgroups import BlockIO, CgroupUsage, NetDev
-from node_agent.cri.client import CriClient
 from node_agent.metrics import AgentMetrics, MetricsServer
 from node_agent.sandbox_metrics import SandboxCollector, families
 from node_agent.sandboxes import (Container, Inventory, Sandbox, SandboxFacts, SandboxInventory, exported,
@@ -173,7 +172,7 @@ def fake(i: int, tmp: Path, **kw) -> FakeSandbox:
 def test_inventory_over_cri_lists_caches_and_forgets(short_tmp):
     sandboxes = [fake(1, short_tmp), fake(2, short_tmp, handler="", containers=("a", "b"))]
     server = CriStandIn(short_tmp / "cri.sock", sandboxes)
-    inventory = SandboxInventory(lambda: CriClient(short_tmp / "cri.sock"), Path("/"), deadline=5)
+    inventory = SandboxInventory(lambda: short_tmp / "cri.sock", Path("/"), deadline=5)
     try:
         first = inventory.refresh()
         assert first.error is None and first.failures == 0
@@ -198,7 +197,7 @@ def test_inventory_over_cri_lists_caches_and_forgets(short_tmp):
 
 def test_unreachable_cri_keeps_the_last_list_and_counts(short_tmp):
     server = CriStandIn(short_tmp / "cri.sock", [fake(1, short_tmp)])
-    inventory = SandboxInventory(lambda: CriClient(short_tmp / "cri.sock"), Path("/"), deadline=5)
+    inventory = SandboxInventory(lambda: short_tmp / "cri.sock", Path("/"), deadline=5)
     try:
         assert len(inventory.refresh().sandboxes) == 1
         server.close()
@@ -212,9 +211,25 @@ def test_unreachable_cri_keeps_the_last_list_and_counts(short_tmp):
         inventory.close()
 
 
+def test_a_new_socket_from_the_policy_gets_a_new_channel(short_tmp):
+    first = CriStandIn(short_tmp / "a.sock", [fake(1, short_tmp)])
+    second = CriStandIn(short_tmp / "b.sock", [fake(2, short_tmp), fake(3, short_tmp)])
+    socket = [short_tmp / "a.sock"]
+    inventory = SandboxInventory(lambda: socket[0], Path("/"), deadline=5)
+    try:
+        assert [s.id for s in inventory.refresh().sandboxes] == ["sb1"]
+        socket[0] = short_tmp / "b.sock"  # e.g. agent.criEndpoint changed in a reloaded policy
+        assert [s.id for s in inventory.refresh().sandboxes] == ["sb2", "sb3"]
+        assert second.calls["Status"] == 1  # the default handler is asked of the new runtime
+    finally:
+        inventory.close()
+        first.close()
+        second.close()
+
+
 def test_slow_cri_costs_one_deadline(short_tmp):
     server = CriStandIn(short_tmp / "cri.sock", [fake(1, short_tmp)], delay=30)
-    inventory = SandboxInventory(lambda: CriClient(short_tmp / "cri.sock"), Path("/"), deadline=0.5)
+    inventory = SandboxInventory(lambda: short_tmp / "cri.sock", Path("/"), deadline=0.5)
     try:
         failed = inventory.refresh()
         assert failed.sandboxes == () and "DEADLINE_EXCEEDED" in failed.error and failed.failures == 1
@@ -284,7 +299,7 @@ def test_requests_are_read_once_per_pod_uid_and_only_for_pods_with_an_overhead(s
         return {"metadata": {"uid": uid}, "spec": {"containers": [{"resources": {"requests": {"memory": "64Mi"}}}]}}
 
     server = CriStandIn(short_tmp / "cri.sock", sandboxes)
-    inventory = SandboxInventory(lambda: CriClient(short_tmp / "cri.sock"), Path("/"), deadline=5, pod_reader=reader)
+    inventory = SandboxInventory(lambda: short_tmp / "cri.sock", Path("/"), deadline=5, pod_reader=reader)
     try:
         got = {s.pod: s for s in inventory.refresh().sandboxes}
         assert got["pod1"].memory_requests_bytes == 64 * MI and got["pod1"].facts.overhead_memory_bytes == 160 * MI
