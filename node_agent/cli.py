@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node allocatable memory (skips reading the Node from the API)")
     parser.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (default 9464)")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics and /healthz (default 0.0.0.0)")
+    parser.add_argument("--device-plugin-dir", default="/var/lib/kubelet/device-plugins", metavar="DIR",
+                        help="kubelet device plugin directory: advertise sandbox slots as the extended resources "
+                             "sandgate.io/sandbox-<handler> (default /var/lib/kubelet/device-plugins; '' turns it off)")
     parser.add_argument("--api-attempts", type=int, default=5,
                         help="attempts per API call before a cycle gives up (backoff with jitter; default 5)")
 

@@ -265,12 +265,19 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(args, store, publisher, metrics)
+    slots = None
+    if args.device_plugin_dir and not args.dry_run:
+        from node_agent.deviceplugin import DevicePlugins
+
+        slots = DevicePlugins(args.device_plugin_dir).start()
     log.info("agent started", extra={"node": args.node_name, "interval": args.interval,
                                      "metrics": f"{args.metrics_host}:{args.metrics_port}"})
     while not stop.is_set():
         started = time.monotonic()
         try:
-            agent.run_cycle()
+            result = agent.run_cycle()
+            if slots is not None:
+                slots.update(store.current.handlers, result.capacities)
             if not args.dry_run:
                 metrics.last_publish.set(time.time())
             metrics.last_success = time.monotonic()
@@ -282,6 +289,8 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
             log.exception("cycle crashed; retrying next interval", extra={"node": args.node_name})
         metrics.cycles.inc()
         stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
+    if slots is not None:
+        slots.stop()
     server.stop()
     sandboxes.join(timeout=15)
     log.info("agent stopped", extra={"node": args.node_name})

@@ -217,6 +217,7 @@ def serve(args: argparse.Namespace) -> int:
     def build_app():
         from webhooks.app import WebhookState, create_app
         from webhooks.namespaces import NamespaceCache
+        from webhooks.runtimeclasses import RuntimeClassLookup
 
         metrics = Metrics()
         cache = None
@@ -225,8 +226,12 @@ def serve(args: argparse.Namespace) -> int:
             cache = NamespaceCache(lambda: load_api_client(args.kubeconfig),
                                    on_sync_change=lambda synced: metrics.namespace_cache_synced.set(int(synced)))
             cache.start()
+        # Without API access (or an explicit --no-namespace-watch) the webhook makes no API calls at all.
+        runtime_classes = RuntimeClassLookup(lambda: load_api_client(args.kubeconfig)) \
+            if namespaces_off is None else None
         state = WebhookState(policies=policies, start_version=version, metrics=metrics, cluster_version=override,
-                             namespaces=cache, namespaces_off=namespaces_off or "", tls=tls)
+                             namespaces=cache, namespaces_off=namespaces_off or "", tls=tls,
+                             runtime_classes=runtime_classes)
         return create_app(state)
 
     options = gunicorn_options(args.host, args.port, args.workers, args.threads, tls, args.log_level)
