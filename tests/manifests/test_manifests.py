@@ -457,8 +457,10 @@ def test_agent_daemonset_host_access(rendered):
             host_mounts[volumes[m["name"]]["hostPath"]["path"]] = m
     policy = policy_of(docs)
     assert any(policy.agent.containerd_config.startswith(p + "/") for p in host_mounts)
-    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt"):
+    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt", "/proc", "/sys/fs/cgroup"):
         assert needed in host_mounts
+    # The sandbox inventory reaches the default CRI socket through a host mount.
+    assert any(policy.agent.cri_endpoint.removeprefix("unix://").startswith(p + "/") for p in host_mounts)
     assert not spec.get("hostNetwork") and not spec.get("hostPID")
 
 
