@@ -183,16 +183,24 @@ def facts_from_status(response: Any) -> SandboxFacts:
     return _spec_facts(as_object(info))
 
 
+def _state_name(enum: Any, value: int) -> str:
+    """An enum value's name; a value from a newer CRI than ours is shown, not fatal to the inventory."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return f"UNKNOWN_{value}"
+
+
 def container_from(item: Any, log_path: str) -> Container:
     """A Container from a ListContainers item and its (cached) log path."""
-    return Container(item.id, item.metadata.name, api.ContainerState.Name(item.state), log_path)
+    return Container(item.id, item.metadata.name, _state_name(api.ContainerState, item.state), log_path)
 
 
 def sandbox_from(item: Any, facts: SandboxFacts, containers: Iterable[Container], default_handler: str) -> Sandbox:
     """A Sandbox from a ListPodSandbox item; an empty runtime_handler is the runtime's default one."""
     meta = item.metadata
     return Sandbox(item.id, meta.namespace, meta.name, meta.uid, item.runtime_handler or default_handler,
-                   api.PodSandboxState.Name(item.state), facts, tuple(sorted(containers, key=lambda c: c.name)))
+                   _state_name(api.PodSandboxState, item.state), facts, tuple(sorted(containers, key=lambda c: c.name)))
 
 
 def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None, requests: int | None = None) -> Sandbox:

@@ -211,6 +211,18 @@ def test_unreachable_cri_keeps_the_last_list_and_counts(short_tmp):
         inventory.close()
 
 
+def test_a_state_from_a_newer_cri_is_shown_not_fatal():
+    from node_agent.cri.client import api
+    from node_agent.sandboxes import container_from, sandbox_from
+
+    item = api.PodSandbox(id="s", metadata=api.PodSandboxMetadata(name="p", uid="u", namespace="n"))
+    item.state = 7  # proto3 keeps enum values it does not know
+    container = api.Container(id="c", metadata=api.ContainerMetadata(name="main"))
+    container.state = 9
+    found = sandbox_from(item, SandboxFacts(), [container_from(container, "/l")], "runc")
+    assert (found.state, found.handler, found.containers[0].state) == ("UNKNOWN_7", "runc", "UNKNOWN_9")
+
+
 def test_a_new_socket_from_the_policy_gets_a_new_channel(short_tmp):
     first = CriStandIn(short_tmp / "a.sock", [fake(1, short_tmp)])
     second = CriStandIn(short_tmp / "b.sock", [fake(2, short_tmp), fake(3, short_tmp)])
