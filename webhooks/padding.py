@@ -33,8 +33,8 @@ from typing import Any, Mapping
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
 from sandgate.core.jsonshape import list_at, object_at
-from sandgate.core.podrequests import (is_pod_level_resource, is_sidecar,
-                                       pod_level_requests, pod_requests, resource_list)
+from sandgate.core.podrequests import (combine, is_pod_level_resource, is_sidecar,
+                                       pod_requests, resource_list)
 from sandgate.core.policy import Profile
 from webhooks.routing import pod_annotations
 
@@ -115,12 +115,19 @@ class PaddingRecord:
 
 
 def required_padding(spec: Mapping[str, Any], profile: Profile, mode: Mode) -> dict[str, Decimal]:
-    """How much each resource must be padded for `profile` in `mode`, for an unpadded pod `spec`.
+    """How much each resource must be padded for `profile` in `mode`, for an unpadded pod `spec`."""
+    return _required(pod_requests(spec, include_overhead=False), resource_list(spec.get("overhead"), "spec.overhead"),
+                     profile, mode)
+
+
+def _required(requests: Mapping[str, Decimal], accounted: Mapping[str, Decimal], profile: Profile,
+              mode: Mode) -> dict[str, Decimal]:
+    """The padding for a pod whose effective requests (without overhead) are `requests`.
 
     RuntimeClass mode: the API server sets spec.overhead to podFixed, so only the memory the
     request-dependent rule adds beyond podFixed is padded. Legacy mode: the whole overhead, less
-    any spec.overhead the pod already carries (the API server accounted for that part). Amounts
-    are rounded up to whole units and only positive ones are returned.
+    the spec.overhead the pod already carries (`accounted`: the API server accounted for that part).
+    Amounts are rounded up to whole units and only positive ones are returned.
     """
     overhead = profile.overhead
     if overhead is None:
@@ -130,14 +137,13 @@ def required_padding(spec: Mapping[str, Any], profile: Profile, mode: Mode) -> d
                  or overhead.memory_max is not None)
     memory_total = None
     if dependent:
-        memory_total = overhead.memory_total(pod_requests(spec, include_overhead=False).get("memory", Decimal(0)))
+        memory_total = overhead.memory_total(requests.get("memory", Decimal(0)))
     if mode is Mode.APISERVER_MERGES:
         wanted = {} if memory_total is None else {"memory": memory_total - fixed.get("memory", Decimal(0))}
     else:
         wanted = dict(fixed)
         if memory_total is not None:
             wanted["memory"] = memory_total
-        accounted = resource_list(spec.get("overhead"), "spec.overhead")
         for resource in wanted:
             wanted[resource] -= accounted.get(resource, Decimal(0))
     return {resource: round_up(resource, amount) for resource, amount in wanted.items() if amount > 0}
@@ -198,8 +204,12 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
                     base_limits[resource] = limits[resource] - amount
         unpadded[kind, i] = (base_requests, base_limits)
 
-    amounts = required_padding(_with_requests(spec, unpadded), profile, mode)
-    pod_level = pod_level_requests(_with_requests(spec, unpadded)) if amounts else {}
+    containers = [unpadded[kind, i][0] for kind, i, _, _ in places if kind == "containers"]
+    inits = [(unpadded[kind, i][0], is_sidecar(spec[kind][i])) for kind, i, _, _ in places if kind != "containers"]
+    before = combine(containers, inits)
+    pod_level = {r: v for r, v in unpadded[POD, 0][0].items() if is_pod_level_resource(r)}
+    before.update(pod_level)  # what the scheduler sums without any padding (podrequests.pod_requests)
+    amounts = _required(before, resource_list(spec.get("overhead"), "spec.overhead"), profile, mode)
     targets: dict[tuple[str, int], dict[str, Decimal]] = {}
     for resource, amount in amounts.items():
         if resource in pod_level and is_pod_level_resource(resource):
@@ -232,25 +242,7 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
         return PaddingPlan(edits, None, None)
     padded_kinds = {kind: tuple(str(name) for k, i, name, _ in places if (k, i) in targets and k == kind)
                     for kind in ("containers", "initContainers")}
-    before = pod_requests(_with_requests(spec, unpadded), include_overhead=False)
     basis = {r: before.get(r, Decimal(0)) for r in amounts}
     record = PaddingRecord(amounts, basis, padded_kinds["containers"], padded_kinds["initContainers"],
                            tuple(sorted(r for r in amounts if (POD, 0) in targets and r in targets[POD, 0])))
     return PaddingPlan(edits, record, record.to_annotation())
-
-
-def _with_requests(spec: Mapping[str, Any], values: Mapping[tuple[str, int], tuple[dict, dict]]) -> dict:
-    """A shallow copy of `spec` whose requests (of containers, init containers, pod level) are `values`."""
-    def holder(original: Mapping[str, Any], requests: Mapping[str, Decimal]) -> dict:
-        resources = dict(object_at(original.get("resources"), "resources"))
-        resources["requests"] = {r: format(v, "f") for r, v in requests.items()}
-        return {**original, "resources": resources}
-
-    out = dict(spec)
-    for kind in ("containers", "initContainers"):
-        if kind in spec:
-            out[kind] = [holder(c, values[kind, i][0]) for i, c in enumerate(list_at(spec[kind], f"spec.{kind}"))]
-    if spec.get("resources") is not None:
-        out = holder(out, values[POD, 0][0])
-    return out
-
