@@ -64,6 +64,10 @@ def format_quantity(resource: str, value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+class PaddingError(ValueError):
+    """The padding the pod needs cannot be written without changing what the pod asked for; names the field."""
+
+
 @dataclass(frozen=True)
 class PaddingRecord:
     """What the annotation says: `amounts` added at each place, the `basis` they were computed from."""
@@ -180,7 +184,8 @@ def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal]
 def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> PaddingPlan:
     """What to write so that the pod carries exactly the padding it needs, whatever it carries now.
 
-    Raises QuantityError or ShapeError naming the field when a value it must read is invalid.
+    Raises QuantityError or ShapeError naming the field when a value it must read is invalid, and
+    PaddingError when the padding cannot be expressed.
     """
     spec = object_at(pod.get("spec"), "spec")
     previous = PaddingRecord.from_annotation(pod_annotations(pod).get(keys.PADDING_ANNOTATION))
@@ -215,6 +220,16 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
         if resource in pod_level and is_pod_level_resource(resource):
             targets.setdefault((POD, 0), {})[resource] = amount
             continue
+        pod_limit = unpadded[POD, 0][1].get(resource)
+        if pod_limit is not None and is_pod_level_resource(resource) and before.get(resource, 0) + amount > pod_limit:
+            # The containers' sum may not exceed a pod-level limit; raising the limit unasked would change
+            # what the pod may use, and padding less would under-reserve: refuse, saying what to set.
+            raise PaddingError(
+                f"spec.resources.limits.{resource}: the sandbox overhead padding of {format_quantity(resource, amount)} "
+                f"would take the containers' {resource} requests to "
+                f"{format_quantity(resource, before.get(resource, Decimal(0)) + amount)}, above this pod-level "
+                f"limit of {format_quantity(resource, pod_limit)}; set spec.resources.requests.{resource} "
+                f"(sandgate then pads the pod-level request and limit) or raise the limit")
         for kind, i, _name, _path in places:
             if kind == "containers" and i == 0 or kind == "initContainers" and not is_sidecar(spec[kind][i]):
                 targets.setdefault((kind, i), {})[resource] = amount

@@ -18,7 +18,9 @@ from webhooks.padding import PaddingRecord, format_quantity, required_padding, r
 
 from sandgate.core.policy import load_policy
 from support import EXAMPLE_POLICY
-from webhook_cases import fixture_request
+from webhook_cases import fixture_request, pod_request
+from webhooks.mutating import admit
+from webhooks.review import NamespaceFacts
 
 MI = 1024 * 1024
 SLOT = keys.sandbox_resource("runv")
@@ -257,6 +259,22 @@ def test_pod_level_cpu_only_leaves_memory_padding_on_the_containers(policy):
     after, _ = pad(p, runv, Mode.APISERVER_MERGES)
     assert after["spec"]["resources"] == {"requests": {"cpu": "2"}}
     assert after["spec"]["containers"][0]["resources"]["requests"]["memory"] == "142Mi"
+
+
+def test_a_pod_level_limit_the_padded_containers_would_exceed_is_refused_not_under_reserved(policy):
+    runv = policy.profiles["runv"]
+    p = pod([ctr("a", {"memory": "1Gi"})], resources={"limits": {"memory": "1Gi"}})
+    req = pod_request(p)
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(path_profile="runv"))
+    assert (verdict.allowed, verdict.reason, verdict.patch) == (False, "padding-not-expressible", [])
+    assert verdict.message == (
+        "spec.resources.limits.memory: the sandbox overhead padding of 21474837 would take the containers' memory "
+        "requests to 1095216661, above this pod-level limit of 1024Mi; set spec.resources.requests.memory (sandgate "
+        "then pads the pod-level request and limit) or raise the limit")
+    roomy = pod([ctr("a", {"memory": "1Gi"})], resources={"limits": {"memory": "2Gi"}})
+    after, _ = pad(roomy, runv, Mode.APISERVER_MERGES)
+    assert after["spec"]["resources"] == {"limits": {"memory": "2Gi"}}
+    assert effective(after, "memory") == 1024 * MI + 21474837
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
