@@ -36,6 +36,7 @@ from sandgate.core.jsonshape import list_at, object_at
 from sandgate.core.podrequests import (combine, is_pod_level_resource, is_sidecar,
                                        pod_requests, resource_list)
 from sandgate.core.policy import Profile
+from sandgate.core.quantity import QuantityError
 from webhooks.routing import pod_annotations
 
 _MI = Decimal(1024 * 1024)
@@ -55,7 +56,11 @@ def format_quantity(resource: str, value: Decimal) -> str:
     """`value` exactly, in Kubernetes form: cpu in millicores, the rest in Mi when exact, else in units.
 
     Exact (never rounded) so that taking a recorded amount back out restores the pod's own value.
+    A value beyond what Kubernetes counts (only ever shown in a message) keeps its exponent form:
+    turning "1e999990" into digits would take the worker for seconds.
     """
+    if value.is_finite() and value.adjusted() > 18:
+        return str(value)
     if resource == "cpu" and (value * 1000) == (value * 1000).to_integral_value():
         return f"{int(value * 1000)}m"
     if value == value.to_integral_value():
@@ -175,10 +180,28 @@ class PaddingPlan:
         return dict(self.record.amounts) if self.record else {}
 
 
+# The scheduler and kubelet count quantities in int64 (cpu in millicores): more can never be placed.
+_MAX_UNITS = {"cpu": Decimal(2**63 - 1) / 1000}
+_MAX_OTHER = Decimal(2**63 - 1)
+
+
 def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """The requests and limits of `holder`; QuantityError for a value no node can ever hold.
+
+    The API server accepts `memory: 1e999990`; padding arithmetic on it would be meaningless (and
+    writing it out as digits slow), and such a pod cannot be scheduled anyway: refuse it by name.
+    """
     resources = object_at(holder.get("resources"), f"{path}.resources")
-    return (resource_list(resources.get("requests"), f"{path}.resources.requests"),
-            resource_list(resources.get("limits"), f"{path}.resources.limits"))
+    out = []
+    for name in ("requests", "limits"):
+        values = resource_list(resources.get(name), f"{path}.resources.{name}")
+        for resource, value in values.items():
+            if not value.is_finite() or abs(value) > _MAX_UNITS.get(resource, _MAX_OTHER):
+                raise QuantityError(f"{path}.resources.{name}.{resource}: {format_quantity(resource, value)} is more "
+                                    f"than Kubernetes can count (int64 {'millicores' if resource == 'cpu' else 'units'}); "
+                                    f"no node can run this pod")
+        out.append(values)
+    return out[0], out[1]
 
 
 def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> PaddingPlan:

@@ -293,6 +293,17 @@ def test_invalid_request_quantities_name_the_field(policy, where, field):
     assert str(info.value).startswith(f"{field}: invalid quantity ")
 
 
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("quantity, shown", [("1e999990", "1E+999990"), ("8Ei", "8796093022208Mi")])
+def test_a_quantity_no_node_can_hold_is_refused_at_once_naming_the_field(policy, mode, quantity, shown):
+    """The API server accepts memory: 1e999990; written out as digits it would stall the worker."""
+    p = pod([ctr("a", {"cpu": "1"}), ctr("b", {"memory": quantity})])
+    verdict = admit(pod_request(p), policy, mode, NamespaceFacts(path_profile="runv"))
+    assert (verdict.allowed, verdict.code, verdict.reason) == (False, 400, "invalid-pod")
+    assert verdict.message == (f"spec.containers[1].resources.requests.memory: {shown} is more than Kubernetes can "
+                               f"count (int64 units); no node can run this pod")
+
+
 def test_invalid_limit_quantity_names_the_field(policy):
     with pytest.raises(QuantityError) as info:
         mutation_patch(pod([ctr("a", {"cpu": "1"}, {"cpu": "fast"})]), policy.profiles["runv"], Mode.WEBHOOK_MERGES)
