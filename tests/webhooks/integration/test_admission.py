@@ -234,3 +234,14 @@ def test_a_routed_pod_without_its_sandbox_slot_is_refused(modern, version):
     del after["spec"]["containers"][0]["resources"]["limits"]
     response = answer(modern, "/validate/runv", with_object(doc, after))
     assert response["allowed"] is False and "exactly one sandbox slot" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/mutate/runv", "/validate/runv"])
+def test_an_absurd_quantity_the_api_server_accepts_gets_a_clear_denial_not_an_internal_error(modern, path):
+    doc = review("01-create-bare-pod")
+    doc["request"]["object"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = "1e999990"
+    doc["request"]["object"]["spec"]["runtimeClassName"] = "runv"
+    response = answer(modern, path, doc)
+    assert response["allowed"] is False and response["status"]["code"] in (400, 403)
+    assert response["status"]["message"].startswith("spec.containers[0].resources.")
+    assert "internal error" not in response["status"]["message"]
