@@ -205,12 +205,12 @@ def run_agent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     publisher = None
     if not offline:
-        from sandgate.core.kube import KubeConfigError, load_api_client
+        from sandgate.core.rawapi import RawApi, RawApiConfigError, load_configuration
         from node_agent.publish import Publisher, Retry
 
         try:
-            api = load_api_client(args.kubeconfig)
-        except KubeConfigError as exc:
+            api = RawApi(load_configuration(args.kubeconfig))
+        except RawApiConfigError as exc:
             print(f"sandgate agent: {exc}", file=sys.stderr)
             return 2
         publisher = Publisher(api, args.node_name, Retry(attempts=args.api_attempts, stop=stop))
