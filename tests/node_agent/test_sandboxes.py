@@ -329,10 +329,10 @@ def test_requests_are_read_once_per_pod_uid_and_only_for_pods_with_an_overhead(s
 
 def test_publisher_reads_a_pod_or_none(fake_api, tmp_path):
     from node_agent.publish import Publisher, Retry
-    from sandgate.core.kube import load_api_client
+    from sandgate.core.rawapi import RawApi, load_configuration
 
     fake_api.pods["/api/v1/namespaces/team-a/pods/web-1"] = {"metadata": {"name": "web-1", "uid": "u1"}}
-    publisher = Publisher(load_api_client(str(fake_api.kubeconfig(tmp_path))), "n1", Retry(attempts=1))
+    publisher = Publisher(RawApi(load_configuration(str(fake_api.kubeconfig(tmp_path)))), "n1", Retry(attempts=1))
     assert publisher.read_pod("team-a", "web-1")["metadata"]["uid"] == "u1"
     assert publisher.read_pod("team-a", "gone") is None
 
