@@ -116,3 +116,22 @@ def test_profile_named_resolves_label_and_annotation_values():
     assert policy.profile_named("none") is None
     assert policy.profile_named("kata") is None
     assert policy.profile_named(None) is None
+
+
+def test_forbid_defaults_to_every_host_feature_and_an_explicit_empty_list_allows_them():
+    from sandgate.core.policy.model import FORBIDDABLE
+    doc = example_doc()
+    del doc["profiles"]["gvisor"]["forbid"]
+    doc["profiles"]["runv"]["forbid"] = []
+    policy = parse_policy(doc)
+    assert policy.profiles["gvisor"].forbid == set(FORBIDDABLE)
+    assert policy.profiles["runv"].forbid == set()
+
+
+def test_every_shipped_profile_forbids_all_six_host_features():
+    from sandgate.core.policy.model import FORBIDDABLE
+    from support import REPO
+    for path in ("manifests/base/policy.yaml", "manifests/overlays/legacy/policy.yaml", "examples/policy.yaml"):
+        policy = load_policy(REPO / path)
+        for profile in policy.profiles.values():
+            assert profile.forbid == set(FORBIDDABLE), (path, profile.name)

@@ -149,14 +149,14 @@ def demo_policy_document(cluster_version: str) -> dict[str, Any]:
                 "nodeSelector": {RUNV_NODE_LABEL[0]: RUNV_NODE_LABEL[1]},
                 "tolerations": [{"key": RUNV_TAINT_KEY, "operator": "Equal", "value": "runv",
                                  "effect": "NoSchedule"}],
-                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged"],
+                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort"],
                 "edgeTolerationSeconds": 86400,
             },
             "gvisor": {
                 "runtimeClassName": "gvisor",
                 "handler": GVISOR_HANDLER,
                 "nodeSelector": {GVISOR_NODE_LABEL[0]: GVISOR_NODE_LABEL[1]},
-                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged"],
+                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort"],
             },
         },
     }

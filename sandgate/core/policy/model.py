@@ -103,7 +103,7 @@ class Profile:
     overhead: Overhead | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
-    forbid: frozenset[str] = frozenset()
+    forbid: frozenset[str] = frozenset(FORBIDDABLE)
     edge_toleration_seconds: int | None = None
     # Node-side facts for the agent: containerd runtime_type to configure, its options, an extra probe.
     runtime_type: str | None = None

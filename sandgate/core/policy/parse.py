@@ -220,7 +220,9 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
         tol = _parse_toleration(t, f"{path}.tolerations[{i}]", errs)
         if tol:
             tolerations.append(tol)
-    forbid = _string_list(d.get("forbid"), f"{path}.forbid", errs)
+    # Omitted means every host feature: each one reaches around the sandbox (Kata shares a hostPath
+    # into the VM, gVisor's gofer serves it), so a profile must say `forbid: []` to allow them.
+    forbid = FORBIDDABLE if d.get("forbid") is None else _string_list(d.get("forbid"), f"{path}.forbid", errs)
     for i, item in enumerate(forbid):
         if item not in FORBIDDABLE:
             errs.add(f"{path}.forbid[{i}]", f'unknown feature "{item}" (known: {", ".join(FORBIDDABLE)})')
