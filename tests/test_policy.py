@@ -26,7 +26,7 @@ def test_documented_example_loads_with_every_field():
     assert policy.cluster_version is None
     assert policy.default_profile == "runv"
     assert policy.allow_pod_opt_in is True
-    assert policy.exempt_namespaces == {"kube-system", "sandgate-system"}
+    assert policy.exempt_namespaces == {"kube-system", "sandgate-system", "sandgate-agent"}
     runv = policy.profiles["runv"]
     assert runv.handler == "runv"
     assert runv.overhead.pod_fixed == {"cpu": "100m", "memory": "50Mi"}
@@ -135,3 +135,20 @@ def test_every_shipped_profile_forbids_all_six_host_features():
         policy = load_policy(REPO / path)
         for profile in policy.profiles.values():
             assert profile.forbid == set(FORBIDDABLE), (path, profile.name)
+
+
+def test_security_switches_parse_with_safe_defaults():
+    policy = load_policy(EXAMPLE_POLICY)
+    assert (policy.unlabelled_namespaces, policy.allow_profile_override) == ("trusted", False)
+    assert policy.namespace_admin_groups == ("system:masters", "sandgate.io:namespace-admins")
+    assert policy.scheduling.allowed_scheduler_names == {"default-scheduler"}
+    assert policy.agent.namespace == "sandgate-agent"
+    doc = example_doc()
+    doc.update(unlabelledNamespaces="sandboxed", allowProfileOverride=True, namespaceAdminGroups=["platform"])
+    doc["scheduling"] = {"allowedSchedulerNames": ["default-scheduler", "edge"]}
+    policy = parse_policy(doc)
+    assert (policy.unlabelled_namespaces, policy.allow_profile_override) == ("sandboxed", True)
+    assert policy.namespace_admin_groups == ("platform",)
+    assert policy.scheduling.allowed_scheduler_names == {"default-scheduler", "edge"}
+    doc["unlabelledNamespaces"] = "open"
+    assert errors_of(doc) == ['unlabelledNamespaces: must be one of trusted, sandboxed, got "open"']

@@ -225,7 +225,7 @@ def builtin() -> Scenario:
         DemoPod("web", "tenant-a", "pod in a sandboxed namespace gets the default profile"),
         DemoPod("worker", "tenant-a", "larger pod: the request-dependent overhead shows as padding",
                 cpu="500m", memory="2Gi"),
-        DemoPod("headless-browser", "tenant-a", "annotation picks another profile inside a sandboxed namespace",
+        DemoPod("headless-browser", "tenant-a", "annotation asks for another profile: refused, the namespace's profile is locked",
                 annotations={ann: "gvisor"}),
         DemoPod("debug-shell", "tenant-a", "privileged container in a sandboxed namespace",
                 image="busybox:1.36", privileged=True),

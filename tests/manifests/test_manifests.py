@@ -70,7 +70,9 @@ def one(docs: list[dict], kind: str, name: str) -> dict:
 
 def policy_of(docs: list[dict]):
     cms = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("sandgate-policy")]
-    assert len(cms) == 1
+    # One copy for the webhook and extender, one for the agent in its own namespace: the same policy.
+    assert sorted(c["metadata"]["namespace"] for c in cms) == ["sandgate-agent", "sandgate-system"]
+    assert cms[0]["data"] == cms[1]["data"]
     return parse_policy(yaml.safe_load(cms[0]["data"]["policy.yaml"]), "ConfigMap sandgate-policy")
 
 
@@ -231,11 +233,24 @@ def test_webhook_entries_match_the_policy(rendered):
             assert not by_key, f"{path}: unexpected selector keys {sorted(by_key)}"
 
 
-def test_sandgate_namespace_is_kept_out_of_the_opt_in_entry(rendered):
+@pytest.mark.parametrize("name, level", [("sandgate-system", "restricted"), ("sandgate-agent", "privileged")])
+def test_sandgate_namespaces_are_kept_out_of_the_opt_in_entry_and_carry_psa_labels(rendered, name, level):
     _, docs = rendered
-    ns = one(docs, "Namespace", "sandgate-system")
+    ns = one(docs, "Namespace", name)
     assert keys.IGNORE_NAMESPACE_LABEL in ns["metadata"]["labels"]
     assert policy_of(docs).namespace_label not in ns["metadata"]["labels"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == level
+    assert name in policy_of(docs).exempt_namespaces
+
+
+def test_the_agent_lives_alone_in_its_namespace(rendered):
+    _, docs = rendered
+    ns = policy_of(docs).agent.namespace
+    assert ns == keys.DEFAULT_AGENT_NAMESPACE
+    kinds = sorted(d["kind"] for d in docs if d["metadata"].get("namespace") == ns)
+    # No Secret, no Service, no other workload: the agent's token can reach only its own Leases there.
+    assert kinds == ["ConfigMap", "DaemonSet", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount"]
+    assert one(docs, "DaemonSet", "sandgate-agent")["metadata"]["namespace"] == ns
 
 
 def test_runtimeclasses_equal_the_policy_profiles(rendered):
@@ -363,8 +378,12 @@ def test_rbac_is_least_privilege(rendered):
     ext = _rules(docs, "ClusterRole", "sandgate-extender")
     assert {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]} in ext
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in ext if r["resources"] != ["pods/binding"])
+    heartbeats = one(docs, "Role", "sandgate-extender-heartbeats")
+    assert heartbeats["metadata"]["namespace"] == ns
+    assert heartbeats["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "list", "watch"]}]
     ext_role = one(docs, "Role", "sandgate-extender")
-    assert ext_role["metadata"]["namespace"] == ns
+    assert ext_role["metadata"]["namespace"] == "sandgate-system" != ns
     from scheduler_ext.server import LEADER_LEASE
     assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEADER_LEASE],
             "verbs": ["update"]} in ext_role["rules"]
@@ -373,8 +392,11 @@ def test_rbac_is_least_privilege(rendered):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], d["metadata"]["name"]
     for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
         for subject in binding["subjects"]:
-            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "sandgate-system"
-            one(docs, "ServiceAccount", subject["name"])
+            assert subject["kind"] == "ServiceAccount"
+            sa = one(docs, "ServiceAccount", subject["name"])
+            assert subject["namespace"] == sa["metadata"]["namespace"]
+            assert sa["metadata"]["namespace"] == (ns if subject["name"] == keys.AGENT_SERVICE_ACCOUNT
+                                                   else "sandgate-system")
 
 
 def test_scheduler_configs_point_at_the_extender_service():

@@ -20,6 +20,8 @@ FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "h
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 STRATEGIES = ("spread", "binpack")
+# What a namespace without the isolation label means (policy key unlabelledNamespaces).
+UNLABELLED_MODES = ("trusted", "sandboxed")
 # Values of the namespace label / pod annotation with a fixed meaning; no profile may take them.
 RESERVED_PROFILE_NAMES = (keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)
 
@@ -115,7 +117,9 @@ class Profile:
 class AgentSettings:
     """Settings of the node agent (policy key `agent`)."""
 
-    namespace: str = "sandgate-system"
+    # A namespace of its own: the agent's token (on every node) can then write only its heartbeat
+    # Leases, never the extender's objects or the TLS Secrets in sandgate-system.
+    namespace: str = keys.DEFAULT_AGENT_NAMESPACE
     lease_duration_seconds: int = 90
     max_sandboxes: int = 110
     reserved_memory: Decimal = parse_quantity("512Mi")
@@ -131,6 +135,8 @@ class SchedulingSettings:
     strategy: str = "spread"
     prefer_non_sandbox_nodes: bool = True
     reservation_timeout_seconds: int = 30
+    # spec.schedulerName values a routed pod may carry: any other scheduler would skip the extender.
+    allowed_scheduler_names: frozenset[str] = frozenset({"default-scheduler"})
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,12 @@ class Policy:
     agent: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     source: str = "policy"
+    # "sandboxed": a namespace without the isolation label routes to defaultProfile (secure by default).
+    unlabelled_namespaces: str = "trusted"
+    # False: in a labelled namespace a pod cannot pick another profile than the namespace's.
+    allow_profile_override: bool = False
+    # Groups allowed to set, change or remove the isolation and ignore namespace labels.
+    namespace_admin_groups: tuple[str, ...] = keys.DEFAULT_NAMESPACE_ADMIN_GROUPS
 
     def profile_for_runtime_class(self, runtime_class_name: str | None) -> Profile | None:
         """The profile whose runtimeClassName is `runtime_class_name`, if any."""

@@ -15,7 +15,8 @@ from kubernetes.utils import parse_quantity
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.policy.model import (API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
-                                        TAINT_EFFECTS, TOLERATION_OPERATORS, DNS_LABEL, DNS_SUBDOMAIN,
+                                        TAINT_EFFECTS, TOLERATION_OPERATORS, UNLABELLED_MODES, DNS_LABEL,
+                                        DNS_SUBDOMAIN,
                                         QUALIFIED_NAME, AgentSettings, Overhead, Policy, PolicyError, Profile,
                                         SchedulingSettings, Toleration)
 
@@ -269,7 +270,8 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
 
 
 def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
-    d = _mapping(doc, "scheduling", errs, ("strategy", "preferNonSandboxNodes", "reservationTimeoutSeconds"))
+    d = _mapping(doc, "scheduling", errs, ("strategy", "preferNonSandboxNodes", "reservationTimeoutSeconds",
+                                           "allowedSchedulerNames"))
     base = SchedulingSettings()
     strategy = _string(d.get("strategy"), "scheduling.strategy", errs, base.strategy)
     if strategy not in STRATEGIES:
@@ -281,11 +283,15 @@ def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
                                        base.prefer_non_sandbox_nodes),
         reservation_timeout_seconds=_int(d.get("reservationTimeoutSeconds"), "scheduling.reservationTimeoutSeconds",
                                          errs, base.reservation_timeout_seconds, minimum=1),
+        allowed_scheduler_names=(frozenset(_string_list(d["allowedSchedulerNames"], "scheduling.allowedSchedulerNames",
+                                                        errs))
+                                 if d.get("allowedSchedulerNames") is not None else base.allowed_scheduler_names),
     )
 
 
 _TOP_KEYS = ("apiVersion", "kind", "clusterVersion", "podOverhead", "namespaceLabel", "podAnnotation",
-             "defaultProfile", "allowPodOptIn", "exemptNamespaces", "profiles", "agent", "scheduling")
+             "defaultProfile", "allowPodOptIn", "exemptNamespaces", "profiles", "agent", "scheduling",
+             "unlabelledNamespaces", "allowProfileOverride", "namespaceAdminGroups")
 
 
 def parse_policy(doc: Any, source: str = "policy") -> Policy:
@@ -326,6 +332,11 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
     elif default not in raw_profiles:
         errs.add("defaultProfile", f'unknown profile "{default}" (profiles: {", ".join(map(str, raw_profiles))})')
     exempt = _string_list(doc.get("exemptNamespaces"), "exemptNamespaces", errs)
+    unlabelled = _string(doc.get("unlabelledNamespaces"), "unlabelledNamespaces", errs, "trusted")
+    if unlabelled not in UNLABELLED_MODES:
+        errs.add("unlabelledNamespaces", f'must be one of {", ".join(UNLABELLED_MODES)}, got "{unlabelled}"')
+    admin_groups = (_string_list(doc["namespaceAdminGroups"], "namespaceAdminGroups", errs)
+                    if doc.get("namespaceAdminGroups") is not None else keys.DEFAULT_NAMESPACE_ADMIN_GROUPS)
     policy = Policy(
         cluster_version=version,
         pod_overhead=pod_overhead,
@@ -338,6 +349,9 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
         agent=_parse_agent(doc.get("agent"), errs),
         scheduling=_parse_scheduling(doc.get("scheduling"), errs),
         source=source,
+        unlabelled_namespaces=unlabelled if unlabelled in UNLABELLED_MODES else "trusted",
+        allow_profile_override=_bool(doc.get("allowProfileOverride"), "allowProfileOverride", errs, False),
+        namespace_admin_groups=admin_groups,
     )
     if errs.items:
         raise PolicyError(errs.items, source)

@@ -48,8 +48,12 @@ def test_runtime_class_changed_after_mutation_is_refused(policy):
     assert verdict.message.startswith('spec.runtimeClassName: "runc" does not match sandbox profile "runv"')
 
 
-def test_another_profiles_runtime_class_is_accepted_as_the_users_choice(policy):
-    verdict = validate(fixture_request("v1beta1-03b-create-runtimeclass-gvisor"), policy, Mode.APISERVER_MERGES, SANDBOXED)
+def test_another_profiles_runtime_class_is_accepted_as_the_users_choice_only_when_the_policy_allows(policy):
+    req = fixture_request("v1beta1-03b-create-runtimeclass-gvisor")
+    verdict = validate(req, policy, Mode.APISERVER_MERGES, SANDBOXED)
+    assert (verdict.allowed, verdict.reason) == (False, "profile-locked")
+    open_policy = replace(policy, allow_profile_override=True)
+    verdict = validate(req, open_policy, Mode.APISERVER_MERGES, SANDBOXED)
     assert (verdict.allowed, verdict.profile) == (True, "gvisor")
 
 
