@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.core.policy import Policy, PolicyStore
-from webhooks import wire
+from webhooks import guards, wire
 from webhooks.metrics import Metrics
 from webhooks.model import AdmissionRequest, Routing, Verdict
 from webhooks.mutating import admit
@@ -53,6 +53,7 @@ class WebhookState:
     namespaces_off: str = "disabled"
     tls: ReloadingContext | None = None
     lookup_wait: float = 1.0
+    pod_nodes: guards.PodNodes | None = None
 
     def mode(self, policy: Policy) -> Mode:
         """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
@@ -152,6 +153,46 @@ def create_app(state: WebhookState) -> Flask:
             facts["namespace_labels"] = unknown
         log.log(logging.WARNING if unknown and not verdict.allowed else logging.INFO, "admission", extra=facts)
         return _json(answer)
+
+    def guard(kind: str) -> Response:
+        """/guard/agent and /guard/namespaces: the rules RBAC cannot express (webhooks.guards)."""
+        started = time.perf_counter()
+        endpoint = f"guard-{kind}"
+        try:
+            wire.check_content_type(request.headers.get("Content-Type"))
+            req = wire.parse_review(_read_body())
+        except wire.WireError as exc:
+            state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
+            return _json({"error": exc.reason}, 400)
+        policy = state.policies.current
+        try:
+            if kind == "namespaces":
+                verdict = guards.guard_namespace(req, policy)
+            elif not guards.is_agent(req.user, policy):
+                verdict = guards.guard_agent(req, policy, None)
+            else:
+                try:
+                    node = guards.agent_node(req.user, policy, state.pod_nodes)
+                except guards.PodNodeUnknown as exc:
+                    verdict = Verdict(allowed=False, code=503, reason="agent-node-lookup",
+                                      message=f"cannot tell which node the sandgate agent's request comes from: {exc}")
+                else:
+                    verdict = guards.guard_agent(req, policy, node)
+        except Exception:  # a bug must not let a guarded write through
+            log.exception("guard failed; denying the request", extra={"uid": req.uid, "endpoint": request.path})
+            verdict = _internal_error(req.uid)
+        elapsed = time.perf_counter() - started
+        outcome = "allowed" if verdict.allowed else "denied"
+        state.metrics.observe(endpoint, outcome, verdict.reason, None, elapsed)
+        facts = {"uid": req.uid, "kind": req.kind, "namespace": req.namespace, "name": req.name,
+                 "operation": req.operation, "user": req.user.username, "endpoint": request.path,
+                 "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3)}
+        if not verdict.allowed:
+            facts["denial"] = verdict.message
+        log.log(logging.WARNING if not verdict.allowed else logging.INFO, "guard", extra=facts)
+        return _json(wire.review_response(req.api_version, req.uid, verdict))
+
+    app.add_url_rule("/guard/<any(agent, namespaces):kind>", "guard", guard, methods=["POST"])
 
     # /mutate, /validate (namespace labels from the cache) and /mutate/<profile>, /validate/<profile>.
     endpoint = f"<any({', '.join(DECIDERS)}):endpoint>"

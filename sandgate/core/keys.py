@@ -40,6 +40,8 @@ DEFAULT_NAMESPACE_ADMIN_GROUPS = ("system:masters", f"{DOMAIN}:namespace-admins"
 EXTRA_NODE_NAME = "authentication.kubernetes.io/node-name"
 EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
 EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
+# Namespace label (any value) that sends Lease writes in the namespace to the webhook's heartbeat guard.
+AGENT_NAMESPACE_LABEL = f"{DOMAIN}/agent-namespace"
 # Prefix of every Node label/annotation key the agent may write.
 AGENT_KEY_PREFIX = f"{DOMAIN}/"
 

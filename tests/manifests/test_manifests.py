@@ -34,6 +34,7 @@ LEGACY_VERSIONS = ["1.14", "1.15"]
 INSTALLS = {
     "install/modern": ("modern", MODERN_VERSIONS),
     "install/modern-cert-manager": ("modern", MODERN_VERSIONS),
+    "install/modern-1.30": ("modern", ["1.30", NEWEST]),
     "install/legacy": ("legacy", LEGACY_VERSIONS),
     "overlays/modern": ("modern", MODERN_VERSIONS),
     "overlays/legacy": ("legacy", LEGACY_VERSIONS),
