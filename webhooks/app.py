@@ -184,7 +184,7 @@ def create_app(state: WebhookState) -> Flask:
         elapsed = time.perf_counter() - started
         outcome = "allowed" if verdict.allowed else "denied"
         state.metrics.observe(endpoint, outcome, verdict.reason, None, elapsed)
-        facts = {"uid": req.uid, "kind": req.kind, "namespace": req.namespace, "name": req.name,
+        facts = {"uid": req.uid, "kind": req.kind, "namespace": req.namespace, "object": req.name,
                  "operation": req.operation, "user": req.user.username, "endpoint": request.path,
                  "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3)}
         if not verdict.allowed:

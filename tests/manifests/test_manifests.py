@@ -250,7 +250,8 @@ def test_the_agent_lives_alone_in_its_namespace(rendered):
     assert ns == keys.DEFAULT_AGENT_NAMESPACE
     kinds = sorted(d["kind"] for d in docs if d["metadata"].get("namespace") == ns)
     # No Secret, no Service, no other workload: the agent's token can reach only its own Leases there.
-    assert kinds == ["ConfigMap", "DaemonSet", "Role", "Role", "RoleBinding", "RoleBinding", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "DaemonSet", "Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding",
+                     "ServiceAccount"]
     assert one(docs, "DaemonSet", "sandgate-agent")["metadata"]["namespace"] == ns
 
 
@@ -379,6 +380,9 @@ def test_rbac_is_least_privilege(rendered):
     ext = _rules(docs, "ClusterRole", "sandgate-extender")
     assert {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]} in ext
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in ext if r["resources"] != ["pods/binding"])
+    agent_pods = one(docs, "Role", "sandgate-webhook-agent-pods")
+    assert agent_pods["metadata"]["namespace"] == ns
+    assert agent_pods["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     heartbeats = one(docs, "Role", "sandgate-extender-heartbeats")
     assert heartbeats["metadata"]["namespace"] == ns
     assert heartbeats["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
