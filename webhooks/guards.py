@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 from sandgate.core import keys
 from sandgate.core.policy import Policy
-from webhooks.model import AdmissionRequest, UserInfo, Verdict
+from webhooks.review import AdmissionRequest, UserInfo, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from sandgate.core.clusterversion import Mode
 from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError
 from webhooks.forbidden import forbidden_message
-from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.padding import pad_pod
 from webhooks.routing import Decision, Outcome, resolve
 from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations, \
@@ -110,9 +110,9 @@ def _mutate(pod: dict, profile: Profile, mode: Mode) -> dict | None:
     return pad_pod(pod, profile, mode)
 
 
-def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -> Verdict:
+def admit(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFacts) -> Verdict:
     """Decide and build the mutation of one admission request (pure: no I/O, never raises on pod content)."""
-    decision = resolve(req, policy, routing)
+    decision = resolve(req, policy, facts)
     if decision.outcome is not Outcome.ROUTE:
         return unrouted_verdict(decision)
     profile = decision.profile

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
+from sandgate.core.jsonshape import as_list, as_object
 from sandgate.core.policy import Profile
 from sandgate.core.quantity import parse_field
 from webhooks.routing import pod_annotations, pod_spec
@@ -40,12 +41,6 @@ def format_quantity(resource: str, value: Decimal) -> str:
     return str(int(whole))
 
 
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
 
 
 def _is_sidecar(container: Mapping[str, Any]) -> bool:
@@ -53,7 +48,7 @@ def _is_sidecar(container: Mapping[str, Any]) -> bool:
 
 
 def _request(container: Any, kind: str, index: int, resource: str) -> Decimal:
-    requests = _dict(_dict(_dict(container).get("resources")).get("requests"))
+    requests = as_object(as_object(as_object(container).get("resources")).get("requests"))
     if resource not in requests:
         return Decimal(0)
     return parse_field(requests[resource], f"spec.{kind}[{index}].resources.requests.{resource}")
@@ -66,13 +61,13 @@ def effective_request(spec: Mapping[str, Any], resource: str) -> Decimal:
     (sidecars) run together; each regular init container runs alone beside the sidecars started
     before it.
     """
-    app = sum((_request(c, "containers", i, resource) for i, c in enumerate(_list(spec.get("containers")))),
+    app = sum((_request(c, "containers", i, resource) for i, c in enumerate(as_list(spec.get("containers")))),
               Decimal(0))
     sidecars = Decimal(0)
     init_peak = Decimal(0)
-    for i, container in enumerate(_list(spec.get("initContainers"))):
+    for i, container in enumerate(as_list(spec.get("initContainers"))):
         request = _request(container, "initContainers", i, resource)
-        if _is_sidecar(_dict(container)):
+        if _is_sidecar(as_object(container)):
             sidecars += request
             init_peak = max(init_peak, sidecars)
         else:
@@ -101,7 +96,7 @@ def required_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> di
         wanted = dict(fixed)
         if memory_total is not None:
             wanted["memory"] = memory_total
-        accounted = _dict(spec.get("overhead"))
+        accounted = as_object(spec.get("overhead"))
         for resource in wanted:
             if resource in accounted:
                 wanted[resource] -= parse_field(accounted[resource], f"spec.overhead.{resource}")
@@ -115,7 +110,7 @@ def _pad_container(container: dict, amounts: Mapping[str, Decimal], kind: str, i
     requests = resources.get("requests")
     if not isinstance(requests, dict):
         requests = resources["requests"] = {}
-    limits = _dict(resources.get("limits"))
+    limits = as_object(resources.get("limits"))
     for resource, amount in amounts.items():
         base = f"spec.{kind}[{index}].resources"
         current = parse_field(requests[resource], f"{base}.requests.{resource}") if resource in requests else 0
@@ -137,11 +132,11 @@ def pad_pod(pod: dict, profile: Profile, mode: Mode) -> dict[str, Any] | None:
     if not amounts:
         return None
     padded: dict[str, list[str]] = {"containers": [], "initContainers": []}
-    containers = _list(spec.get("containers"))
+    containers = as_list(spec.get("containers"))
     if containers and isinstance(containers[0], dict):
         _pad_container(containers[0], amounts, "containers", 0)
         padded["containers"].append(str(containers[0].get("name", "")))
-    for i, container in enumerate(_list(spec.get("initContainers"))):
+    for i, container in enumerate(as_list(spec.get("initContainers"))):
         # Sidecars run beside the app containers, whose padding already covers them.
         if isinstance(container, dict) and not _is_sidecar(container):
             _pad_container(container, amounts, "initContainers", i)

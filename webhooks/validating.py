@@ -12,18 +12,18 @@ from __future__ import annotations
 from sandgate.core.clusterversion import Mode
 from sandgate.core.policy import Policy
 from webhooks.forbidden import forbidden_message
-from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import audit_annotations, unrouted_verdict
 from webhooks.routing import Outcome, pod_spec, resolve
 
 
-def validate(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -> Verdict:
+def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFacts) -> Verdict:
     """Allow or refuse one admission request; pure, never patches.
 
     `mode` is accepted for symmetry with admit: the guarantee checked (the pod runs in its
     sandbox runtime, without forbidden features) is the same on every cluster version.
     """
-    decision = resolve(req, policy, routing)
+    decision = resolve(req, policy, facts)
     if decision.outcome is not Outcome.ROUTE:
         # Warnings were already given by the mutating webhook; repeating them adds noise.
         return unrouted_verdict(decision) if decision.outcome is Outcome.DENY else \

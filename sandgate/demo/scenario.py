@@ -135,7 +135,7 @@ def demo_policy_document(cluster_version: str) -> dict[str, Any]:
         "podAnnotation": keys.DEFAULT_POD_ANNOTATION,
         "defaultProfile": "runv",
         "allowPodOptIn": True,
-        "exemptNamespaces": ["kube-system", "sandgate-system"],
+        "exemptNamespaces": ["kube-system", "sandgate-agent", "sandgate-system"],
         "profiles": {
             "runv": {
                 "runtimeClassName": "runv",

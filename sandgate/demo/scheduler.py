@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from kubernetes.utils import parse_quantity
 
-from sandgate.demo.wire import JsonClient, WireError
+from sandgate.demo.httpclient import JsonClient, RequestFailed
 
 # As the shipped scheduler configurations (manifests/scheduler/) set the extender up.
 EXTENDER_WEIGHT = 2
@@ -291,7 +291,7 @@ class Scheduler:
             return result
         try:
             chosen = self._extender_cycle(pod, feasible, result)
-        except WireError as exc:
+        except RequestFailed as exc:
             result.error = f"extender call failed: {exc}"
             return result
         except AnswerError as exc:

@@ -18,7 +18,7 @@ from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission, runtime
 from sandgate.demo.scheduler import NodeState, Scheduler, in_tree_filter, least_allocated, pod_request, tolerates
 from sandgate.demo.webhookconfig import (MUTATE, VALIDATE, SelectorError, entries_for_namespace, namespace_labels,
                                          selector_matches, webhook_entries)
-from sandgate.demo.wire import WireError
+from sandgate.demo.httpclient import RequestFailed
 from sandgate.core.policy import load_policy, parse_policy
 from support import EXAMPLE_POLICY, REPO, load_fixture
 
@@ -192,7 +192,7 @@ class FakeWebhook:
     def post(self, path, review):
         self.calls.append((path, review))
         if self.fail:
-            raise WireError("connection refused")
+            raise RequestFailed("connection refused")
         allowed, ops, message = self.answers.pop(0) if self.answers else (True, [], "")
         response = {"uid": review["request"]["uid"], "allowed": allowed}
         if ops:

@@ -9,13 +9,13 @@ import pytest
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from webhooks.model import Routing
+from webhooks.review import NamespaceFacts
 from webhooks.mutating import admit
 from webhooks.scheduling import merge_node_selector, merge_tolerations
 
 from webhook_cases import CASES, FIXTURES, example_doc, fixture_request, policy_from, pod_request, with_object
 
-SANDBOXED = Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "sandboxed"})
+SANDBOXED = NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "sandboxed"})
 RUNTIMECLASS_ONLY = [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}]
 CREATES = [f for f in FIXTURES if "-08" not in f]
 RUNTIME_TOLERATION = {"key": "sandbox.io/runtime", "operator": "Equal", "value": "runv", "effect": "NoSchedule"}
@@ -99,7 +99,7 @@ def test_runtimeclass_mode_sets_only_runtime_class_name(fixed_overhead_policy, v
 
 def test_gvisor_without_overhead_gets_exactly_one_op(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.APISERVER_MERGES, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "gvisor"}))
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "gvisor"}))
     assert verdict.patch == [{"op": "add", "path": "/spec/runtimeClassName", "value": "gvisor"}]
 
 
@@ -255,8 +255,8 @@ def test_dry_run_gets_the_same_decision(policy):
 
 def test_unrouted_pods_get_no_patch_no_warning_no_audit(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    for routing in (Routing(namespace_labels={}), Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)):
-        verdict = admit(req, policy, Mode.WEBHOOK_MERGES, routing)
+    for facts in (NamespaceFacts(namespace_labels={}), NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT)):
+        verdict = admit(req, policy, Mode.WEBHOOK_MERGES, facts)
         assert (verdict.allowed, verdict.patch, verdict.warnings, verdict.audit_annotations, verdict.reason) == (
             True, [], [], {}, "not-routed")
     exempt = admit(replace(req, namespace="kube-system"), policy, Mode.WEBHOOK_MERGES, SANDBOXED)
@@ -271,7 +271,7 @@ def test_updates_are_allowed_unchanged(policy, case):
 
 def test_opt_in_pod_is_routed_with_its_rule(policy):
     req = fixture_request("v1-05a-create-init-limits-special-keys")  # annotated sandgate.io/runtime: runv
-    verdict = admit(req, policy, Mode.APISERVER_MERGES, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT))
     assert verdict.allowed and RUNTIMECLASS_ONLY[0] in verdict.patch
     assert verdict.audit_annotations == {keys.AUDIT_PROFILE: "runv", keys.AUDIT_RULE: "opt-in"}
     padding = json.loads(patched(req.object, verdict)["metadata"]["annotations"][keys.PADDING_ANNOTATION])
@@ -280,7 +280,7 @@ def test_opt_in_pod_is_routed_with_its_rule(policy):
 
 def test_denials_from_routing_carry_no_patch(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "kata"}))
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "kata"}))
     assert (verdict.allowed, verdict.patch, verdict.reason) == (False, [], "invalid-namespace-label")
-    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, Routing())
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, NamespaceFacts())
     assert (verdict.allowed, verdict.code, verdict.reason) == (False, 503, "namespace-routing-unknown")

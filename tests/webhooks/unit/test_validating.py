@@ -8,14 +8,14 @@ import pytest
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from webhooks.model import Routing
+from webhooks.review import NamespaceFacts
 from webhooks.mutating import admit
 from webhooks.validating import validate
 
 from webhook_cases import FIXTURES, example_doc, fixture_request, policy_from, with_object
 
 LABEL = keys.DEFAULT_NAMESPACE_LABEL
-SANDBOXED = Routing(namespace_labels={LABEL: "sandboxed"})
+SANDBOXED = NamespaceFacts(namespace_labels={LABEL: "sandboxed"})
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -68,16 +68,16 @@ def test_forbidden_feature_is_refused_even_in_the_right_runtime(policy):
 
 def test_opted_in_pod_without_its_runtime_is_refused(policy):
     req = fixture_request("v1-05a-create-init-limits-special-keys")  # annotation sandgate.io/runtime: runv
-    verdict = validate(req, policy, Mode.APISERVER_MERGES, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
+    verdict = validate(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT))
     assert (verdict.allowed, verdict.reason) == (False, "runtime-class-mismatch")
     assert verdict.audit_annotations[keys.AUDIT_RULE] == "opt-in"
 
 
 def test_routing_denials_are_the_same_as_admits(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    for routing in (Routing(namespace_labels={LABEL: "kata"}), Routing(), Routing(path_profile="kata")):
-        mutating = admit(req, policy, Mode.WEBHOOK_MERGES, routing)
-        validating = validate(req, policy, Mode.WEBHOOK_MERGES, routing)
+    for facts in (NamespaceFacts(namespace_labels={LABEL: "kata"}), NamespaceFacts(), NamespaceFacts(path_profile="kata")):
+        mutating = admit(req, policy, Mode.WEBHOOK_MERGES, facts)
+        validating = validate(req, policy, Mode.WEBHOOK_MERGES, facts)
         assert not validating.allowed
         assert (validating.message, validating.code, validating.reason) == (
             mutating.message, mutating.code, mutating.reason)
@@ -89,8 +89,8 @@ def test_routing_denials_are_the_same_as_admits(policy):
 
 def test_pods_outside_routing_pass_without_noise(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    for routing in (Routing(namespace_labels={}), Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)):
-        verdict = validate(req, policy, Mode.WEBHOOK_MERGES, routing)
+    for facts in (NamespaceFacts(namespace_labels={}), NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT)):
+        verdict = validate(req, policy, Mode.WEBHOOK_MERGES, facts)
         assert (verdict.allowed, verdict.warnings, verdict.reason) == (True, [], "not-routed")
     assert validate(replace(req, namespace="kube-system"), policy, Mode.WEBHOOK_MERGES, SANDBOXED).reason == "exempt"
     for name in ("v1-08a-update-kubectl-label", "v1beta1-08c-update-dry-run-server"):
@@ -103,7 +103,7 @@ def test_opt_in_disabled_pod_passes_the_guard_silently():
     doc["allowPodOptIn"] = False
     strict = policy_from(doc)
     req = fixture_request("v1-05a-create-init-limits-special-keys")
-    verdict = validate(req, strict, Mode.WEBHOOK_MERGES, Routing(namespace_labels={}))
+    verdict = validate(req, strict, Mode.WEBHOOK_MERGES, NamespaceFacts(namespace_labels={}))
     assert (verdict.allowed, verdict.warnings, verdict.reason) == (True, [], "opt-in-disabled")
 
 

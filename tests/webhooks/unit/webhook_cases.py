@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from sandgate.core.policy import parse_policy
-from webhooks.model import AdmissionRequest
+from webhooks.review import AdmissionRequest
 
 from support import EXAMPLE_POLICY, load_fixture
 
