@@ -155,7 +155,7 @@ def test_each_install_guards_the_agent_and_the_namespace_labels_once(docs):
     vaps = {d["metadata"]["name"] for d in find(rendered, "ValidatingAdmissionPolicy")}
     guards = find(rendered, "ValidatingWebhookConfiguration", "sandgate-guards")
     if target == "install/modern-1.30":
-        assert vaps == {"sandgate-agent-scope", "sandgate-namespace-labels"} and not guards
+        assert vaps == {"sandgate-agent-scope", "sandgate-namespace-labels", "sandgate-certgen-scope"} and not guards
         bindings = {d["spec"]["policyName"]: d for d in find(rendered, "ValidatingAdmissionPolicyBinding")}
         assert set(bindings) == vaps
         assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings.values())
@@ -188,3 +188,37 @@ def test_policies_name_the_same_agent_namespace_groups_and_labels_as_the_policy(
     assert [g.strip(" '") for g in groups.split(",")] == list(policy.namespace_admin_groups)
     guarded = re.search(r"\[(.*?)\]\.all", labels["validations"][0]["expression"]).group(1)
     assert [g.strip(" '") for g in guarded.split(",")] == [policy.namespace_label, keys.IGNORE_NAMESPACE_LABEL]
+
+
+def _certgen_request(new, old, operation="UPDATE", user="system:serviceaccount:sandgate-system:sandgate-certgen"):
+    return {"uid": "u", "operation": operation, "subResource": "", "name": "sandgate", "namespace": "",
+            "kind": {"group": "admissionregistration.k8s.io", "version": "v1", "kind": "ValidatingWebhookConfiguration"},
+            "resource": {"group": "admissionregistration.k8s.io", "version": "v1",
+                         "resource": "validatingwebhookconfigurations"},
+            "userInfo": {"username": user, "groups": ["system:serviceaccounts"]}, "object": new, "oldObject": old}
+
+
+@pytest.mark.parametrize("edit, allowed", [
+    (lambda c: c["webhooks"][0]["clientConfig"].update(caBundle="TkVX"), True),
+    (lambda c: [w["clientConfig"].update(caBundle="TkVX") for w in c["webhooks"]], True),
+    (lambda c: c["webhooks"][0].update(failurePolicy="Ignore"), False),
+    (lambda c: c["webhooks"].pop(), False),
+    (lambda c: c["webhooks"][0]["namespaceSelector"].update(matchLabels={"never": "x"}), False),
+    (lambda c: c["webhooks"][0]["clientConfig"]["service"].update(name="elsewhere"), False),
+    (lambda c: c["metadata"].setdefault("labels", {}).update(x="y"), False),
+])
+def test_certgen_may_change_only_the_ca_bundle(edit, allowed):
+    import copy
+    rendered = render("install/modern-1.30")
+    vap = one(rendered, "ValidatingAdmissionPolicy", "sandgate-certgen-scope")
+    old = one(rendered, "ValidatingWebhookConfiguration", "sandgate")
+    for w in old["webhooks"]:  # as stored: the API server's defaults filled in
+        w.setdefault("matchPolicy", "Equivalent")
+        w.setdefault("objectSelector", {})
+    new = copy.deepcopy(old)
+    edit(new)
+    result = vap_cel.evaluate(vap, _certgen_request(new, old))
+    assert result.applies and result.allowed is allowed, result.messages
+    # Anyone else is not this policy's business; deleting is never the certgen job's.
+    assert not vap_cel.evaluate(vap, _certgen_request(new, old, user="admin")).applies
+    assert not vap_cel.evaluate(vap, _certgen_request(None, old, operation="DELETE")).allowed

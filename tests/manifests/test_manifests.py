@@ -135,24 +135,36 @@ def test_legacy_runs_the_default_seccomp_profile_by_annotation():
         assert template["metadata"]["annotations"]["seccomp.security.alpha.kubernetes.io/pod"] == "runtime/default"
 
 
+def _tls_secret(docs, deployment: str) -> str:
+    volumes = {v["name"]: v for v in one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["volumes"]}
+    return volumes["tls"]["secret"]["secretName"]
+
+
+def test_webhook_and_extender_serve_separate_certificates(rendered):
+    _, docs = rendered
+    assert _tls_secret(docs, "sandgate-webhook") == "sandgate-webhook-tls"
+    assert _tls_secret(docs, "sandgate-extender") == "sandgate-extender-tls"
+
+
 def test_cert_manager_objects_are_well_formed():
     docs = render("install/modern-cert-manager")
-    assert not find(docs, "Job"), "cert-manager replaces the certificate Job"
+    assert not find(docs, "Job") and not find(docs, "CronJob"), "cert-manager replaces the certificate jobs"
     issuers = {d["metadata"]["name"]: d for d in find(docs, "Issuer")}
     certs = {d["metadata"]["name"]: d for d in find(docs, "Certificate")}
-    assert certs["sandgate-ca"]["spec"]["isCA"] is True
-    assert certs["sandgate-ca"]["spec"]["issuerRef"]["name"] in issuers
-    assert issuers["sandgate-ca"]["spec"]["ca"]["secretName"] == certs["sandgate-ca"]["spec"]["secretName"]
-    serving = certs["sandgate-webhook"]["spec"]
-    assert serving["issuerRef"] == {"kind": "Issuer", "name": "sandgate-ca"}
-    webhook = one(docs, "Deployment", "sandgate-webhook")
-    secret = {v["name"]: v for v in webhook["spec"]["template"]["spec"]["volumes"]}["tls"]["secret"]["secretName"]
-    assert serving["secretName"] == secret
+    ca = certs["sandgate-ca"]["spec"]
+    assert ca["isCA"] is True and ca["issuerRef"]["name"] in issuers
+    assert ca["privateKey"]["rotationPolicy"] == "Never", "the CA key is kept: caData never changes"
+    assert issuers["sandgate-ca"]["spec"]["ca"]["secretName"] == ca["secretName"]
     for name in ("sandgate-webhook", "sandgate-extender"):
-        assert f"{name}.sandgate-system.svc" in serving["dnsNames"]
+        serving = certs[name]["spec"]
+        assert serving["issuerRef"] == {"kind": "Issuer", "name": "sandgate-ca"}
+        assert serving["secretName"] == _tls_secret(docs, name)
+        assert serving["dnsNames"] == [name, f"{name}.sandgate-system", f"{name}.sandgate-system.svc",
+                                       f"{name}.sandgate-system.svc.cluster.local"]
     cert_ref = f"{certs['sandgate-webhook']['metadata']['namespace']}/sandgate-webhook"
-    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        assert one(docs, kind, "sandgate")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == cert_ref
+    for kind, name in (("MutatingWebhookConfiguration", "sandgate"), ("ValidatingWebhookConfiguration", "sandgate"),
+                       ("ValidatingWebhookConfiguration", "sandgate-guards")):
+        assert one(docs, kind, name)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == cert_ref
 
 
 # ---- contracts with the code ---------------------------------------------------------------
@@ -423,66 +435,46 @@ def test_scheduler_configs_point_at_the_extender_service():
 
 # ---- the certificate Job ---------------------------------------------------------------------
 
-def _installer():
-    spec = importlib.util.spec_from_file_location("install_certs", MANIFESTS / "components/certgen/install_certs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_certgen_job_wires_the_generated_files_to_the_installer():
-    docs = render("install/modern")
-    job = one(docs, "Job", "sandgate-certgen")
-    spec = job["spec"]["template"]["spec"]
-    gen = build_parser().parse_args(spec["initContainers"][0]["args"])
-    webhook_svc = one(docs, "Service", "sandgate-webhook")["metadata"]
-    assert (gen.certs_command, gen.service, gen.namespace) == ("generate", webhook_svc["name"], webhook_svc["namespace"])
-    assert "sandgate-extender.sandgate-system.svc" in gen.dns
-    install = spec["containers"][0]
-    inst = _installer().build_parser().parse_args(install["args"])
-    assert inst.dir == gen.out
-    tls_volume = {v["name"]: v for v in one(docs, "Deployment", "sandgate-webhook")["spec"]["template"]["spec"]["volumes"]}
-    assert inst.secret == tls_volume["tls"]["secret"]["secretName"]
-    assert inst.mutating == one(docs, "MutatingWebhookConfiguration", "sandgate")["metadata"]["name"]
-    assert inst.validating == one(docs, "ValidatingWebhookConfiguration", "sandgate")["metadata"]["name"]
-    script = install["command"][-1]
-    mount = {m["name"]: m["mountPath"] for m in install["volumeMounts"]}["scripts"]
-    cm = {v["name"]: v for v in spec["volumes"]}["scripts"]["configMap"]["name"]
-    assert script == f"{mount}/install_certs.py" and "install_certs.py" in one(docs, "ConfigMap", cm)["data"]
-    role = one(docs, "ClusterRole", "sandgate-certgen")["rules"][0]
-    assert role["resourceNames"] == ["sandgate"] and role["verbs"] == ["get", "patch"]
-
-
-def _generated(tmp_path):
-    subprocess.run(["python3", "-m", "sandgate", "certs", "generate", "--service", "s", "--namespace", "n",
-                    "--out", str(tmp_path)], check=True, capture_output=True, cwd=REPO, timeout=60)
-    return {n: (tmp_path / n).read_bytes() for n in ("ca.crt", "tls.crt", "tls.key")}
-
-
-def test_installer_keeps_a_valid_secret_and_renews_an_expiring_one(tmp_path):
-    mod = _installer()
-    files = _generated(tmp_path)
-    data = {k: base64.b64encode(v).decode() for k, v in files.items()}
-    expires = x509.load_pem_x509_certificate(files["tls.crt"]).not_valid_after_utc
-    assert mod.keep_existing(data, expires - dt.timedelta(days=31), 30)
-    assert not mod.keep_existing(data, expires - dt.timedelta(days=29), 30)
-    assert not mod.keep_existing({**data, "tls.key": ""}, expires - dt.timedelta(days=90), 30)
-    assert not mod.keep_existing(None, expires, 30)
-
-
-def test_installer_patch_sets_every_ca_bundle_and_rolls_old_ca():
-    mod = _installer()
-    obj = {"metadata": {"name": "sandgate", "resourceVersion": "7"},
-           "webhooks": [{"name": "a", "clientConfig": {"service": {"name": "s"}}},
-                        {"name": "b", "clientConfig": {"service": {"name": "s"}, "caBundle": "b2xk"}}]}
-    ca = mod.bundle(b"NEW\n", b"OLD\n", b"NEW")
-    assert base64.b64decode(ca) == b"NEW\nOLD\n"
-    ops = mod.ca_bundle_patch(obj, ca)
-    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"}
-    import jsonpatch
-    patched = jsonpatch.apply_patch(obj, ops)
-    assert [w["clientConfig"]["caBundle"] for w in patched["webhooks"]] == [ca, ca]
-    assert mod.ca_bundle_patch(patched, ca) == []
+@pytest.mark.parametrize("target", ["install/modern", "install/legacy", "install/modern-1.30"])
+def test_certificate_jobs_keep_every_served_certificate_and_caBundle(target):
+    docs = render(target)
+    secrets = {d["metadata"]["name"]: d for d in find(docs, "Secret")}
+    # Pre-created and empty: no job may create a Secret.
+    assert secrets["sandgate-ca"]["type"] == "Opaque" and "data" not in secrets["sandgate-ca"]
+    for name in ("sandgate-webhook-tls", "sandgate-extender-tls"):
+        assert secrets[name]["type"] == "kubernetes.io/tls" and secrets[name]["data"] == {"tls.crt": "", "tls.key": ""}
+    job = one(docs, "Job", "sandgate-certgen")["spec"]["template"]["spec"]
+    (install,) = job["containers"]
+    args = build_parser().parse_args(install["args"])
+    assert (args.certs_command, args.namespace, args.create_ca) == ("install", "sandgate-system", True)
+    served = {(leaf.secret, leaf.service) for leaf in args.leaf}
+    assert served == {(_tls_secret(docs, "sandgate-webhook"), one(docs, "Service", "sandgate-webhook")["metadata"]["name"]),
+                      (_tls_secret(docs, "sandgate-extender"), one(docs, "Service", "sandgate-extender")["metadata"]["name"])}
+    configs = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("WebhookConfiguration")}
+    named = {("MutatingWebhookConfiguration", n) for n in args.mutating} | \
+            {("ValidatingWebhookConfiguration", n) for n in args.validating}
+    assert named == configs, "every webhook configuration gets the caBundle, and only those that ship"
+    # The job's own bindings go, the ClusterRoleBinding (which grants deleting itself) last.
+    assert args.drop_binding == ["rolebinding/sandgate-system/sandgate-certgen", "clusterrolebinding/sandgate-certgen"]
+    one(docs, "RoleBinding", "sandgate-certgen")
+    one(docs, "ClusterRoleBinding", "sandgate-certgen")
+    role = one(docs, "Role", "sandgate-certgen")["rules"]
+    assert role[0] == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"],
+                       "resourceNames": ["sandgate-ca", "sandgate-webhook-tls", "sandgate-extender-tls"]}
+    cluster_role = one(docs, "ClusterRole", "sandgate-certgen")["rules"]
+    assert set(cluster_role[0]["resourceNames"]) >= {name for _, name in configs}
+    for d in docs:
+        for rule in d.get("rules", []) if d["kind"] in ("Role", "ClusterRole") else []:
+            assert not ("secrets" in rule["resources"] and "create" in rule["verbs"]), d["metadata"]["name"]
+    # The CronJob renews leaves only: no CA creation, no caBundle, no RBAC beyond the leaf Secrets.
+    cron = one(docs, "CronJob", "sandgate-cert-renewal")
+    assert cron["apiVersion"] == ("batch/v1beta1" if target == "install/legacy" else "batch/v1")
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    renew = build_parser().parse_args(spec["containers"][0]["args"])
+    assert not renew.create_ca and not renew.mutating and not renew.validating and not renew.drop_binding
+    assert {(leaf.secret, leaf.service) for leaf in renew.leaf} == served
+    assert spec["serviceAccountName"] == "sandgate-cert-renewal"
+    assert [r["verbs"] for r in one(docs, "Role", "sandgate-cert-renewal")["rules"]] == [["get"], ["get", "update"]]
 
 
 # ---- docs ------------------------------------------------------------------------------------
