@@ -13,8 +13,9 @@ from decimal import Decimal
 from typing import Any, Mapping
 
 from sandgate.core import keys
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.policy import Policy, Profile
-from sandgate.core.jsonshape import ShapeError, list_at, object_at
+from sandgate.core.jsonshape import ShapeError, object_at
 from sandgate.core.quantity import QuantityError, parse_field
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -155,39 +156,17 @@ def profile_for_pod(policy: Policy, runtime_class: str | None,
     return policy.profile_named(annotations.get(policy.pod_annotation))
 
 
-def _requests(container: Any, path: str) -> tuple[int, int]:
-    container = object_at(container, path)
-    resources = object_at(container.get("resources"), f"{path}.resources")
-    requests = object_at(resources.get("requests"), f"{path}.resources.requests")
-    cpu = cpu_millis(requests["cpu"], f"{path}.resources.requests.cpu") if "cpu" in requests else 0
-    mem = memory_bytes(requests["memory"], f"{path}.resources.requests.memory") if "memory" in requests else 0
-    return cpu, mem
-
-
 def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int, int]:
-    """The pod's effective cpu/memory requests, as the scheduler computes them.
+    """The pod's effective cpu/memory requests (millicores, bytes, rounded up), without overhead.
 
-    max(sum of containers (+ restartable init "sidecar" containers), each init container plus the
-    sidecars started before it).
+    The scheduler's rule lives in sandgate.core.podrequests (sidecars, init steps, pod-level resources).
     """
-    cpu = mem = 0
-    for i, c in enumerate(list_at(spec.get("containers"), f"{path}.containers")):
-        c_cpu, c_mem = _requests(c, f"{path}.containers[{i}]")
-        cpu += c_cpu
-        mem += c_mem
-    side_cpu = side_mem = 0
-    init_cpu = init_mem = 0
-    for i, c in enumerate(list_at(spec.get("initContainers"), f"{path}.initContainers")):
-        c_cpu, c_mem = _requests(c, f"{path}.initContainers[{i}]")
-        if isinstance(c, dict) and c.get("restartPolicy") == "Always":
-            side_cpu += c_cpu
-            side_mem += c_mem
-            init_cpu = max(init_cpu, side_cpu)
-            init_mem = max(init_mem, side_mem)
-        else:
-            init_cpu = max(init_cpu, side_cpu + c_cpu)
-            init_mem = max(init_mem, side_mem + c_mem)
-    return max(cpu + side_cpu, init_cpu), max(mem + side_mem, init_mem)
+    try:
+        requests = pod_requests(spec, path, include_overhead=False)
+    except (QuantityError, ShapeError) as exc:
+        raise ObjectError(str(exc)) from None
+    return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
+            int(math.ceil(requests.get("memory", Decimal(0)))))
 
 
 def pod_info(pod: Any, path: str = "Pod") -> PodInfo:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Mapping
 
 from kubernetes.utils import parse_quantity
 
+from sandgate.core.podrequests import pod_requests
 from sandgate.demo.httpclient import JsonClient, RequestFailed
 
 # As the shipped scheduler configurations (manifests/scheduler/) set the extender up.
@@ -70,25 +72,10 @@ class NodeState:
 
 
 def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]:
-    """(cpu millicores, memory bytes) the scheduler reserves: max(containers, each init) + spec.overhead."""
-    spec = pod.get("spec") or {}
-
-    def requests(c: Mapping[str, Any]) -> tuple[int, int]:
-        r = (c.get("resources") or {}).get("requests") or {}
-        return _millis(r.get("cpu", 0)), _bytes(r.get("memory", 0))
-
-    cpu = mem = 0
-    for c in spec.get("containers") or []:
-        c_cpu, c_mem = requests(c)
-        cpu, mem = cpu + c_cpu, mem + c_mem
-    for c in spec.get("initContainers") or []:
-        c_cpu, c_mem = requests(c)
-        cpu, mem = max(cpu, c_cpu), max(mem, c_mem)
-    overhead = spec.get("overhead") or {}
-    if count_overhead and overhead:
-        cpu += _millis(overhead.get("cpu", 0))
-        mem += _bytes(overhead.get("memory", 0))
-    return cpu, mem
+    """(cpu millicores, memory bytes) the scheduler reserves (sandgate.core.podrequests), rounded up."""
+    requests = pod_requests(pod.get("spec") or {}, include_overhead=count_overhead)
+    return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
+            int(math.ceil(requests.get("memory", Decimal(0)))))
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
