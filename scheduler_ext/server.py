@@ -115,7 +115,10 @@ def build(args: argparse.Namespace) -> Built:
     log.info("extender configured", extra={"policy": args.config, "source": runtime.source,
                                            "clusterVersion": str(version),
                                            "mode": "legacy" if cache.legacy else "runtimeclass"})
-    return Built(create_app(runtime), start_background)
+    app = create_app(runtime)
+    if args.cert_file:
+        app.metrics.watch_certificate(args.cert_file)
+    return Built(app, start_background)
 
 
 def tls_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:

@@ -296,8 +296,13 @@ def create_app(state: WebhookState) -> Flask:
             body["notReady"] = not_ready
         return _json(body, 200 if ready else 503)
 
+    if state.tls is not None:  # every worker reports from its start (livemin would see 0 otherwise)
+        state.metrics.record_certificate(state.tls.cert_file)
+
     @app.get("/metrics")
     def metrics() -> Response:
+        if state.tls is not None:
+            state.metrics.record_certificate(state.tls.cert_file)
         body, content_type = state.metrics.exposition()
         return Response(body, mimetype=None, content_type=content_type)
 

@@ -20,7 +20,7 @@ import requests
 from sandgate.core import keys
 from support import EXAMPLE_POLICY, REPO, JsonHandler, load_fixture, stop_process
 
-AGENT_NS = "sandgate-system"  # agent.namespace of examples/policy.yaml
+AGENT_NS = keys.DEFAULT_AGENT_NAMESPACE  # agent.namespace of examples/policy.yaml
 
 
 def micro_time(moment: datetime) -> str:

@@ -57,7 +57,7 @@ def test_watch_bind_and_lease_leadership(extender, cluster, k8s, tmp_path):
     status = readyz(server)
     assert status["source"] == "cluster" and status["mode"] == "runtimeclass"  # 1.24 from /version
     wait_for(lambda: readyz(server)["leader"], "leadership")
-    lease = cluster.objects["leases"]["sandgate-system/sandgate-extender"]
+    lease = cluster.objects["leases"][f"{keys.DEFAULT_AGENT_NAMESPACE}/sandgate-extender"]
     assert lease["spec"]["holderIdentity"] == readyz(server)["leaderIdentity"]
 
     answer = filter_pod(server, pending, [SANDBOX_1, SANDBOX_2])

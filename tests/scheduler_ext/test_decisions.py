@@ -314,7 +314,7 @@ def test_precomputed_filter_and_scores_agree_with_the_pure_checks(policy, k8s, l
             usage = cache.usage.get(name, NodeUsage.empty())
             expected = (decisions.unknown_node(name) if info is None and pod.handler else
                         decisions.evaluate(info, usage, pod, cache.leases.get(name), now, cache.legacy,
-                                           "sandgate-system") if info else decisions.NOT_SANDBOXED)
+                                           policy.agent.namespace) if info else decisions.NOT_SANDBOXED)
             got = (Fit.PASS if name in out.passed else Fit.UNRESOLVABLE if name in out.unresolvable
                    else Fit.FAIL)
             assert got is expected.fit, (name, expected)

@@ -89,3 +89,14 @@ def test_a_follower_refuses_to_bind(extender, fake_api, k8s, tmp_path):
                                  "Node": "pool-sandbox-1"}).json()["Error"]
     assert "not the leader (leader: extender-0_other)" in error
     assert fake_api.bindings == []
+
+
+def test_metrics_carry_the_serving_certificates_expiry(extender, k8s, tls_files):
+    crt, key = tls_files
+    nodes = k8s.manifest_nodes()
+    server = extender(k8s.snapshot_list(nodes, k8s.fresh_leases(nodes)), "--cert-file", str(crt),
+                      "--key-file", str(key), tls=crt)
+    text = requests.get(f"{server.url}/metrics", verify=str(crt), timeout=10).text
+    expected = x509.load_pem_x509_certificate(crt.read_bytes()).not_valid_after_utc.timestamp()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("sandgate_certificate_expiry_timestamp_seconds ")]
+    assert float(line.split()[1]) == expected

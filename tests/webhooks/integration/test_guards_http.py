@@ -108,3 +108,11 @@ def test_bad_bodies_get_a_400_with_a_reason(hook):
     resp = hook.post("/guard/agent", b"{not json")
     assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]
     assert hook.post("/guard/other", b"{}").status_code == 404
+
+
+def test_metrics_carry_the_serving_certificates_expiry(hook):
+    from cryptography import x509
+    text = hook.get("/metrics").text
+    expected = x509.load_pem_x509_certificate(hook.cert.read_bytes()).not_valid_after_utc.timestamp()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("sandgate_certificate_expiry_timestamp_seconds")]
+    assert float(line.split()[-1]) == expected
