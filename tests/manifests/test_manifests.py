@@ -457,8 +457,13 @@ def test_agent_daemonset_host_access(rendered):
             host_mounts[volumes[m["name"]]["hostPath"]["path"]] = m
     policy = policy_of(docs)
     assert any(policy.agent.containerd_config.startswith(p + "/") for p in host_mounts)
-    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt"):
+    for needed in ("/sys/class/misc", "/usr/local/bin", "/usr/bin", "/opt"):
         assert needed in host_mounts
+    assert "/dev" not in host_mounts, "KVM is detected through /sys/class/misc/kvm"
+    from node_agent.host import KVM_DEVICE
+    assert any(KVM_DEVICE.startswith(p + "/") for p in host_mounts)
+    # Never create a directory on the node.
+    assert {v["hostPath"].get("type") for v in volumes.values() if "hostPath" in v} == {"Directory"}
     assert not spec.get("hostNetwork") and not spec.get("hostPID")
 
 
