@@ -82,6 +82,8 @@ def pod_templates(docs: list[dict]):
     for d in docs:
         if d["kind"] in ("Deployment", "DaemonSet", "Job"):
             yield d, d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            yield d, d["spec"]["jobTemplate"]["spec"]["template"]
 
 
 # ---- schema validation ----------------------------------------------------------------------
@@ -352,8 +354,8 @@ def test_the_agent_lives_alone_in_its_namespace(rendered):
     assert ns == keys.DEFAULT_AGENT_NAMESPACE
     kinds = sorted(d["kind"] for d in docs if d["metadata"].get("namespace") == ns)
     # No Secret, no Service, no other workload: the agent's token can reach only its own Leases there.
-    assert kinds == ["ConfigMap", "DaemonSet", "Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding",
-                     "ServiceAccount"]
+    assert kinds == ["ConfigMap", "DaemonSet", "ResourceQuota", "Role", "Role", "Role", "RoleBinding", "RoleBinding",
+                     "RoleBinding", "ServiceAccount"]
     assert one(docs, "DaemonSet", "sandgate-agent")["metadata"]["namespace"] == ns
 
 
@@ -433,8 +435,25 @@ def test_every_container_is_non_root_and_read_only(rendered):
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
             assert "limits" in c["resources"] and "requests" in c["resources"], where
-        if obj["kind"] != "Job":
-            assert spec["priorityClassName"] == one(docs, "PriorityClass", "sandgate-critical")["metadata"]["name"]
+        if obj["kind"] not in ("Job", "CronJob"):
+            assert spec["priorityClassName"] == _priority_class(docs, obj), obj["metadata"]["name"]
+
+
+def _priority_class(docs, obj) -> str:
+    """1.17+: the system classes; legacy: our own, which the quota scope keeps to sandgate's namespaces."""
+    if find(docs, "PriorityClass"):
+        return one(docs, "PriorityClass", "sandgate-critical")["metadata"]["name"]
+    return "system-node-critical" if obj["kind"] == "DaemonSet" else "system-cluster-critical"
+
+
+def test_only_sandgates_namespaces_have_a_quota_for_its_priority(rendered):
+    target, docs = rendered
+    classes = sorted({_priority_class(docs, d) for d, _ in pod_templates(docs) if d["kind"] in ("Deployment", "DaemonSet")})
+    quotas = find(docs, "ResourceQuota")
+    assert sorted(q["metadata"]["namespace"] for q in quotas) == ["sandgate-agent", "sandgate-system"]
+    for q in quotas:
+        (expr,) = q["spec"]["scopeSelector"]["matchExpressions"]
+        assert (expr["scopeName"], expr["operator"]) == ("PriorityClass", "In") and sorted(expr["values"]) == classes
 
 
 def test_agent_daemonset_host_access(rendered):
