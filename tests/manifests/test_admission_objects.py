@@ -222,3 +222,36 @@ def test_certgen_may_change_only_the_ca_bundle(edit, allowed):
     # Anyone else is not this policy's business; deleting is never the certgen job's.
     assert not vap_cel.evaluate(vap, _certgen_request(new, old, user="admin")).applies
     assert not vap_cel.evaluate(vap, _certgen_request(None, old, operation="DELETE")).allowed
+
+
+@pytest.mark.parametrize("annotations, runtime_class, sent", [
+    ({"sandgate.io/runtime": "gvisor"}, None, True),
+    ({"sandgate.io/runtime": "kata"}, None, True),  # an unknown value is sent, and refused by name
+    ({"sandgate.io/runtime": "none"}, None, False),
+    ({"team": "a"}, None, False),
+    (None, "runv", True),
+    (None, "runc", False),
+    (None, None, False),
+])
+def test_opt_in_entries_see_only_pods_that_ask_for_a_sandbox(annotations, runtime_class, sent):
+    rendered = render("install/modern-1.30")
+    policy = policy_of(rendered)
+    assert policy.unlabelled_namespaces == "trusted", "under 'sandboxed' every unlabelled pod must reach the webhook"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
+    if annotations is not None:
+        pod["metadata"]["annotations"] = annotations
+    if runtime_class is not None:
+        pod["spec"]["runtimeClassName"] = runtime_class
+    for kind, name in (("MutatingWebhookConfiguration", "optin.mutate.sandgate.io"),
+                       ("ValidatingWebhookConfiguration", "optin.validate.sandgate.io")):
+        (entry,) = [w for w in one(rendered, kind, "sandgate")["webhooks"] if w["name"] == name]
+        assert entry["failurePolicy"] == "Fail"
+        (condition,) = entry["matchConditions"]
+        expression = condition["expression"]
+        assert f"'{policy.pod_annotation}'" in expression and f"!= '{keys.OPT_OUT_VALUE}'" in expression
+        classes = re.search(r"runtimeClassName in \[(.*?)\]", expression).group(1)
+        assert sorted(c.strip(" '") for c in classes.split(",")) == sorted(
+            p.runtime_class_name for p in policy.profiles.values())
+        import celpy
+        value = vap_cel.compile_expression(expression)({"object": celpy.json_to_cel(pod)})
+        assert bool(value) is sent

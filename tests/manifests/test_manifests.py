@@ -313,7 +313,8 @@ def test_webhook_entries_match_the_policy(rendered):
             label_exprs = by_key.pop(policy.namespace_label)
             segment = path.rsplit("/", 1)[1] if path.count("/") == 2 else None
             if segment == keys.OPT_IN_PATH_SEGMENT:
-                assert w["failurePolicy"] == "Ignore"
+                # Fail closed only where matchConditions (1.28+) keep every other pod away from it.
+                assert w["failurePolicy"] == ("Fail" if w.get("matchConditions") else "Ignore")
                 assert label_exprs == [{"key": policy.namespace_label, "operator": "DoesNotExist"}]
                 assert by_key.pop(keys.IGNORE_NAMESPACE_LABEL) == [
                     {"key": keys.IGNORE_NAMESPACE_LABEL, "operator": "DoesNotExist"}]
