@@ -213,3 +213,23 @@ def test_invalid_agent_runtime_settings_are_refused_by_key(key, value, reason):
     doc.setdefault("agent", {})[key] = value
     errors = errors_of(doc)
     assert any(e.startswith(f"agent.{key}:") and reason in e for e in errors), errors
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml",
+      "SystemdCgroup": True}, None),
+    ({"runtime_path": "/usr/bin/kata-runtime", "runtime_config_path": "/etc/kata/configuration.toml"}, None),
+    ({"BinaryName": "/tmp/evil"}, "runtimeOptions.BinaryName: not an allowed runtime option"),
+    ({"privileged_without_host_devices": True}, "not an allowed runtime option"),
+    ({"runtime_path": "/tmp/evil"}, "runtimeOptions.runtime_path: names a program: it must be in /usr/bin/"),
+    ({"runtime_path": "/usr/bin/../../tmp/evil"}, 'without "." or ".." segments'),
+    ({"ConfigPath": "relative.toml"}, "must be an absolute path"),
+    ({"SystemdCgroup": "yes"}, "must be true or false"),
+])
+def test_runtime_options_are_an_allow_list(options, error):
+    doc = example_doc()
+    doc["profiles"]["gvisor"]["runtimeOptions"] = options
+    if error is None:
+        assert parse_policy(doc).profiles["gvisor"].runtime_options == options
+    else:
+        assert any(error in e for e in errors_of(doc)), errors_of(doc)

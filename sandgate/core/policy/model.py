@@ -20,6 +20,14 @@ FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "h
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 STRATEGIES = ("spread", "binpack")
+# The runtimeOptions a profile may set (the policy ConfigMap configures code on every node, so it
+# names data, never a program of its choosing): containerd's runc/kata/runsc `options` keys and
+# CRI-O's table keys. BinaryName, CriuPath, Root, privileged_without_host_devices and the like are
+# refused. Keys naming a program must point into the directories shims are installed in.
+RUNTIME_OPTION_KEYS = ("ConfigPath", "TypeUrl", "SystemdCgroup", "runtime_path", "runtime_config_path",
+                       "runtime_root", "monitor_path")
+RUNTIME_OPTION_PROGRAMS = ("runtime_path", "monitor_path")
+RUNTIME_PROGRAM_DIRS = ("/usr/bin/", "/usr/local/bin/", "/opt/kata/bin/")
 # What a namespace without the isolation label means (policy key unlabelledNamespaces).
 UNLABELLED_MODES = ("trusted", "sandboxed")
 # Names no profile may take, with why: values of the namespace label / pod annotation with a fixed

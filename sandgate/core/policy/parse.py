@@ -14,7 +14,8 @@ from kubernetes.utils import parse_quantity
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, VersionError
-from sandgate.core.policy.model import (API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
+from sandgate.core.policy.model import (RUNTIME_OPTION_KEYS, RUNTIME_OPTION_PROGRAMS, RUNTIME_PROGRAM_DIRS,
+                                        API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
                                         TAINT_EFFECTS, TOLERATION_OPERATORS, UNLABELLED_MODES, DNS_LABEL, DNS_SUBDOMAIN,
                                         QUALIFIED_NAME, CONTAINERD_VERSION, RUNTIME_MANAGERS, AgentSettings, Overhead, Policy, PolicyError, Profile,
                                         SchedulingSettings, Toleration)
@@ -232,6 +233,19 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
     options = d.get("runtimeOptions")
     if options is not None and not isinstance(options, dict):
         errs.add(f"{path}.runtimeOptions", "must be a mapping")
+    for key, value in (options or {}).items() if isinstance(options, dict) else ():
+        where = f"{path}.runtimeOptions.{key}"
+        if key not in RUNTIME_OPTION_KEYS:
+            errs.add(where, f"not an allowed runtime option (allowed: {', '.join(RUNTIME_OPTION_KEYS)})")
+        elif key == "SystemdCgroup":
+            if not isinstance(value, bool):
+                errs.add(where, f"must be true or false, got {value!r}")
+        elif not isinstance(value, str) or not value:
+            errs.add(where, f"must be a non-empty string, got {value!r}")
+        elif key != "TypeUrl" and (not value.startswith("/") or "/../" in value + "/" or "/./" in value + "/"):
+            errs.add(where, f'must be an absolute path without "." or ".." segments, got "{value}"')
+        elif key in RUNTIME_OPTION_PROGRAMS and not value.startswith(RUNTIME_PROGRAM_DIRS):
+            errs.add(where, f"names a program: it must be in {', '.join(RUNTIME_PROGRAM_DIRS)}, got \"{value}\"")
     probe = _string_list(d.get("probe"), f"{path}.probe", errs)
     return Profile(
         name=name,
