@@ -46,7 +46,8 @@ class Root:
 
     def to_host(self, local: str) -> str:
         """The host path of a local path under the root."""
-        return "/" + os.path.relpath(local, self.path) if os.path.relpath(local, self.path) != "." else "/"
+        relative = os.path.relpath(local, self.path)
+        return "/" if relative == "." else "/" + relative
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,19 @@ def _split_stars(text: str) -> list[str]:
 
 
 def read_cri(root: Root, endpoint: str) -> CriFacts:
-    """Ask the runtime's CRI socket for its Version and verbose Status (each call has a deadline)."""
+    """Ask the runtime's CRI socket for its Version and verbose Status (each call has a deadline).
+
+    A fresh channel each time: a channel kept across cycles would sit in gRPC's reconnect backoff
+    (up to two minutes) after the runtime restarts, exactly when the agent must see it come back.
+    """
     try:
         path = socket_path(endpoint, root.path if str(root.path) != "/" else None)
         with CriClient(path, timeout=CRI_TIMEOUT) as client:
             return CriFacts(endpoint, client.version(), client.status(verbose=True))
     except CriError as exc:
-        return CriFacts(endpoint, error=exc.code.name if exc.unreachable else str(exc))
+        # gRPC's connect errors end in the OS reason ("...: Permission denied"); that is what an operator needs.
+        reason = exc.details.rsplit(": ", 1)[-1].strip()[:120] if exc.unreachable else str(exc)
+        return CriFacts(endpoint, error=f"{exc.code.name}: {reason}" if exc.unreachable else reason)
     except ValueError as exc:
         return CriFacts(endpoint, error=str(exc))
 
@@ -250,7 +257,9 @@ def gather(root: Root, policy: Policy) -> HostFacts:
             tables.extend(crio.resolve(crio_files).runtimes().values())
         except containerd.ContainerdConfigError as exc:
             snapshot_error = str(exc)
-    endpoint = settings.cri_endpoint or (crio.DEFAULT_ENDPOINT if manager == "crio" else DEFAULT_CRI_ENDPOINT)
+    endpoint = settings.cri_endpoint
+    if manager == "crio" and endpoint == DEFAULT_CRI_ENDPOINT:
+        endpoint = crio.DEFAULT_ENDPOINT
     cri = read_cri(root, endpoint)
     if cri.status is not None:
         tables.extend(cri_runtime_tables(cri.status).values())

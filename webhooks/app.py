@@ -24,6 +24,7 @@ from webhooks.metrics import Metrics
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import admit
 from webhooks.namespaces import NamespaceCache
+from webhooks.runtimeclasses import RuntimeClassLookup, missing_runtime_class
 from webhooks.tls import ReloadingContext
 from webhooks.validating import validate
 
@@ -42,7 +43,8 @@ class WebhookState:
     `cluster_version` is the --cluster-version override; `start_version` is the version resolved
     at start (override, policy, or the API server's /version) and applies whenever a reloaded
     policy says "auto". `namespaces` is None when the cache is disabled, with `namespaces_off` the
-    reason shown in denials and /readyz.
+    reason shown in denials and /readyz. `runtime_classes` (None without API access) checks that a
+    pod's RuntimeClass exists on versions without the built-in plugin that does (1.14-1.15).
     """
 
     policies: PolicyStore
@@ -53,12 +55,20 @@ class WebhookState:
     namespaces_off: str = "disabled"
     tls: ReloadingContext | None = None
     lookup_wait: float = 1.0
+    runtime_classes: RuntimeClassLookup | None = None
     pod_nodes: guards.PodNodes | None = None
 
     def mode(self, policy: Policy) -> Mode:
         """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
         version = self.cluster_version or policy.cluster_version or self.start_version
         return version.mode(policy.pod_overhead)
+
+    def runtime_class_check(self, req: AdmissionRequest, policy: Policy, verdict: Verdict) -> Verdict:
+        """`verdict`, or the built-in plugin's refusal of a missing RuntimeClass where no plugin gives it."""
+        version = self.cluster_version or policy.cluster_version or self.start_version
+        if not verdict.allowed or self.runtime_classes is None or version.runtimeclass_scheduling:
+            return verdict
+        return missing_runtime_class(req, self.runtime_classes.exists) or verdict
 
     def namespace_facts(self, req: AdmissionRequest, profile: str | None) -> tuple[NamespaceFacts, str | None]:
         """The NamespaceFacts for the request and, when namespace labels are unknown, why."""
@@ -147,6 +157,8 @@ class Reviewer:
         try:
             facts, unknown = state.namespace_facts(req, profile)
             verdict = DECIDERS[endpoint](req, policy, state.mode(policy), facts)
+            if endpoint == "validate":
+                verdict = state.runtime_class_check(req, policy, verdict)
         except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
             log.exception("decision failed; denying the request", extra={
                 "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": path})

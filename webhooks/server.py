@@ -234,6 +234,7 @@ def serve(args: argparse.Namespace) -> int:
     def build_app():
         from webhooks.app import WebhookState, create_app
         from webhooks.namespaces import NamespaceCache
+        from webhooks.runtimeclasses import RuntimeClassLookup
 
         metrics = Metrics()
         cache = None
@@ -242,12 +243,16 @@ def serve(args: argparse.Namespace) -> int:
             cache = NamespaceCache(lambda: load_api_client(args.kubeconfig),
                                    on_sync_change=lambda synced: metrics.namespace_cache_synced.set(int(synced)))
             cache.start()
+        # Without API access (or an explicit --no-namespace-watch) the webhook makes no API calls at all.
+        runtime_classes = RuntimeClassLookup(lambda: load_api_client(args.kubeconfig)) \
+            if namespaces_off is None else None
         pod_nodes = None
         if api_available:
             from webhooks.guards import PodNodes
             pod_nodes = PodNodes(_pod_reader(args.kubeconfig))
         state = WebhookState(policies=policies, start_version=version, metrics=metrics, cluster_version=override,
-                             namespaces=cache, namespaces_off=namespaces_off or "", tls=tls, pod_nodes=pod_nodes)
+                             namespaces=cache, namespaces_off=namespaces_off or "", tls=tls,
+                             runtime_classes=runtime_classes, pod_nodes=pod_nodes)
         return create_app(state)
 
     options = gunicorn_options(args.host, args.port, args.workers, args.threads, tls, args.log_level)

@@ -18,7 +18,7 @@ KATA_CAPACITY, RUNSC_CAPACITY = "44", "100"
 
 UNKNOWN_VERSION = ("containerd version unknown (no CRI answer, no containerd binary under --root): discovery "
                    "trusts only handlers that containerd 1.x and 2.x rules agree on; set agent.containerdVersion")
-NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE): "
+NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE: No such file or directory): "
           "handlers come from the config files")
 
 
@@ -221,3 +221,10 @@ def test_bad_policy_exits_2(root, tmp_path, agent_cmd):
     assert done.returncode == 2
     assert "profiles: at least one profile is required" in done.stderr
     assert done.stdout == ""
+
+
+def test_dry_run_without_once_is_refused(root, policy_file, agent_cmd):
+    done = agent_cmd("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path), "--dry-run",
+                     "--node-allocatable-memory", "8Gi")
+    assert done.returncode == 2
+    assert "--dry-run needs --once" in done.stderr and done.stdout == ""

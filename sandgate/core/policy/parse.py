@@ -280,10 +280,10 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         errs.add("agent.containerdVersion", f'must be "auto" or a containerd release such as "1.7" or "2.0", '
                                             f'got "{containerd_version}"')
         containerd_version = base.containerd_version
-    cri_endpoint = _string(d.get("criEndpoint"), "agent.criEndpoint", errs)
-    if cri_endpoint is not None and not (cri_endpoint.startswith("unix:///") or cri_endpoint.startswith("/")):
+    cri_endpoint = _string(d.get("criEndpoint"), "agent.criEndpoint", errs, base.cri_endpoint)
+    if not (cri_endpoint.startswith("unix:///") or cri_endpoint.startswith("/")):
         errs.add("agent.criEndpoint", f'must be unix:///<absolute path> or an absolute socket path, got "{cri_endpoint}"')
-        cri_endpoint = None
+        cri_endpoint = base.cri_endpoint
     runtime_manager = _string(d.get("runtimeManager"), "agent.runtimeManager", errs, base.runtime_manager)
     if runtime_manager not in RUNTIME_MANAGERS:
         errs.add("agent.runtimeManager", f'must be one of {", ".join(RUNTIME_MANAGERS)}, got "{runtime_manager}"')
