@@ -163,16 +163,25 @@ def test_each_install_guards_the_agent_and_the_namespace_labels_once(docs):
     assert not vaps
     entries = {w["name"]: w for w in one(rendered, "ValidatingWebhookConfiguration", "sandgate-guards")["webhooks"]}
     paths = {name: w["clientConfig"]["service"]["path"] for name, w in entries.items()}
-    assert paths == {"agent.guard.sandgate.io": "/guard/agent", "heartbeat.guard.sandgate.io": "/guard/agent",
-                     "namespaces.guard.sandgate.io": "/guard/namespaces"}
+    namespace_entries = {n: w for n, w in entries.items() if n.endswith("namespaces.guard.sandgate.io")}
+    assert {n: p for n, p in paths.items() if n not in namespace_entries} == {
+        "agent.guard.sandgate.io": "/guard/agent", "heartbeat.guard.sandgate.io": "/guard/agent"}
+    assert {paths[n] for n in namespace_entries} == {"/guard/namespaces"}
     assert entries["heartbeat.guard.sandgate.io"]["failurePolicy"] == "Fail"
-    assert entries["namespaces.guard.sandgate.io"]["failurePolicy"] == "Fail"
+    assert {w["failurePolicy"] for w in namespace_entries.values()} == {"Fail"}
+    if target.endswith("legacy"):  # 1.14 has no objectSelector: one entry sees every namespace
+        assert set(namespace_entries) == {"namespaces.guard.sandgate.io"}
+    else:  # one entry per guarded label, each only for namespaces that have (or had) it
+        selected = {w["objectSelector"]["matchExpressions"][0]["key"] for w in namespace_entries.values()}
+        assert selected == {policy.namespace_label, keys.IGNORE_NAMESPACE_LABEL}
+        assert all(w["objectSelector"]["matchExpressions"][0]["operator"] == "Exists"
+                   for w in namespace_entries.values())
     selector = entries["heartbeat.guard.sandgate.io"]["namespaceSelector"]["matchExpressions"]
     assert selector == [{"key": keys.AGENT_NAMESPACE_LABEL, "operator": "Exists"}]
     agent_ns = one(rendered, "Namespace", policy.agent.namespace)
     assert keys.AGENT_NAMESPACE_LABEL in agent_ns["metadata"]["labels"]
     assert entries["agent.guard.sandgate.io"]["rules"][0]["resources"] == ["nodes"]
-    assert entries["namespaces.guard.sandgate.io"]["rules"][0]["resources"] == ["namespaces"]
+    assert all(w["rules"][0]["resources"] == ["namespaces"] for w in namespace_entries.values())
 
 
 def test_policies_name_the_same_agent_namespace_groups_and_labels_as_the_policy():
