@@ -646,6 +646,23 @@ def test_dockerfile_matches_the_manifests():
         assert f"COPY {package} ./{package}" in lines, f"the image must contain {package}/"
 
 
+def test_image_dependencies_are_hash_locked():
+    """The Dockerfile installs requirements.lock with --require-hashes, then the project without deps."""
+    import re
+
+    import tomllib
+    text = (REPO / "Dockerfile").read_text()
+    assert "--require-hashes" in text and "-r requirements.lock" in text and "--no-deps ." in text
+    lock = (REPO / "requirements.lock").read_text()
+    pinned = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)}
+    entries = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.split("\n\n", 1)[1])
+    assert all("--hash=sha256:" in e for e in entries if "==" in e), "every pinned package carries its hashes"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower().replace("_", "-")
+        assert name in pinned, f"{name} (pyproject dependency) is not in requirements.lock: re-run pip-compile"
+
+
 def test_agent_liveness_probe_hits_its_metrics_port(rendered):
     _, docs = rendered
     c = one(docs, "DaemonSet", "sandgate-agent")["spec"]["template"]["spec"]["containers"][0]
