@@ -3,9 +3,6 @@ and check that every key, path, flag and name in the manifests is the one the co
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,7 +11,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
 
 import apiserver_validation
 import k8s_schemas
