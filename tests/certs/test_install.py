@@ -239,3 +239,31 @@ def test_drop_binding_refers_to_a_binding(bad, capsys):
     with pytest.raises(SystemExit):
         args([*RENEW, f"--drop-binding={bad}"])
     assert "is not rolebinding/NAMESPACE/NAME or clusterrolebinding/NAME" in capsys.readouterr().err
+
+
+def test_the_command_installs_and_logs_one_json_line(fake, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from support import REPO
+
+    api, cluster = fake
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": cluster.core.api_client.configuration.host}}],
+        "users": [{"name": "fake", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+    run = subprocess.run([sys.executable, "-m", "sandgate", *INSTALL, f"--kubeconfig={kubeconfig}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    (line,) = [json.loads(ln) for ln in run.stderr.splitlines() if '"certificates installed"' in ln]
+    assert line["ca"] == "created" and set(line["leaves"].values()) == {"issued (empty)"}
+    assert api.bindings == set()
+    again = subprocess.run([sys.executable, "-m", "sandgate", *RENEW[:2], f"--namespace={NS}", "--ca-secret=nope",
+                            "--attempts=1", f"--kubeconfig={kubeconfig}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 1 and "Secret sandgate-system/nope does not exist" in again.stderr
