@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from sandgate.core.policy import Policy
+from sandgate.core.policy import AgentSettings, Policy
 from sandgate.core.policy.model import DEFAULT_CRI_ENDPOINT
 
 from node_agent import containerd, crio
@@ -237,6 +237,13 @@ def detect_manager(root: Root, policy: Policy) -> str:
     return "containerd"
 
 
+def cri_endpoint(settings: AgentSettings, manager: str) -> str:
+    """The CRI endpoint to talk to: agent.criEndpoint; its default means CRI-O's own socket on a CRI-O node."""
+    if manager == "crio" and settings.cri_endpoint == DEFAULT_CRI_ENDPOINT:
+        return crio.DEFAULT_ENDPOINT
+    return settings.cri_endpoint
+
+
 def gather(root: Root, policy: Policy) -> HostFacts:
     """Every fact of this cycle."""
     settings = policy.agent
@@ -257,9 +264,7 @@ def gather(root: Root, policy: Policy) -> HostFacts:
             tables.extend(crio.resolve(crio_files).runtimes().values())
         except containerd.ContainerdConfigError as exc:
             snapshot_error = str(exc)
-    endpoint = settings.cri_endpoint
-    if manager == "crio" and endpoint == DEFAULT_CRI_ENDPOINT:
-        endpoint = crio.DEFAULT_ENDPOINT
+    endpoint = cri_endpoint(settings, manager)
     cri = read_cri(root, endpoint)
     if cri.status is not None:
         tables.extend(cri_runtime_tables(cri.status).values())

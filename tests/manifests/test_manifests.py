@@ -504,13 +504,15 @@ def test_agent_daemonset_host_access(rendered):
             host_mounts[volumes[m["name"]]["hostPath"]["path"]] = m
     policy = policy_of(docs)
     assert any(policy.agent.containerd_config.startswith(p + "/") for p in host_mounts)
-    for needed in ("/sys/class/misc", "/usr/local/bin", "/usr/bin", "/opt"):
+    for needed in ("/sys/class/misc", "/usr/local/bin", "/usr/bin", "/opt", "/proc", "/sys/fs/cgroup"):
         assert needed in host_mounts
     assert "/dev" not in host_mounts, "KVM is detected through /sys/class/misc/kvm"
     from node_agent.host import KVM_DEVICE
     assert any(KVM_DEVICE.startswith(p + "/") for p in host_mounts)
     # Never create a directory on the node.
     assert {v["hostPath"].get("type") for v in volumes.values() if "hostPath" in v} == {"Directory"}
+    # The sandbox inventory reaches the default CRI socket through a host mount.
+    assert any(policy.agent.cri_endpoint.removeprefix("unix://").startswith(p + "/") for p in host_mounts)
     assert not spec.get("hostNetwork") and not spec.get("hostPID")
 
 
@@ -526,7 +528,8 @@ def test_rbac_is_least_privilege(rendered):
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get", "list", "watch"]}]
     assert _rules(docs, "ClusterRole", "sandgate-agent") == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     agent_role = one(docs, "Role", "sandgate-agent")
     assert agent_role["metadata"]["namespace"] == ns
     assert agent_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],

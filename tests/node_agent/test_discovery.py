@@ -82,6 +82,8 @@ def test_cli_dry_run_both_runtimes_exact(root, tables, dry_run):
     root.shim("containerd-shim-runsc-v1", "usr/bin")
     root.kvm()
     doc = dry_run()
+    # No CRI socket under the fake root: no sandboxes, and the document says why.
+    assert doc.pop("sandboxes") == [] and "CRI " in doc.pop("sandboxesError")
     assert doc == {
         "node": "n1",
         "nodePatch": {"metadata": {"labels": {KATA_LABEL: "true", RUNSC_LABEL: "true"},

@@ -147,6 +147,8 @@ class AgentSettings:
     crio_config: str = "/etc/crio/crio.conf"
     crio_drop_in_dir: str = "/etc/crio/crio.conf.d"
     reload_timeout_seconds: int = 30  # after the reload, CRI Status must report RuntimeReady within this
+    # agent.metrics.allSandboxes: also export runc (non-policy handler) sandboxes, for comparison.
+    all_sandboxes: bool = False
 
 
 DEFAULT_CRI_ENDPOINT = AgentSettings.cri_endpoint

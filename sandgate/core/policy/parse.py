@@ -266,7 +266,7 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
     d = _mapping(doc, "agent", errs, ("namespace", "leaseDurationSeconds", "maxSandboxes", "reservedMemory",
                                       "containerdConfig", "dropInDir", "reloadCommand", "containerdVersion",
                                       "criEndpoint", "runtimeManager", "crioConfig", "crioDropInDir",
-                                      "reloadTimeoutSeconds"))
+                                      "reloadTimeoutSeconds", "metrics"))
     base = AgentSettings()
     reserved = base.reserved_memory
     if d.get("reservedMemory") is not None:
@@ -304,7 +304,10 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         crio_drop_in_dir=_string(d.get("crioDropInDir"), "agent.crioDropInDir", errs, base.crio_drop_in_dir),
         reload_timeout_seconds=_int(d.get("reloadTimeoutSeconds"), "agent.reloadTimeoutSeconds", errs,
                                     base.reload_timeout_seconds, minimum=1),
+        all_sandboxes=_bool(_mapping(d.get("metrics"), "agent.metrics", errs, ("allSandboxes",)).get("allSandboxes"),
+                            "agent.metrics.allSandboxes", errs, base.all_sandboxes),
     )
+
 
 
 def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
