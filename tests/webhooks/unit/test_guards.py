@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vap_cel
 from guard_cases import (ADMIN, AGENT, POLICIES, TENANT, agent_user, changed, lease, namespace, node, parsed,
@@ -161,3 +163,29 @@ def test_namespace_guard_follows_the_policys_label_and_groups(policy):
     assert not guards.guard_namespace(parsed(req), custom).allowed
     req["userInfo"] = {"username": "p", "groups": ["platform"]}
     assert guards.guard_namespace(parsed(req), custom).allowed
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=JSON, old=JSON, user=JSON, kind=st.sampled_from(["Node", "Lease", "Namespace", "Pod"]),
+       operation=st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"]))
+def test_guards_answer_any_request_without_raising(policy, obj, old, user, kind, operation):
+    import json as _json
+    from webhooks import wire
+    group = "coordination.k8s.io" if kind == "Lease" else ""
+    body = {"apiVersion": wire.V1, "kind": "AdmissionReview", "request": {
+        "uid": "u", "kind": {"group": group, "version": "v1", "kind": kind}, "operation": operation,
+        "namespace": "sandgate-agent", "name": "node-a", "object": obj, "oldObject": old, "userInfo": user}}
+    try:
+        req = wire.parse_review(_json.dumps(body).encode())
+    except wire.WireError:
+        return  # a 400 with a reason, checked elsewhere
+    for node in ("node-a", None):
+        verdict = guards.guard_agent(req, policy, node)
+        assert verdict.allowed or verdict.message
+    verdict = guards.guard_namespace(req, policy)
+    assert verdict.allowed or verdict.message
