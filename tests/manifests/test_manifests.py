@@ -456,6 +456,10 @@ def test_every_container_is_non_root_and_read_only(rendered):
         for c in spec.get("initContainers", []) + spec["containers"]:
             sc = c["securityContext"]
             where = f"{obj['metadata']['name']}/{c['name']}"
+            # The kubelet refuses a container whose effective runAsNonRoot is true and runAsUser 0.
+            pod_sc = spec["securityContext"]
+            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+                assert sc.get("runAsUser", pod_sc.get("runAsUser")) != 0, where
             assert sc["readOnlyRootFilesystem"] is True, where
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
