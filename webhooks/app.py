@@ -259,7 +259,9 @@ def create_app(state: WebhookState) -> Flask:
                     verdict = Verdict(allowed=False, code=503, reason="agent-node-lookup",
                                       message=f"cannot tell which node the sandgate agent's request comes from: {exc}")
                 else:
-                    verdict = guards.guard_agent(req, policy, node)
+                    version = state.cluster_version or policy.cluster_version or state.start_version
+                    bound = (version.major, version.minor) >= guards.POD_BOUND_TOKENS_SINCE
+                    verdict = guards.guard_agent(req, policy, node, tokens_are_pod_bound=bound)
         except Exception:  # a bug must not let a guarded write through
             log.exception("guard failed; denying the request", extra={"uid": req.uid, "endpoint": request.path})
             verdict = _internal_error(req.uid)

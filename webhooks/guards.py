@@ -16,7 +16,8 @@ pkg/authentication/serviceaccount/util.go):
 * `authentication.kubernetes.io/pod-name` + `pod-uid` (pod-bound projected tokens, the default for
   every pod from 1.22): the pod is looked up and its spec.nodeName used.
 * Neither (legacy Secret-based tokens, usual on 1.14-1.21): the node is unknown; the key and spec
-  scope still hold, but not "only its own Node" (docs/install.md says so).
+  scope still hold, but not "only its own Node" (docs/install.md says so). From 1.22 on every pod's
+  token is bound to its pod, so an agent token naming neither was made by hand: it is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from webhooks.review import AdmissionRequest, UserInfo, Verdict
 
 log = logging.getLogger(__name__)
 
+# From this version on, every pod's service-account token is bound to its pod (BoundServiceAccountTokenVolume GA).
+POD_BOUND_TOKENS_SINCE = (1, 22)
 # Metadata the agent must never change on a Node (labels and annotations are checked key by key).
 _FIXED_NODE_METADATA = ("ownerReferences", "finalizers", "deletionTimestamp")
 
@@ -123,13 +126,17 @@ def agent_lease_change(req: AdmissionRequest, policy: Policy, node: str | None) 
     return None
 
 
-def guard_agent(req: AdmissionRequest, policy: Policy, node: str | None) -> Verdict:
+def guard_agent(req: AdmissionRequest, policy: Policy, node: str | None, tokens_are_pod_bound: bool = False) -> Verdict:
     """Decide a Node or Lease write. `node` is where the agent's token comes from (None: unknown).
 
-    Requests by anyone but the agent are allowed: the guard narrows the agent, nobody else.
+    Requests by anyone but the agent are allowed: the guard narrows the agent, nobody else. With
+    `tokens_are_pod_bound` (1.22+) an agent token that names no node and no pod is refused.
     """
     if not is_agent(req.user, policy):
         return _allow("not-agent")
+    if node is None and tokens_are_pod_bound:
+        return _deny("agent-token-unbound", "the sandgate agent's token names neither its node nor its pod; on "
+                                            "Kubernetes 1.22+ every pod's token does, so this one was made by hand")
     if req.kind == "Node" and req.group == "":
         if req.sub_resource or req.operation != "UPDATE":
             return _deny("agent-node-operation", f"the sandgate agent may only patch its Node's metadata, "

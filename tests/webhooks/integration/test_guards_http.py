@@ -91,6 +91,12 @@ def test_pod_bound_token_is_resolved_through_the_api_once(hook, pod_api):
     assert 1 <= len(pod_api.gets) - before <= 2
 
 
+def test_a_hand_made_agent_token_is_refused_on_1_24(hook):
+    own = changed(BASE, metadata__labels={**BASE["metadata"]["labels"], keys.runtime_label("runsc"): "true"})
+    resp = answer(hook, "/guard/agent", request(own, BASE, user=agent_user(None)))
+    assert resp["allowed"] is False and "names neither its node nor its pod" in resp["status"]["message"]
+
+
 def test_unresolvable_pod_is_a_503_denial_not_a_guess(hook):
     resp = answer(hook, "/guard/agent", request(lease(), lease(), user=agent_user(None, ("gone", "uid-x"))))
     assert resp["allowed"] is False and resp["status"]["code"] == 503

@@ -96,6 +96,9 @@ def test_policy_denies_an_agent_token_that_names_no_node(policy, vaps):
     # The webhook keeps the key scope for such (legacy) tokens and says what it could not check.
     verdict = guards.guard_agent(parsed(req), policy, None)
     assert verdict.allowed and verdict.reason == "agent-node-node-unknown" and verdict.warnings
+    # From 1.22 every pod's token names its pod: one that names nothing was made by hand.
+    refused = guards.guard_agent(parsed(req), policy, None, tokens_are_pod_bound=True)
+    assert (refused.allowed, refused.reason) == (False, "agent-token-unbound")
     other = request(changed(BASE, spec__unschedulable=True), BASE, user=agent_user(node=None))
     assert not guards.guard_agent(parsed(other), policy, None).allowed
     assert not guards.guard_agent(parsed(request(lease("kube-scheduler"), lease("kube-scheduler"),
