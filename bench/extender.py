@@ -84,7 +84,7 @@ def snapshot(nodes: list[dict]) -> dict:
     for n in nodes[::2]:
         name = n["metadata"]["name"]
         items.append({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                      "metadata": {"name": keys.agent_lease_name(name), "namespace": "sandgate-system"},
+                      "metadata": {"name": keys.agent_lease_name(name), "namespace": keys.DEFAULT_AGENT_NAMESPACE},
                       "spec": {"holderIdentity": name, "leaseDurationSeconds": 3600, "renewTime": now}})
         for j in range(4):
             items.append({"apiVersion": "v1", "kind": "Pod",

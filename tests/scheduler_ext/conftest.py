@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from sandgate.core import keys
 from support import EXAMPLE_POLICY, REPO, JsonHandler, load_fixture, stop_process
 
-AGENT_NS = "sandgate-system"  # agent.namespace of examples/policy.yaml
+AGENT_NS = keys.DEFAULT_AGENT_NAMESPACE  # agent.namespace of examples/policy.yaml
 
 
 def micro_time(moment: datetime) -> str:

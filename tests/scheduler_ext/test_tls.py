@@ -35,3 +35,14 @@ def test_tls_context_refuses_versions_before_1_2():
 def test_cert_and_key_go_together(extender, k8s, tls_files):
     with pytest.raises(AssertionError, match="--cert-file and --key-file go together"):
         extender(k8s.snapshot_list(k8s.manifest_nodes()), "--cert-file", str(tls_files[0]))
+
+
+def test_metrics_carry_the_serving_certificates_expiry(extender, k8s, tls_files):
+    crt, key = tls_files
+    nodes = k8s.manifest_nodes()
+    server = extender(k8s.snapshot_list(nodes, k8s.fresh_leases(nodes)), "--cert-file", str(crt),
+                      "--key-file", str(key), tls=crt)
+    text = requests.get(f"{server.url}/metrics", verify=str(crt), timeout=10).text
+    expected = x509.load_pem_x509_certificate(crt.read_bytes()).not_valid_after_utc.timestamp()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("sandgate_certificate_expiry_timestamp_seconds ")]
+    assert float(line.split()[1]) == expected
