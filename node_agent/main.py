@@ -205,12 +205,12 @@ def run_agent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     publisher = None
     if not offline:
-        from sandgate.core.kube import KubeConfigError, load_api_client
+        from sandgate.core.rawapi import RawApi, RawApiConfigError, load_configuration
         from node_agent.publish import Publisher, Retry
 
         try:
-            api = load_api_client(args.kubeconfig)
-        except KubeConfigError as exc:
+            api = RawApi(load_configuration(args.kubeconfig))
+        except RawApiConfigError as exc:
             print(f"sandgate agent: {exc}", file=sys.stderr)
             return 2
         publisher = Publisher(api, args.node_name, Retry(attempts=args.api_attempts, stop=stop))
@@ -229,7 +229,12 @@ def _run_once(agent: Agent) -> int:
         print(f"sandgate agent: {exc}", file=sys.stderr)
         return 1
     if agent.args.dry_run:
-        json.dump(result.to_json(), sys.stdout, indent=2)
+        from node_agent.sandboxes import inventory_once
+
+        document = result.to_json()
+        sandboxes = inventory_once(agent.root.path, agent.store)
+        document["sandboxes"], document["sandboxesError"] = sandboxes.to_json(), sandboxes.error
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     if agent.last_rollback is not None:
         print(f"sandgate agent: configuration rolled back: {agent.last_rollback}", file=sys.stderr)
@@ -243,14 +248,18 @@ def _run_once(agent: Agent) -> int:
 def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop: threading.Event) -> int:
     from node_agent.metrics import AgentMetrics, MetricsServer
     from node_agent.publish import PublishError
+    from node_agent.sandbox_metrics import sandbox_watcher
 
     metrics = AgentMetrics()
+    sandboxes = sandbox_watcher(Path(args.root), store, args.interval, metrics.registry, stop)
     try:
-        server = MetricsServer(metrics, args.metrics_host, args.metrics_port, stale_after=max(60.0, 3 * args.interval))
+        server = MetricsServer(metrics, args.metrics_host, args.metrics_port, stale_after=max(60.0, 3 * args.interval),
+                               sandboxes=lambda: sandboxes.inventory.current.document())
     except OSError as exc:
         print(f"sandgate agent: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}", file=sys.stderr)
         return 2
     server.start()
+    sandboxes.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(args, store, publisher, metrics)
@@ -281,5 +290,6 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
     if slots is not None:
         slots.stop()
     server.stop()
+    sandboxes.join(timeout=15)
     log.info("agent stopped", extra={"node": args.node_name})
     return 0
