@@ -73,9 +73,10 @@ def _decode(body: bytes) -> tuple[dict, bool]:
     return doc, quick
 
 
-# orjson parses ~4x faster than json, but the installed 3.8 recurses without a limit and crashes
-# the process (SIGSEGV) on deep nesting: ~2,000 levels on a 256 KiB thread stack. Counting the
-# brackets bounds the depth at C speed; a pod from the API server has a few hundred.
+# orjson parses ~4x faster than json, but before 3.9.15 it recursed without a limit and crashed the
+# process (SIGSEGV) on deep nesting (CVE-2024-27454: ~2,000 levels on a 256 KiB thread stack).
+# pyproject requires a fixed version; counting the brackets (at C speed) keeps any older install
+# safe too. A pod from the API server has a few hundred.
 ORJSON_MAX_CONTAINERS = 1000
 _REFUSED = object()
 
@@ -85,8 +86,8 @@ def _decode_quickly(body: bytes) -> Any:
 
     It refuses a few things Python's parser takes (NaN, lone surrogates): those bodies get the
     answer they always had from `_decode_slowly`, and real errors json's message with its
-    position. (orjson reads integers beyond 64 bits as floats; the API server never sends one:
-    it re-encodes the pod from Go's int64 fields.)
+    position. (orjson 3.8 reads integers beyond 64 bits as floats; the API server never sends
+    one: it re-encodes the pod from Go's int64 fields.)
     """
     try:
         return orjson.loads(body)
