@@ -243,7 +243,7 @@ class Reviewer:
         return 200, body
 
 
-_JSON_HEADERS = "application/json"
+_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 500: "500 INTERNAL SERVER ERROR"}
 
 
 class AdmissionFront:
@@ -266,8 +266,8 @@ class AdmissionFront:
             path = environ.get("PATH_INFO") or ""
             if not path.isascii():  # WSGI carries the path as latin-1; decode it as Flask does
                 path = path.encode("latin-1").decode("utf-8", "replace")
-            endpoint, _, profile = path[1:].partition("/")
-            if path[:1] == "/" and endpoint in DECIDERS and (not _ or (profile and "/" not in profile)):
+            endpoint, slash, profile = path[1:].partition("/")
+            if path[:1] == "/" and endpoint in DECIDERS and (not slash or (profile and "/" not in profile)):
                 try:
                     status, body = self.reviewer(endpoint, profile or None, environ.get("CONTENT_TYPE"),
                                                  _content_length(environ), environ["wsgi.input"], path,
@@ -275,13 +275,10 @@ class AdmissionFront:
                 except Exception:  # never a traceback to the client, as the Flask error handler
                     log.exception("unhandled error", extra={"endpoint": path})
                     status, body = 500, wire.encode({"error": "internal error, see the webhook log"})
-                start_response(_STATUS[status], [("Content-Type", _JSON_HEADERS),
+                start_response(_STATUS[status], [("Content-Type", "application/json"),
                                                  ("Content-Length", str(len(body)))])
                 return [body]
         return self.flask_wsgi(environ, start_response)
-
-
-_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 500: "500 INTERNAL SERVER ERROR"}
 
 
 def create_app(state: WebhookState) -> Flask:
