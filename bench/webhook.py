@@ -54,8 +54,8 @@ def serve_noop(args: argparse.Namespace) -> None:
     from flask import Flask, Response, request
 
     from sandgate.core import jsonlog
-    from webhooks.server import WebhookApplication, gunicorn_options
-    from webhooks.tls import ReloadingContext
+    from sandgate.core.serving import GunicornApp, ReloadingContext
+    from webhooks.server import gunicorn_options
 
     jsonlog.configure("info")
     answer = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -76,7 +76,7 @@ def serve_noop(args: argparse.Namespace) -> None:
         return app
 
     tls = ReloadingContext(args.cert, args.key)
-    WebhookApplication(gunicorn_options("127.0.0.1", args.port, args.workers, args.threads, tls), build).run()
+    GunicornApp(gunicorn_options("127.0.0.1", args.port, args.workers, args.threads, tls), build).run()
 
 
 # ---- servers --------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sandgate.core import serving
+
 HELP = "serve the kube-scheduler extender (filter, prioritize, bind, preempt)"
 
 
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leader-election-namespace", metavar="NS",
                         help="namespace of the leader Lease (default: the policy's agent.namespace)")
     parser.add_argument("--threads", type=int, default=8, help="request threads of the server (default 8)")
+    serving.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from webhooks.metrics import Metrics
 from webhooks.model import AdmissionRequest, Routing, Verdict
 from webhooks.mutating import admit
 from webhooks.namespaces import NamespaceCache
-from webhooks.tls import ReloadingContext
+from sandgate.core.serving import ReloadingContext
 from webhooks.validating import validate
 
 log = logging.getLogger("sandgate.webhook")
