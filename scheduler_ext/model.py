@@ -7,14 +7,12 @@ per node instead of walking labels, annotations and quantities again.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping
 
-from sandgate.core import keys
+from sandgate.core import keys, quantity
 from sandgate.core.policy import Policy, Profile
-from sandgate.core.quantity import QuantityError, parse_field
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -25,18 +23,17 @@ class ObjectError(ValueError):
 
 def cpu_millis(value: Any, path: str) -> int:
     """A cpu quantity in millicores, rounded up (as the scheduler does)."""
-    return int(math.ceil(_quantity(value, path) * 1000))
+    try:
+        return quantity.millis(value, path)
+    except quantity.QuantityError as exc:
+        raise ObjectError(str(exc)) from None
 
 
 def memory_bytes(value: Any, path: str) -> int:
     """A memory quantity in bytes, rounded up."""
-    return int(math.ceil(_quantity(value, path)))
-
-
-def _quantity(value: Any, path: str) -> Decimal:
     try:
-        return parse_field(value, path)
-    except QuantityError as exc:
+        return quantity.units(value, path)
+    except quantity.QuantityError as exc:
         raise ObjectError(str(exc)) from None
 
 

@@ -25,7 +25,7 @@ import orjson
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
 from sandgate.core.policy import Policy, Profile
-from sandgate.core.quantity import QuantityError
+from sandgate.core.quantity import QuantityError, check_pod_resources
 from webhooks.forbidden import forbidden_message
 from webhooks.model import AdmissionRequest, Routing, Verdict
 from webhooks.padding import pad_pod
@@ -93,7 +93,9 @@ def _mutate(pod: dict, profile: Profile, mode: Mode) -> dict | None:
     Raises NodeSelectorConflict or QuantityError; the caller turns them into denials.
     """
     spec = pod["spec"]
-    spec.setdefault("runtimeClassName", profile.runtime_class_name)
+    # Assigned, not defaulted: routing refused any other class, and a null (or a duplicate key the
+    # decoder kept as null) must not leave the pod without its sandbox.
+    spec["runtimeClassName"] = profile.runtime_class_name
     if mode is Mode.WEBHOOK_MERGES:
         selector = merge_node_selector(spec.get("nodeSelector"), profile.node_selector)
         if selector != (spec.get("nodeSelector") or {}):
@@ -131,6 +133,7 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, routing: Routing) -
     original = _project(pod, copy=False)
     mutated = _project(pod, copy=True)
     try:
+        check_pod_resources(pod["spec"])
         padding = _mutate(mutated, profile, mode)
     except NodeSelectorConflict as exc:
         # The built-in plugin refuses this with Forbidden (403) and the same text.

@@ -12,13 +12,11 @@ extender's /bind (bindVerb), which records it in its snapshot.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kubernetes.utils import parse_quantity
-
+from sandgate.core.quantity import millis, units
 from sandgate.demo.wire import JsonClient, WireError
 
 # As the shipped scheduler configurations (manifests/scheduler/) set the extender up.
@@ -27,14 +25,6 @@ EXTENDER_HTTP_TIMEOUT_SECONDS = 5
 # kube-scheduler scales extender scores (0..MaxExtenderPriority=10) to its own 0..100 range.
 EXTENDER_SCORE_SCALE = 10
 _FILTER_EFFECTS = ("NoSchedule", "NoExecute")
-
-
-def _millis(value: Any) -> int:
-    return int(math.ceil(parse_quantity(value) * 1000))
-
-
-def _bytes(value: Any) -> int:
-    return int(math.ceil(parse_quantity(value)))
 
 
 @dataclass
@@ -59,7 +49,8 @@ class NodeState:
         spec = node.get("spec") or {}
         return cls(node["metadata"]["name"], dict(node["metadata"].get("labels") or {}),
                    list(spec.get("taints") or []), bool(spec.get("unschedulable")),
-                   _millis(allocatable.get("cpu", 0)), _bytes(allocatable.get("memory", 0)),
+                   millis(allocatable.get("cpu", 0), "status.allocatable.cpu"),
+                   units(allocatable.get("memory", 0), "status.allocatable.memory"),
                    int(allocatable.get("pods", 110)))
 
     def place(self, request: tuple[int, int]) -> None:
@@ -75,7 +66,8 @@ def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]
 
     def requests(c: Mapping[str, Any]) -> tuple[int, int]:
         r = (c.get("resources") or {}).get("requests") or {}
-        return _millis(r.get("cpu", 0)), _bytes(r.get("memory", 0))
+        path = f"container {c.get('name')!r} resources.requests"
+        return millis(r.get("cpu", 0), f"{path}.cpu"), units(r.get("memory", 0), f"{path}.memory")
 
     cpu = mem = 0
     for c in spec.get("containers") or []:
@@ -86,8 +78,8 @@ def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]
         cpu, mem = max(cpu, c_cpu), max(mem, c_mem)
     overhead = spec.get("overhead") or {}
     if count_overhead and overhead:
-        cpu += _millis(overhead.get("cpu", 0))
-        mem += _bytes(overhead.get("memory", 0))
+        cpu += millis(overhead.get("cpu", 0), "spec.overhead.cpu")
+        mem += units(overhead.get("memory", 0), "spec.overhead.memory")
     return cpu, mem
 
 
