@@ -6,7 +6,7 @@ runsc configured (shims and /dev/kvm present) against a loopback fake API server
 by the cycle count, after a warm-up cycle; memory is VmRSS and VmHWM (peak) from /proc/<pid>/status.
 The baseline, measured in the same run, is a bare interpreter that only imports the shared policy
 module the ordinary way, which runs the kubernetes package's eager __init__ (client, config, dynamic,
-watch, stream, ... through parse_quantity); the agent skips that __init__ (node_agent/lean.py).
+watch, stream, ... through parse_quantity); the agent skips that __init__ (node_agent/skip_kubernetes_init.py).
 
     python3 bench/agent.py            # 50 cycles at --interval 0.1
     python3 bench/agent.py --quick    # 5 cycles

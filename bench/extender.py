@@ -42,7 +42,7 @@ from sandgate.core import keys  # noqa: E402
 from sandgate.core.clusterversion import ClusterVersion  # noqa: E402
 from sandgate.core.policy import load_policy  # noqa: E402
 from scheduler_ext import wire  # noqa: E402
-from scheduler_ext.model import pod_info  # noqa: E402
+from scheduler_ext.objects import pod_info  # noqa: E402
 from scheduler_ext.snapshot import apply_snapshot  # noqa: E402
 from scheduler_ext.state import ClusterCache  # noqa: E402
 

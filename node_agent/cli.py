@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent; returns the exit code."""
-    from node_agent.lean import skip_kubernetes_package_init
+    from node_agent.skip_kubernetes_init import skip_kubernetes_package_init
 
-    skip_kubernetes_package_init()  # before anything imports kubernetes (see node_agent/lean.py)
+    skip_kubernetes_package_init()  # before anything imports kubernetes (see node_agent/skip_kubernetes_init.py)
     from node_agent.main import run_agent
 
     return run_agent(args)

@@ -1,191 +1,401 @@
-"""Reading and extending containerd's configuration (TOML, config versions 1, 2 and 3).
+"""containerd's configuration as containerd itself reads it, per containerd version (pure: no I/O here).
 
-containerd merges `imports` drop-ins into the main file: each listed path or glob (relative ones are
-relative to the main file's directory) is loaded in order and merged recursively, tables merging and
-later scalars winning. Discovery sees the same effective configuration containerd does. Every path
-here is a host path; `Root.host` maps it under the agent's view of the host filesystem (--root).
+The facts, from containerd's sources (LoadConfig / resolveImports / mergeConfig):
+
+- Files load breadth-first: the main file, then its `imports` in order, then theirs; a path already
+  loaded is skipped. An import is globbed only when it contains `*` (Go's filepath.Glob: matches
+  sorted); other relative imports are relative to the importing file's directory. containerd 2.x
+  also resolves a relative glob against that directory; 1.x globs it as written, i.e. against the
+  daemon's working directory, which is `/` under systemd.
+- containerd 1.6 / 1.7 merge each file into the result with mergo (non-empty scalars override,
+  lists append) but **replace each whole top-level plugin section** a file names
+  (`plugins."io.containerd.grpc.v1.cri"`, or `plugins.cri` in a version 1 file), and the CRI plugin
+  decodes that one section over its defaults, where a `runtimes` table replaces the default
+  runtimes (runc) wholesale. So a drop-in holding only `[plugins."io.containerd.grpc.v1.cri"
+  .containerd.runtimes.kata]` erases runc, its options, sandbox_image, the registry config and
+  every handler named elsewhere.
+- containerd 2.x merges plugin sections recursively, so a drop-in with one runtime table adds
+  exactly that table. A drop-in may not carry a higher config version than the main file.
+
+`resolve` computes the effective configuration under one version's rules; `plan_configure` changes
+nothing but the wanted runtime tables: on 1.x by editing the one file whose CRI section is in effect
+(the last loaded file naming it, else the main file), on 2.x with a drop-in holding only the table.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import glob
-import os
+import posixpath
 import re
-import shutil
-import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 import tomli_w
 
-# Where the CRI plugin keeps its runtime handlers, per config version.
-RUNTIME_TABLES: dict[int, tuple[str, ...]] = {
-    1: ("plugins", "cri", "containerd", "runtimes"),
-    2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"),
-    3: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"),
+# The CRI plugin's key under [plugins], per config version (version 1 names plugins by their ID).
+CRI_SECTION = {1: "cri", 2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
+RUNTIMES_PATH = ("containerd", "runtimes")
+DEFAULT_RUNTIME_NAME = "runc"
+# containerd 1.6 / 1.7's default runtimes, as `containerd config default` prints them: restated
+# whenever a 1.x edit creates the runtimes table, because that table replaces the defaults.
+DEFAULT_RUNTIMES_1X: dict[str, dict[str, Any]] = {
+    "runc": {
+        "runtime_type": "io.containerd.runc.v2",
+        "options": {"BinaryName": "", "CriuImagePath": "", "CriuPath": "", "CriuWorkPath": "", "IoGid": 0,
+                    "IoUid": 0, "NoNewKeyring": False, "NoPivotRoot": False, "Root": "", "ShimCgroup": "",
+                    "SystemdCgroup": False},
+    },
 }
-BACKUP_SUFFIX = ".sandgate.bak"
+# Top-level maps that 1.x replaces per key (mergeConfig's loops); other tables merge field by field.
+_REPLACED_PER_KEY_1X = ("plugins", "proxy_plugins", "stream_processors", "timeouts")
+# containerd's v1 -> v2 migration of plugin IDs (version 1 files name plugins by ID).
+_V1_PLUGIN_URIS = {
+    "cri": "io.containerd.grpc.v1.cri", "cgroups": "io.containerd.monitor.v1.cgroups",
+    "linux": "io.containerd.runtime.v1.linux", "scheduler": "io.containerd.gc.v1.scheduler",
+    "bolt": "io.containerd.metadata.v1.bolt", "task": "io.containerd.runtime.v2.task",
+    "opt": "io.containerd.internal.v1.opt", "restart": "io.containerd.internal.v1.restart",
+    "aufs": "io.containerd.snapshotter.v1.aufs", "btrfs": "io.containerd.snapshotter.v1.btrfs",
+    "devmapper": "io.containerd.snapshotter.v1.devmapper", "native": "io.containerd.snapshotter.v1.native",
+    "overlayfs": "io.containerd.snapshotter.v1.overlayfs", "zfs": "io.containerd.snapshotter.v1.zfs",
+}
+BACKUP_INFIX = ".sandgate-"
+BACKUP_SUFFIX = ".bak"
 
 
 class ContainerdConfigError(ValueError):
     """The containerd configuration cannot be read or understood."""
 
 
+@dataclass(frozen=True, order=True)
+class ContainerdVersion:
+    """A containerd release line, e.g. 1.6 or 2.0: it decides the merge and import rules."""
+
+    major: int
+    minor: int
+
+    @property
+    def merges_plugin_sections(self) -> bool:
+        """Whether drop-ins merge into plugin sections recursively (2.0+) instead of replacing them."""
+        return self.major >= 2
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:[.~+-]|$)")
+
+
+def parse_version(text: str) -> ContainerdVersion | None:
+    """"1.6", "v1.7.2", "1.6.20~ds1", "2.0.0-rc.1" -> the release line; None when not a version."""
+    match = _VERSION.match(text.strip())
+    return ContainerdVersion(int(match[1]), int(match[2])) if match else None
+
+
+def version_from_banner(banner: str) -> ContainerdVersion | None:
+    """The version in `containerd --version` output ("containerd github.com/containerd/containerd v1.7.2 <commit>")."""
+    words = banner.split()
+    if len(words) >= 3 and words[0] == "containerd":
+        return parse_version(words[2])
+    return None
+
+
 @dataclass(frozen=True)
-class Root:
-    """The host filesystem as the agent sees it (mounted at `path`, e.g. /host in the DaemonSet)."""
+class ConfigSnapshot:
+    """The configuration files as read from the host (host paths): the model's only input.
 
-    path: Path
-
-    def host(self, host_path: str | PurePosixPath) -> Path:
-        """The local path of an absolute host path."""
-        return self.path / str(host_path).lstrip("/")
-
-
-@dataclass
-class ContainerdConfig:
-    """The effective containerd configuration: the main file merged with its imports."""
-
-    path: str  # host path of the main file
-    version: int
-    main: dict[str, Any]  # the main file alone, as parsed
-    effective: dict[str, Any]  # main + imports merged
-    imports: list[str]  # host paths of the imported files, in load order
-
-    def runtimes(self) -> dict[str, dict[str, Any]]:
-        """Runtime handler name -> its table (runtime_type, options, ...)."""
-        table: Any = self.effective
-        for key in RUNTIME_TABLES[self.version]:
-            table = table.get(key) if isinstance(table, dict) else None
-            if table is None:
-                return {}
-        return {name: body for name, body in table.items() if isinstance(body, dict)} if isinstance(table, dict) else {}
-
-
-def with_drop_ins(config: ContainerdConfig, plan: "ConfigurePlan") -> ContainerdConfig:
-    """The configuration as containerd will see it once `plan`'s drop-ins are written and imported.
-
-    A dry run discovers over this, so the Node patch it prints is the one the real run publishes.
+    `texts` holds every file reachable through `imports` under any version's rules (None: missing);
+    `globs` the sorted matches of every absolute glob pattern met.
     """
-    effective = config.effective
-    for change in plan.drop_ins:
-        effective = merge(effective, tomllib.loads(change.content))
-    return replace(config, effective=effective, imports=config.imports + [c.path for c in plan.drop_ins])
+
+    main: str
+    texts: dict[str, str | None]
+    globs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def with_files(self, files: dict[str, str]) -> "ConfigSnapshot":
+        """The snapshot after writing `files` (host path -> content): new files join matching globs."""
+        texts = {**self.texts, **files}
+        globs = {pattern: tuple(sorted(set(matches) | {p for p in files if _glob_matches(pattern, p)}))
+                 for pattern, matches in self.globs.items()}
+        return replace(self, texts=texts, globs=globs)
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """containerd's merge: tables merge recursively, anything else in `extra` replaces."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def _glob_matches(pattern: str, path: str) -> bool:
+    """filepath.Glob's match: `*` stops at `/`, like fnmatch per path segment."""
+    import fnmatch
+
+    pattern_parts, path_parts = pattern.split("/"), path.split("/")
+    return len(pattern_parts) == len(path_parts) and all(
+        fnmatch.fnmatchcase(name, part) for part, name in zip(pattern_parts, path_parts))
 
 
-def _parse(root: Root, host_path: str) -> dict[str, Any]:
+def parse_toml(host_path: str, text: str | None) -> dict[str, Any]:
+    """A file's document; ContainerdConfigError when missing or not TOML (containerd refuses to start then)."""
+    if text is None:
+        raise ContainerdConfigError(f"{host_path}: file not found")
     try:
-        with open(root.host(host_path), "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ContainerdConfigError(f"{host_path}: file not found") from None
-    except OSError as exc:
-        raise ContainerdConfigError(f"{host_path}: cannot read: {exc.strerror or exc}") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ContainerdConfigError(f"{host_path}: not valid TOML: {exc}") from None
 
 
-def _import_patterns(doc: dict[str, Any], host_path: str) -> list[str]:
+def import_patterns(doc: dict[str, Any], host_path: str) -> list[str]:
+    """The file's `imports` list; ContainerdConfigError when it is not a list of strings."""
     imports = doc.get("imports", [])
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
         raise ContainerdConfigError(f"{host_path}: imports must be a list of strings")
-    base = PurePosixPath(host_path).parent
-    return [str(base / pattern) if not pattern.startswith("/") else pattern for pattern in imports]
+    return imports
 
 
-def expand_imports(root: Root, patterns: list[str]) -> list[str]:
-    """Host paths matched by the import patterns, in order (a glob's matches sorted, as containerd does)."""
+def import_target(parent: str, entry: str, version: ContainerdVersion) -> tuple[str, bool]:
+    """(absolute path or glob pattern, is_glob) of one `imports` entry of the file `parent`."""
+    is_glob = "*" in entry
+    if is_glob and not version.merges_plugin_sections:
+        return (entry if entry.startswith("/") else posixpath.join("/", entry)), True
+    path = posixpath.normpath(entry)
+    if not path.startswith("/"):
+        path = posixpath.join(posixpath.dirname(parent), path)
+    return path, is_glob
+
+
+def _resolve_imports(snapshot: ConfigSnapshot, parent: str, doc: dict[str, Any],
+                     version: ContainerdVersion) -> list[str]:
     out: list[str] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(str(root.host(pattern))))
-            out.extend("/" + os.path.relpath(m, root.path) for m in matches)
-        else:
-            out.append(pattern)
+    for entry in import_patterns(doc, parent):
+        target, is_glob = import_target(parent, entry, version)
+        out.extend(snapshot.globs.get(target, ()) if is_glob else [target])
     return out
 
 
-def load(root: Root, host_path: str) -> ContainerdConfig:
-    """Parse the main config and its imports (recursively, each file once); raise ContainerdConfigError."""
-    main = _parse(root, host_path)
-    version = main.get("version", 1)
-    if version not in RUNTIME_TABLES:
-        raise ContainerdConfigError(f"{host_path}: unsupported config version {version!r} (known: 1, 2, 3)")
-    effective = main
-    loaded: list[str] = []
-    pending = expand_imports(root, _import_patterns(main, host_path))
-    seen = {host_path}
+def _empty(value: Any) -> bool:
+    """mergo's "empty": such a value in a later file does not override an earlier one."""
+    return value is None or value == [] or value == {} or (not isinstance(value, (list, dict)) and not value)
+
+
+def _merge_mergo(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """mergo.Merge(WithOverride, WithAppendSlice) on tables: non-empty values override, lists append."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_mergo(out[key], value)
+        elif isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + value
+        elif not _empty(value) or key not in out:
+            out[key] = value
+    return out
+
+
+def _merge_1x(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = _merge_mergo({k: v for k, v in base.items() if k not in _REPLACED_PER_KEY_1X},
+                       {k: v for k, v in extra.items() if k not in _REPLACED_PER_KEY_1X})
+    for key in _REPLACED_PER_KEY_1X:
+        merged = {**(base.get(key) or {}), **(extra.get(key) or {})} if (key in base or key in extra) else None
+        if merged is not None:
+            out[key] = merged
+    return out
+
+
+def _merge_2x(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """2.x: tables merge recursively (plugin sections included); lists append without duplicates."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_2x(out[key], value)
+        elif isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + [v for v in value if v not in out[key]]
+        elif not _empty(value) or key not in out:
+            out[key] = value
+    return out
+
+
+def _migrate_plugins(doc: dict[str, Any], to_version: int) -> dict[str, Any]:
+    """containerd 2.x's migration of an older drop-in: v1 plugin IDs become URIs; v2 CRI runtimes move to v3's table."""
+    version = doc.get("version") or 1
+    plugins = dict(doc.get("plugins") or {})
+    if version < 2 <= to_version:
+        plugins = {(_V1_PLUGIN_URIS.get(k, k) if "." not in k else k): v for k, v in plugins.items()}
+    if version < 3 <= to_version and isinstance(plugins.get(CRI_SECTION[2]), dict):
+        runtimes = _get(plugins[CRI_SECTION[2]], RUNTIMES_PATH)
+        if isinstance(runtimes, dict):
+            plugins[CRI_SECTION[3]] = _merge_2x(plugins.get(CRI_SECTION[3]) or {},
+                                                {"containerd": {"runtimes": runtimes}})
+    return {**doc, "plugins": plugins} if plugins else doc
+
+
+def _get(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+@dataclass(frozen=True)
+class ContainerdConfig:
+    """The effective configuration under one containerd version's rules."""
+
+    path: str  # host path of the main file
+    containerd_version: ContainerdVersion
+    version: int  # config file version in effect
+    effective: dict[str, Any]
+    imports: list[str]  # host paths of the imported files, in load order
+    cri_owner: str | None  # 1.x: the file whose CRI section is in effect (None: CRI defaults)
+
+    @property
+    def cri_section(self) -> str:
+        """The CRI plugin's key under [plugins] for this config version."""
+        return CRI_SECTION[min(max(self.version, 1), 3)]
+
+    def cri(self) -> dict[str, Any]:
+        """The CRI plugin's effective section (empty when only defaults apply)."""
+        section = _get(self.effective, ("plugins", self.cri_section))
+        return section if isinstance(section, dict) else {}
+
+    def runtimes(self) -> dict[str, dict[str, Any]]:
+        """Runtime handler name -> its table, as the CRI plugin ends up with them (defaults included)."""
+        table = _get(self.cri(), RUNTIMES_PATH)
+        defaults = DEFAULT_RUNTIMES_1X  # 2.x's default runc table is the same for discovery's purposes
+        if not isinstance(table, dict):
+            return dict(defaults)
+        named = {name: body for name, body in table.items() if isinstance(body, dict)}
+        return named if not self.containerd_version.merges_plugin_sections else {**defaults, **named}
+
+    def default_runtime(self) -> str:
+        """The CRI default runtime's name (containerd.default_runtime_name, default runc)."""
+        name = _get(self.cri(), ("containerd", "default_runtime_name"))
+        return name if isinstance(name, str) and name else DEFAULT_RUNTIME_NAME
+
+    def problems(self) -> list[str]:
+        """What makes this config unusable for the CRI plugin (its own validation refuses it)."""
+        if self.default_runtime() not in self.runtimes():
+            return [f'default runtime "{self.default_runtime()}" (containerd.default_runtime_name) is not among '
+                    f"the effective runtimes {sorted(self.runtimes())}: the CRI plugin will not start"]
+        return []
+
+
+def resolve(snapshot: ConfigSnapshot, version: ContainerdVersion) -> ContainerdConfig:
+    """The effective config of `snapshot` under `version`'s rules; ContainerdConfigError if containerd would refuse it."""
+    main_doc = parse_toml(snapshot.main, snapshot.texts.get(snapshot.main))
+    root_version = main_doc.get("version", 1)
+    if not isinstance(root_version, int) or root_version not in CRI_SECTION:
+        raise ContainerdConfigError(f"{snapshot.main}: unsupported config version {root_version!r} (known: 1, 2, 3)")
+    if root_version == 3 and not version.merges_plugin_sections:
+        raise ContainerdConfigError(f"{snapshot.main}: config version 3 needs containerd 2.0 or later, "
+                                    f"this node runs {version}")
+    effective: dict[str, Any] = {}
+    order: list[str] = []
+    owner: str | None = None
+    pending = [snapshot.main]
+    loaded: set[str] = set()
     while pending:
-        path = pending.pop(0)
-        if path in seen:
+        path, pending = pending[0], pending[1:]
+        if path in loaded:
             continue
-        seen.add(path)
-        doc = _parse(root, path)
-        loaded.append(path)
-        pending = expand_imports(root, _import_patterns(doc, path)) + pending
-        doc = {k: v for k, v in doc.items() if k not in ("imports", "version")}
-        effective = merge(effective, doc)
-    return ContainerdConfig(host_path, version, main, effective, loaded)
+        doc = main_doc if path == snapshot.main else parse_toml(path, snapshot.texts.get(path))
+        if version.merges_plugin_sections:
+            file_version = doc.get("version", root_version)
+            if isinstance(file_version, int) and file_version > root_version:
+                raise ContainerdConfigError(f"{path}: drop-in config version {file_version} higher than root "
+                                            f"config version {root_version}")
+            effective = _merge_2x(effective, _migrate_plugins(doc, root_version))
+        else:
+            effective = _merge_1x(effective, doc)
+            final_key = CRI_SECTION[2] if (effective.get("version") or 1) >= 2 else CRI_SECTION[1]
+            if final_key in (doc.get("plugins") or {}):
+                owner = path
+        loaded.add(path)
+        if path != snapshot.main:
+            order.append(path)
+        pending = pending + _resolve_imports(snapshot, path, doc, version)
+    config_version = root_version if version.merges_plugin_sections else (effective.get("version") or 1)
+    if not version.merges_plugin_sections and owner is not None:
+        # The owner must name the section under the key the final version reads.
+        key = CRI_SECTION[min(config_version, 2)]
+        owner = owner if key in (parse_toml(owner, snapshot.texts.get(owner)).get("plugins") or {}) else None
+    return ContainerdConfig(snapshot.main, version, config_version, effective, order, owner)
 
 
-def is_imported(config: ContainerdConfig, host_path: str) -> bool:
-    """Whether the main file's `imports` patterns cover `host_path` (an existing file or not)."""
-    for pattern in _import_patterns(config.main, config.path):
-        if pattern == host_path or (glob.has_magic(pattern) and fnmatch.fnmatchcase(host_path, pattern)):
-            return True
-    return False
-
-
-def drop_in_document(version: int, handler: str, runtime_type: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The TOML document of a drop-in adding `handler` to the CRI runtimes of a config `version` file."""
-    runtime: dict[str, Any] = {"runtime_type": runtime_type}
-    if options:
-        runtime["options"] = dict(options)
-    doc: dict[str, Any] = {handler: runtime}
-    for key in reversed(RUNTIME_TABLES[version]):
-        doc = {key: doc}
-    return {"version": version, **doc}
-
-
-@dataclass
+@dataclass(frozen=True)
 class FileChange:
-    """A file the configure step writes (host path and full new content)."""
+    """A file the configure step writes (host path and full new content); `backup` when it replaces one."""
 
     path: str
     content: str
     backup: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The dry-run JSON entry."""
+        return {"path": self.path, "content": self.content, "backup": self.backup}
 
-@dataclass
+
+@dataclass(frozen=True)
 class ConfigurePlan:
-    """What `--configure` would change; empty when the node is already configured."""
+    """What `--configure` changes; empty when the node is already configured."""
 
-    drop_ins: list[FileChange] = field(default_factory=list)
-    main_config: FileChange | None = None
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {"handler", "reason"}
+    drop_ins: tuple[FileChange, ...] = ()  # new files
+    main_config: FileChange | None = None  # the main file rewritten
+    edits: tuple[FileChange, ...] = ()  # other existing files rewritten (1.x: the file owning the CRI section)
+    skipped: tuple[dict[str, str], ...] = ()  # {"handler", "reason"}
+    handlers: tuple[str, ...] = ()  # the handlers the plan adds
 
     @property
     def changed(self) -> bool:
         """True when some file must be written."""
-        return bool(self.drop_ins) or self.main_config is not None
+        return bool(self.drop_ins or self.main_config or self.edits)
+
+    @property
+    def files(self) -> tuple[FileChange, ...]:
+        """Every change in write order: new drop-ins first, then the files that import or hold them."""
+        return self.drop_ins + self.edits + ((self.main_config,) if self.main_config else ())
 
 
-def _imports_line(imports: list[str]) -> str:
-    return tomli_w.dumps({"imports": imports}).strip()
+def shim_name(runtime_type: str) -> str:
+    """containerd's shim binary for a runtime type: io.containerd.kata.v2 -> containerd-shim-kata-v2."""
+    parts = runtime_type.split(".")
+    if len(parts) < 2 or not all(parts[-2:]):
+        raise ValueError(f'runtime_type "{runtime_type}" is not of the form <prefix>.<name>.<version>')
+    return "containerd-shim-" + "-".join(parts[-2:])
+
+
+def backup_path(path: str, stamp: str) -> str:
+    """The backup of `path` taken at `stamp` (UTC, sortable: 20261130T143000Z)."""
+    return f"{path}{BACKUP_INFIX}{stamp}{BACKUP_SUFFIX}"
+
+
+def runtime_table(runtime_type: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One runtime handler's TOML table."""
+    table: dict[str, Any] = {"runtime_type": runtime_type}
+    if options:
+        table["options"] = dict(options)
+    return table
+
+
+def _nest(path: tuple[str, ...], leaf: dict[str, Any]) -> dict[str, Any]:
+    for key in reversed(path):
+        leaf = {key: leaf}
+    return leaf
+
+
+def drop_in_document(version: int, handler: str, runtime_type: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The TOML document of a 2.x drop-in adding `handler` to the CRI runtimes of a config `version` file."""
+    return {"version": version,
+            **_nest(("plugins", CRI_SECTION[version]) + RUNTIMES_PATH, {handler: runtime_table(runtime_type, options)})}
+
+
+def _append_tables(text: str, doc: dict[str, Any], prefix: tuple[str, ...], tables: dict[str, dict[str, Any]]) -> str:
+    """`text` with the tables added at `prefix`, appended as TOML so the operator's text stays byte for byte.
+
+    The result must parse to exactly the old document plus the tables; otherwise (e.g. the runtimes
+    table is an inline table, which cannot be extended) the whole file is re-serialised, which is
+    always correct but drops comments.
+    """
+    addition = _nest(prefix, tables)
+    wanted = _merge_2x(doc, addition)
+    separator = "" if not text or text.endswith("\n") else "\n"
+    candidate = f"{text}{separator}\n# Added by `sandgate agent --configure`.\n{tomli_w.dumps(addition)}"
+    try:
+        if tomllib.loads(candidate) == wanted:
+            return candidate
+    except tomllib.TOMLDecodeError:
+        pass
+    return tomli_w.dumps(wanted)
 
 
 def with_imports(text: str, main: dict[str, Any], imports: list[str]) -> str:
@@ -193,10 +403,10 @@ def with_imports(text: str, main: dict[str, Any], imports: list[str]) -> str:
 
     The top-level `imports = [...]` is replaced in place (or a line is prepended: top-level keys may
     precede every table). The result must parse to exactly the old document with the new imports;
-    otherwise the whole file is re-serialised, which is always correct but drops comments.
+    otherwise the whole file is re-serialised.
     """
     wanted = {**main, "imports": imports}
-    line = _imports_line(imports)
+    line = tomli_w.dumps({"imports": imports}).strip()
     existing = re.search(r"(?ms)^imports\s*=\s*\[.*?\]", text)
     candidate = (text[:existing.start()] + line + text[existing.end():]) if existing else f"{line}\n{text}"
     try:
@@ -207,58 +417,65 @@ def with_imports(text: str, main: dict[str, Any], imports: list[str]) -> str:
     return tomli_w.dumps(wanted)
 
 
-def plan_configure(root: Root, config: ContainerdConfig, drop_in_dir: str,
-                   wanted: dict[str, tuple[str | None, dict[str, Any]]]) -> ConfigurePlan:
-    """Drop-ins for every wanted handler (name -> (runtime_type, options)) missing from `config`.
+def is_imported(config: ContainerdConfig, main_doc: dict[str, Any], host_path: str) -> bool:
+    """Whether the main file's `imports` cover `host_path` (an existing file or not)."""
+    for entry in import_patterns(main_doc, config.path):
+        target, is_glob = import_target(config.path, entry, config.containerd_version)
+        if target == host_path or (is_glob and _glob_matches(target, host_path)):
+            return True
+    return False
 
-    Pure apart from reading the main file's text: nothing is written here.
+
+def plan_configure(snapshot: ConfigSnapshot, config: ContainerdConfig, drop_in_dir: str,
+                   wanted: dict[str, tuple[str | None, dict[str, Any]]], stamp: str) -> ConfigurePlan:
+    """The change adding every wanted handler (name -> (runtime_type, options)) missing from `config`.
+
+    Nothing else in the effective configuration moves. `stamp` names the backups.
     """
-    plan = ConfigurePlan()
     present = config.runtimes()
+    skipped: list[dict[str, str]] = []
+    tables: dict[str, dict[str, Any]] = {}
     for handler, (runtime_type, options) in sorted(wanted.items()):
         if handler in present:
             continue
         if not runtime_type:
-            plan.skipped.append({"handler": handler, "reason": "missing from containerd and the profile has no runtimeType"})
+            skipped.append({"handler": handler, "reason": "missing from containerd and the profile has no runtimeType"})
             continue
-        if config.version == 1:
-            plan.skipped.append({"handler": handler, "reason": "containerd config version 1 takes no drop-ins "
-                                                              "(migrate with `containerd config migrate`)"})
-            continue
-        path = str(PurePosixPath(drop_in_dir) / f"sandgate-{handler}.toml")
-        plan.drop_ins.append(FileChange(path, tomli_w.dumps(drop_in_document(config.version, handler, runtime_type,
-                                                                             options))))
-    missing = [c.path for c in plan.drop_ins if not is_imported(config, c.path)]
+        tables[handler] = runtime_table(runtime_type, options)
+    if not tables:
+        return ConfigurePlan(skipped=tuple(skipped))
+    if config.containerd_version.merges_plugin_sections:
+        plan = _plan_drop_ins(snapshot, config, drop_in_dir, tables, stamp)
+    else:
+        plan = _plan_edit_1x(snapshot, config, tables, stamp)
+    return replace(plan, skipped=tuple(skipped), handlers=tuple(tables))
+
+
+def _plan_drop_ins(snapshot: ConfigSnapshot, config: ContainerdConfig, drop_in_dir: str,
+                   tables: dict[str, dict[str, Any]], stamp: str) -> ConfigurePlan:
+    main_doc = parse_toml(snapshot.main, snapshot.texts[snapshot.main])
+    version = main_doc.get("version", 1)
+    drop_ins = tuple(
+        FileChange(posixpath.join(drop_in_dir, f"sandgate-{handler}.toml"),
+                   tomli_w.dumps(drop_in_document(version, handler, table["runtime_type"], table.get("options", {}))))
+        for handler, table in tables.items())
+    missing = [c.path for c in drop_ins if not is_imported(config, main_doc, c.path)]
+    main = None
     if missing:
-        current = config.main.get("imports", [])
-        text = root.host(config.path).read_text(encoding="utf-8")
-        plan.main_config = FileChange(config.path, with_imports(text, config.main, list(current) + missing),
-                                      config.path + BACKUP_SUFFIX)
-    return plan
+        text = with_imports(snapshot.texts[snapshot.main] or "", main_doc, list(main_doc.get("imports", [])) + missing)
+        main = FileChange(snapshot.main, text, backup_path(snapshot.main, stamp))
+    return ConfigurePlan(drop_ins=drop_ins, main_config=main)
 
 
-def _atomic_write(target: Path, content: str, mode: int | None = None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        tomllib.loads(Path(tmp).read_text(encoding="utf-8"))  # never put a file containerd cannot parse
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def apply_configure(root: Root, plan: ConfigurePlan) -> None:
-    """Write the plan: drop-ins first, then the main config (backup kept, temp file validated, atomic rename)."""
-    for change in plan.drop_ins:
-        _atomic_write(root.host(change.path), change.content, 0o644)
-    if plan.main_config:
-        target = root.host(plan.main_config.path)
-        shutil.copy2(target, root.host(plan.main_config.backup))
-        _atomic_write(target, plan.main_config.content, target.stat().st_mode & 0o7777)
+def _plan_edit_1x(snapshot: ConfigSnapshot, config: ContainerdConfig, tables: dict[str, dict[str, Any]],
+                  stamp: str) -> ConfigurePlan:
+    owner = config.cri_owner or snapshot.main
+    text = snapshot.texts[owner] or ""
+    doc = parse_toml(owner, text)
+    key = CRI_SECTION[min(config.version, 2)]
+    if not isinstance(_get(doc, ("plugins", key) + RUNTIMES_PATH), dict):
+        # Creating the runtimes table replaces the default runtimes: restate them.
+        tables = {**DEFAULT_RUNTIMES_1X, **tables}
+    content = _append_tables(text, doc, ("plugins", key) + RUNTIMES_PATH, tables)
+    change = FileChange(owner, content, backup_path(owner, stamp))
+    return ConfigurePlan(main_config=change) if owner == snapshot.main else ConfigurePlan(edits=(change,))

@@ -9,30 +9,28 @@ each failed check is kept as the reason the handler is not advertised.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sandgate.core import keys
 from sandgate.core.policy import Policy, Profile
 
-from node_agent.containerd import Root
+from node_agent.containerd import shim_name
+from node_agent.host import KVM_DEVICE, SHIM_DIRS, HostFacts
 
-# Host directories searched for shims, in containerd's PATH order plus Kata's install location.
-SHIM_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/opt/kata/bin")
+__all__ = ["shim_name", "discover", "RuntimeStatus", "capacities", "node_patch", "patch_is_empty", "capacity",
+           "is_vm_runtime", "find_shim"]
+
 # Words in a shim name that mean the sandbox is a virtual machine, which needs /dev/kvm.
 VM_WORDS = ("kata", "fc", "firecracker", "clh", "cloud-hypervisor", "qemu", "runv")
-KVM_DEVICE = "/dev/kvm"
-STANDARD_HANDLER = "runc"
-PROBE_TIMEOUT = 10.0
+STANDARD_HANDLERS = ("runc", "crun")
 
 
 @dataclass
 class RuntimeStatus:
-    """One handler: what containerd says about it and whether this node advertises it."""
+    """One handler: what the runtime manager says about it and whether this node advertises it."""
 
     handler: str
     runtime_type: str | None
@@ -46,14 +44,6 @@ class RuntimeStatus:
                 "advertised": self.advertised, "reason": self.reason}
 
 
-def shim_name(runtime_type: str) -> str:
-    """containerd's shim binary for a runtime type: io.containerd.kata.v2 -> containerd-shim-kata-v2."""
-    parts = runtime_type.split(".")
-    if len(parts) < 2 or not all(parts[-2:]):
-        raise ValueError(f'runtime_type "{runtime_type}" is not of the form <prefix>.<name>.<version>')
-    return "containerd-shim-" + "-".join(parts[-2:])
-
-
 def is_vm_runtime(shim: str) -> bool:
     """Whether the shim runs sandboxes as virtual machines (needs /dev/kvm)."""
     name = PurePosixPath(shim).name.removeprefix("containerd-shim-")
@@ -61,13 +51,8 @@ def is_vm_runtime(shim: str) -> bool:
     return any(word in words or ("-" in word and word in name) for word in VM_WORDS)
 
 
-def _executable(root: Root, host_path: str) -> bool:
-    local = root.host(host_path)
-    return local.is_file() and os.access(local, os.X_OK)
-
-
-def find_shim(root: Root, runtime_type: str, table: dict[str, Any]) -> tuple[str, str | None]:
-    """(shim as found or expected, problem or None) for one runtime table of the containerd config.
+def find_shim(executable: Callable[[str], bool], runtime_type: str, table: dict[str, Any]) -> tuple[str, str | None]:
+    """(shim as found or expected, problem or None) for one containerd runtime table.
 
     `runtime_path` (an absolute shim path) and an absolute `runtime_type` name the shim directly;
     otherwise the shim is looked up by its derived name in SHIM_DIRS.
@@ -78,70 +63,77 @@ def find_shim(root: Root, runtime_type: str, table: dict[str, Any]) -> tuple[str
     if explicit:
         if not explicit.startswith("/"):
             return explicit, f"runtime_path {explicit} is not an absolute path"
-        return (explicit, None) if _executable(root, explicit) else (explicit, f"shim {explicit} not found or not executable")
+        return (explicit, None) if executable(explicit) else (explicit, f"shim {explicit} not found or not executable")
     name = shim_name(runtime_type)
     for directory in SHIM_DIRS:
         candidate = f"{directory}/{name}"
-        if _executable(root, candidate):
+        if executable(candidate):
             return candidate, None
     return name, f"shim {name} not found or not executable in {', '.join(SHIM_DIRS)}"
 
 
-def run_probe(argv: tuple[str, ...], timeout: float = PROBE_TIMEOUT) -> str | None:
-    """Run a profile's probe; None when it exits 0 within `timeout`, else what went wrong."""
-    try:
-        done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"probe {' '.join(argv)} did not finish within {timeout:g}s"
-    except OSError as exc:
-        return f"probe {' '.join(argv)} cannot run: {exc.strerror or exc}"
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).decode(errors="replace").strip()[-200:]
-        return f"probe {' '.join(argv)} exited {done.returncode}" + (f": {tail}" if tail else "")
-    return None
-
-
-def _check(root: Root, handler: str, table: dict[str, Any], probes: Iterable[tuple[str, ...]]) -> RuntimeStatus:
+def _check(facts: HostFacts, handler: str, table: dict[str, Any], probes: Iterable[tuple[str, ...]]) -> RuntimeStatus:
     runtime_type = table.get("runtime_type")
     if not isinstance(runtime_type, str) or not runtime_type:
-        return RuntimeStatus(handler, None, None, False, "no runtime_type in the containerd runtime table")
-    try:
-        shim, problem = find_shim(root, runtime_type, table)
-    except ValueError as exc:
-        return RuntimeStatus(handler, runtime_type, None, False, str(exc))
+        return RuntimeStatus(handler, None, None, False, "no runtime_type in the runtime table")
+    if facts.manager == "crio":
+        shim, problem = _crio_binary(facts, table)
+    else:
+        try:
+            shim, problem = find_shim(facts.executable, runtime_type, table)
+        except ValueError as exc:
+            return RuntimeStatus(handler, runtime_type, None, False, str(exc))
     if problem:
         return RuntimeStatus(handler, runtime_type, shim, False, problem)
     options = table.get("options") if isinstance(table.get("options"), dict) else {}
     binary = options.get("BinaryName")
-    if isinstance(binary, str) and binary.startswith("/") and not _executable(root, binary):
+    if isinstance(binary, str) and binary.startswith("/") and not facts.executable(binary):
         return RuntimeStatus(handler, runtime_type, shim, False, f"options.BinaryName {binary} not found or not executable")
-    if is_vm_runtime(shim) and not root.host(KVM_DEVICE).exists():
+    vm = runtime_type == "vm" if facts.manager == "crio" else False
+    if (vm or is_vm_runtime(shim)) and not facts.kvm:
         return RuntimeStatus(handler, runtime_type, shim, False, f"VM-based runtime but {KVM_DEVICE} is missing")
     for argv in probes:
-        problem = run_probe(argv)
+        problem = facts.probes.get(argv, f"probe {' '.join(argv)} was not run")
         if problem:
             return RuntimeStatus(handler, runtime_type, shim, False, problem)
     return RuntimeStatus(handler, runtime_type, shim, True, None)
 
 
-def discover(root: Root, runtimes: dict[str, dict[str, Any]], policy: Policy) -> list[RuntimeStatus]:
-    """Check every handler that containerd has or a profile wants; sorted by handler name."""
+def _crio_binary(facts: HostFacts, table: dict[str, Any]) -> tuple[str | None, str | None]:
+    path = table.get("runtime_path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None, "no absolute runtime_path in the CRI-O runtime table"
+    return (path, None) if facts.executable(path) else (path, f"runtime_path {path} not found or not executable")
+
+
+def discover(facts: HostFacts, runtimes: dict[str, dict[str, Any]], policy: Policy,
+             vetoes: dict[str, str] | None = None) -> list[RuntimeStatus]:
+    """Check every handler that the runtime manager has or a profile wants; sorted by handler name.
+
+    `vetoes` (handler -> reason) keeps handlers off whatever the checks say (e.g. the runtime's
+    live configuration disagrees with its files).
+    """
     wanted = policy.handlers
+    vetoes = vetoes or {}
     out = []
     for handler in sorted(set(runtimes) | wanted):
         if handler not in runtimes:
-            out.append(RuntimeStatus(handler, None, None, False, "not configured in containerd"))
+            manager = "CRI-O" if facts.manager == "crio" else "containerd"
+            out.append(RuntimeStatus(handler, None, None, False, vetoes.get(handler, f"not configured in {manager}")))
             continue
-        if handler == STANDARD_HANDLER:
-            out.append(RuntimeStatus(handler, runtimes[handler].get("runtime_type"), None, False,
+        runtime_type = runtimes[handler].get("runtime_type")
+        if handler in STANDARD_HANDLERS:
+            out.append(RuntimeStatus(handler, runtime_type, None, False,
                                      "the standard runc handler is not a sandbox runtime"))
             continue
         if handler not in wanted:
-            out.append(RuntimeStatus(handler, runtimes[handler].get("runtime_type"), None, False,
-                                     "no policy profile uses this handler"))
+            out.append(RuntimeStatus(handler, runtime_type, None, False, "no policy profile uses this handler"))
+            continue
+        if handler in vetoes:
+            out.append(RuntimeStatus(handler, runtime_type, None, False, vetoes[handler]))
             continue
         probes = [p.probe for p in policy.profiles.values() if p.handler == handler and p.probe]
-        out.append(_check(root, handler, runtimes[handler], probes))
+        out.append(_check(facts, handler, runtimes[handler], probes))
     return out
 
 

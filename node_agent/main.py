@@ -1,7 +1,10 @@
-"""The agent's runtime: one cycle = discover, (configure), compute capacity, publish, renew the Lease.
+"""The agent's effect runner: gather facts, decide (node_agent.decide, pure), apply, publish.
 
-`--once --dry-run` prints what a cycle would do as one JSON document on stdout and changes nothing;
-otherwise cycles repeat every --interval seconds until SIGTERM.
+One cycle: read the Node (for its allocatable memory and our current keys), gather the host facts,
+decide; with --configure and a plan, write it safely and reload (node_agent.apply) and, once the
+runtime is ready, gather and decide again so the Node reflects what the runtime really has; publish
+the Node patch and renew the Lease. `--once --dry-run` prints the decision as one JSON document on
+stdout and changes nothing; otherwise cycles repeat every --interval seconds until SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,11 +13,9 @@ import argparse
 import json
 import logging
 import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -25,9 +26,11 @@ from sandgate.core import jsonlog, keys
 from sandgate.core.policy import Policy, PolicyError, PolicyStore
 from sandgate.core.quantity import QuantityError, parse_field
 
-from node_agent import containerd
-from node_agent.containerd import ConfigurePlan, ContainerdConfig, ContainerdConfigError, Root
-from node_agent.discovery import RuntimeStatus, capacities, discover, node_patch, patch_is_empty
+from node_agent import apply, host
+from node_agent.cri.client import CriClient, CriError, socket_path
+from node_agent.decide import Decision, Options, decide
+from node_agent.discovery import patch_is_empty
+from node_agent.host import Root
 
 log = logging.getLogger("sandgate.agent")
 
@@ -36,61 +39,21 @@ class AgentError(RuntimeError):
     """A cycle could not complete (message is for the operator)."""
 
 
-@dataclass
-class CycleResult:
-    """Everything one cycle found and decided."""
-
-    node: str
-    statuses: list[RuntimeStatus]
-    capacities: dict[str, int]
-    patch: dict[str, Any]
-    config: ContainerdConfig | None
-    config_error: str | None
-    plan: ConfigurePlan = field(default_factory=ConfigurePlan)
-    configure_error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The dry-run document."""
-        plan = self.plan
-        main = plan.main_config
-        return {
-            "node": self.node,
-            "nodePatch": self.patch,
-            "containerd": {
-                "config": self.config.path if self.config else None,
-                "version": self.config.version if self.config else None,
-                "imports": self.config.imports if self.config else [],
-                "error": self.config_error,
-                "dropIns": [{"path": c.path, "content": c.content} for c in plan.drop_ins],
-                "mainConfig": {"path": main.path, "content": main.content, "backup": main.backup} if main else None,
-                "skipped": plan.skipped,
-                "configureError": self.configure_error,
-            },
-            "runtimes": [s.to_json() for s in self.statuses],
-        }
-
-
-def load_config(root: Root, policy: Policy) -> tuple[ContainerdConfig | None, str | None]:
-    """The effective containerd config, or (None, reason) when it is missing or unparsable."""
-    try:
-        return containerd.load(root, policy.agent.containerd_config), None
-    except ContainerdConfigError as exc:
-        return None, str(exc)
-
-
-def run_reload(command: tuple[str, ...]) -> None:
-    """Run the policy's reload command (e.g. systemctl restart containerd); failures are logged."""
-    if not command:
-        return
-    try:
-        done = subprocess.run(list(command), stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.error("containerd reload command failed", extra={"command": list(command), "error": str(exc)})
-        return
-    level = logging.INFO if done.returncode == 0 else logging.ERROR
-    log.log(level, "containerd reload command ran", extra={
-        "command": list(command), "exitCode": done.returncode,
-        "stderr": done.stderr.decode(errors="replace")[-500:]})
+def readiness_check(root: Root, endpoint: str, handlers: tuple[str, ...]) -> Any:
+    """A check for apply.wait_until: the runtime answers CRI Status with RuntimeReady and lists `handlers`."""
+    def check() -> str | None:
+        try:
+            path = socket_path(endpoint, root.path if str(root.path) != "/" else None)
+            with CriClient(path, timeout=2.0) as client:
+                status = client.status(verbose=True)
+        except (CriError, ValueError) as exc:
+            return str(exc)
+        if not status.runtime_ready:
+            return f"RuntimeReady is false: {status.not_ready_reason()}"
+        running = host.cri_runtime_tables(status)
+        missing = [h for h in handlers if "config" in status.info and h not in running]
+        return f"running config lacks the new handlers {missing}" if missing else None
+    return check
 
 
 class Agent:
@@ -105,71 +68,93 @@ class Agent:
         self.allocatable = (parse_field(args.node_allocatable_memory, "--node-allocatable-memory")
                             if args.node_allocatable_memory else None)
 
-    def configure(self, policy: Policy, config: ContainerdConfig) -> tuple[ConfigurePlan, str | None]:
-        """Plan (and unless dry-run, apply) the drop-ins for policy handlers containerd lacks."""
-        wanted = {p.handler: (p.runtime_type, p.runtime_options) for p in policy.profiles.values()}
-        try:
-            plan = containerd.plan_configure(self.root, config, policy.agent.drop_in_dir, wanted)
-            if plan.changed and not self.args.dry_run:
-                containerd.apply_configure(self.root, plan)
-                log.info("containerd configuration changed", extra={
-                    "dropIns": [c.path for c in plan.drop_ins],
-                    "mainConfig": plan.main_config.path if plan.main_config else None})
-                run_reload(policy.agent.reload_command)
-        except (OSError, ValueError) as exc:
-            log.error("cannot configure containerd", extra={"error": str(exc)})
-            return ConfigurePlan(), f"{type(exc).__name__}: {exc}"
-        for skipped in plan.skipped:
-            log.warning("handler not configured", extra=skipped)
-        return plan, None
-
-    def cycle(self, node: dict[str, Any] | None) -> CycleResult:
-        """Discover and decide; `node` is the Node object (None in an offline dry-run)."""
-        policy = self.store.current
-        config, error = load_config(self.root, policy)
-        plan, configure_error = ConfigurePlan(), None
-        if error:
-            log.error("containerd configuration unusable; advertising nothing", extra={"error": error})
-        elif self.args.configure:
-            plan, configure_error = self.configure(policy, config)
-            if plan.changed and self.args.dry_run:
-                config = containerd.with_drop_ins(config, plan)
-            elif plan.changed:
-                config, error = load_config(self.root, policy)
-        if config is not None:
-            statuses = discover(self.root, config.runtimes(), policy)
-        else:
-            statuses = [RuntimeStatus(h, None, None, False, f"containerd configuration unusable: {error}")
-                        for h in sorted(policy.handlers)]
-        for status in statuses:
-            if not status.advertised and status.handler in policy.handlers:
-                log.warning("runtime not advertised", extra={"node": self.args.node_name, **status.to_json()})
+    def decide(self, policy: Policy, node: dict[str, Any] | None, configure: bool) -> Decision:
+        """Gather the host facts and decide over them."""
         allocatable = self.allocatable if self.allocatable is not None else _node_allocatable(node)
-        caps = capacities(statuses, policy, allocatable)
-        meta = (node or {}).get("metadata") or {}
-        patch = node_patch(caps, meta.get("labels"), meta.get("annotations"))
-        if self.metrics:
-            self.metrics.record_runtimes(
-                {s.handler: s.advertised for s in statuses if s.runtime_type},
-                {s.handler: s.reason for s in statuses if not s.advertised and s.handler in policy.handlers},
-                caps)
-            self.metrics.config_error.set(1 if error else 0)
-            if configure_error:
-                self.metrics.configure_errors.inc()
-        return CycleResult(self.args.node_name, statuses, caps, patch, config, error, plan, configure_error)
+        facts = host.gather(self.root, policy)
+        options = Options(configure=configure, dry_run=self.args.dry_run, stamp=self._stamp())
+        return decide(facts, policy, self.args.node_name, options, node, allocatable)
 
-    def run_cycle(self) -> CycleResult:
-        """A full cycle against the API: read the Node, decide, patch it, renew the Lease."""
+    def configure(self, policy: Policy, decision: Decision, node: dict[str, Any] | None) -> tuple[Decision, bool]:
+        """Apply the decision's plan; (the decision to publish, whether publishing new handlers is safe)."""
+        plan = decision.plan
+        settings = policy.agent
+        main_config = settings.containerd_config if decision.manager == "containerd" else settings.crio_config
+        # containerd reports its runtimes in Status(verbose); for CRI-O only RuntimeReady is checked.
+        expected = plan.handlers if decision.manager == "containerd" else ()
+        ready = readiness_check(self.root, decision.cri_endpoint or "", expected)
+        result = apply.apply_plan(self.root, plan, main_config, self._stamp(), settings.reload_command, ready,
+                                  settings.reload_timeout_seconds)
+        if not result.ok:
+            if self.metrics:
+                self.metrics.configure_rollbacks.inc()
+            log.error("configuration rolled back", extra={
+                "node": self.args.node_name, "reason": result.reason, "files": [c.path for c in plan.files],
+                "runtimeManager": decision.manager})
+            decision.configure_error = result.reason
+            return decision, False
+        log.info("runtime configuration changed", extra={
+            "node": self.args.node_name, "files": result.written, "backups": result.backups,
+            "handlers": list(plan.handlers)})
+        after = self.decide(policy, node, configure=False)
+        after.plan = plan
+        return after, True
+
+    @staticmethod
+    def _stamp() -> str:
+        """This moment in UTC, as backups are named: sortable, no separators a shell would trip on."""
+        return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+    def run_cycle(self) -> Decision:
+        """A full cycle: read the Node, decide, (configure), patch the Node, renew the Lease."""
+        policy = self.store.current
         node = self.publisher.read_node() if self.publisher else None
-        result = self.cycle(node)
+        decision = self.decide(policy, node, configure=self.args.configure)
+        for warning in decision.warnings:
+            log.warning("runtime discovery warning", extra={"node": self.args.node_name, "warning": warning})
+        for problem in decision.problems:
+            log.error("runtime configuration problem", extra={"node": self.args.node_name, "problem": problem})
+        if decision.config_error:
+            log.error("runtime configuration unusable; advertising nothing",
+                      extra={"node": self.args.node_name, "error": decision.config_error})
+        if decision.configure_error:
+            log.error("cannot configure the runtime", extra={"node": self.args.node_name,
+                                                            "error": decision.configure_error})
+        for skipped in decision.plan.skipped:
+            log.warning("handler not configured", extra={"node": self.args.node_name, **skipped})
+        publish_new = True
+        if decision.plan.changed and not self.args.dry_run:
+            decision, publish_new = self.configure(policy, decision, node)
+        self._record(policy, decision)
         if not self.args.dry_run:
-            settings = self.store.current.agent
-            if not patch_is_empty(result.patch):  # the Node read this cycle already carries our keys
-                self.publisher.patch_node(result.patch)
+            settings = policy.agent
+            if not publish_new:
+                log.warning("node labels left as they were after a rolled-back configuration",
+                            extra={"node": self.args.node_name})
+            elif not patch_is_empty(decision.patch):  # the Node read this cycle already carries our keys
+                self.publisher.patch_node(decision.patch)
             self.publisher.renew_lease(settings.namespace, keys.agent_lease_name(self.args.node_name),
                                        settings.lease_duration_seconds, lambda: datetime.now(timezone.utc))
-            log.info("published", extra={"node": self.args.node_name, "capacities": result.capacities})
-        return result
+            log.info("published", extra={"node": self.args.node_name, "capacities": decision.capacities})
+        if not publish_new:
+            raise AgentError(f"configuration rolled back: {decision.configure_error}")
+        return decision
+
+    def _record(self, policy: Policy, decision: Decision) -> None:
+        for status in decision.statuses:
+            if not status.advertised and status.handler in policy.handlers:
+                log.warning("runtime not advertised", extra={"node": self.args.node_name, **status.to_json()})
+        if not self.metrics:
+            return
+        statuses = decision.statuses
+        self.metrics.record_runtimes(
+            {s.handler: s.advertised for s in statuses if s.runtime_type},
+            {s.handler: s.reason for s in statuses if not s.advertised and s.handler in policy.handlers},
+            decision.capacities)
+        self.metrics.record_mismatches(decision.mismatched)
+        self.metrics.config_error.set(1 if decision.config_error or decision.problems else 0)
+        if decision.configure_error:
+            self.metrics.configure_errors.inc()
 
 
 def _node_allocatable(node: dict[str, Any] | None) -> Decimal:
@@ -187,6 +172,10 @@ def _node_allocatable(node: dict[str, Any] | None) -> Decimal:
 def run_agent(args: argparse.Namespace) -> int:
     """Entry point of `sandgate agent`; returns the exit code."""
     jsonlog.configure()
+    if args.dry_run and not args.once:
+        print("sandgate agent: --dry-run needs --once (a dry run prints one cycle's decision and exits)",
+              file=sys.stderr)
+        return 2
     try:
         store = PolicyStore(args.config)
     except PolicyError as exc:

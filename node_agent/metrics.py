@@ -28,10 +28,18 @@ class AgentMetrics:
                              "Why a configured or wanted runtime handler is not advertised (1 per handler)",
                              ["handler", "reason"], registry=self.registry)
         self.config_error = Gauge("sandgate_agent_containerd_config_error",
-                                  "The containerd configuration is missing or unparsable (1) or usable (0)",
+                                  "The runtime configuration is missing, unparsable or broken, e.g. its default "
+                                  "runtime is not among its runtimes (1), or usable (0)",
                                   registry=self.registry)
         self.configure_errors = Counter("sandgate_agent_configure_errors",
                                         "Cycles whose --configure step failed", registry=self.registry)
+        self.configure_rollbacks = Counter("sandgate_agent_configure_rollbacks",
+                                           "Configure changes restored from their backups because the runtime was "
+                                           "not ready after the reload", registry=self.registry)
+        self.config_mismatch = Gauge("sandgate_agent_runtime_config_mismatch",
+                                     "Handler on which the runtime's running config (CRI Status) and its config "
+                                     "files disagree (1); such a handler is not advertised",
+                                     ["handler"], registry=self.registry)
         self.cycles = Counter("sandgate_agent_cycles", "Completed discovery cycles", registry=self.registry)
         # Moves on every successful cycle only, so /healthz turns unhealthy after repeated failures.
         self.last_success = time.monotonic()
@@ -47,6 +55,13 @@ class AgentMetrics:
             self.problem.labels(handler, reason).set(1)
         for handler, value in capacities.items():
             self.capacity.labels(handler).set(value)
+
+
+    def record_mismatches(self, handlers: list[str]) -> None:
+        """Replace the mismatch series with this cycle's handlers."""
+        self.config_mismatch.clear()
+        for handler in handlers:
+            self.config_mismatch.labels(handler).set(1)
 
 
 class MetricsServer:

@@ -22,9 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sandgate.core.policy import PolicyStore
 from scheduler_ext import wire
 from scheduler_ext.binder import Binder
-from scheduler_ext.decisions import Verdict
+from scheduler_ext.decisions import Fit
 from scheduler_ext.metrics import Metrics
-from scheduler_ext.model import NodeInfo, ObjectError, PodInfo, node_info, pod_info
+from scheduler_ext.objects import NodeInfo, ObjectError, PodInfo, node_info, pod_info
 from scheduler_ext.state import ClusterCache
 from scheduler_ext.wire import WireError
 
@@ -182,9 +182,9 @@ def create_app(rt: Runtime) -> ExtenderApp:
             else:
                 pods = [p for p in (cache.find_pod(uid) for uid in victims.uids) if p is not None]
             verdict = cache.verdict_after_eviction(pod, node, pods)
-            key = (verdict.verdict.value, verdict.reason)
+            key = (verdict.fit.value, verdict.reason)
             reasons[key] = reasons.get(key, 0) + 1
-            if verdict.verdict is Verdict.PASS:
+            if verdict.fit is Fit.PASS:
                 kept[node] = victims
         count("preempt", reasons)
         log.info("preempt", extra={**_pod_fields(pod), "candidates": len(args.victims), "kept": len(kept)})

@@ -15,8 +15,8 @@ import orjson
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from scheduler_ext.decisions import ALREADY_BOUND, Verdict
-from scheduler_ext.model import ObjectError, PodInfo, pod_info
+from scheduler_ext.decisions import ALREADY_BOUND, Fit
+from scheduler_ext.objects import ObjectError, PodInfo, pod_info
 from scheduler_ext.state import ClusterCache
 from scheduler_ext.wire import BindingArgs
 
@@ -134,7 +134,7 @@ class Binder:
                 return message, "unknown_pod"
             self.cache.classify(pod)
         verdict = self.cache.reserve(pod, args.node)
-        if verdict.verdict is not Verdict.PASS:
+        if verdict.fit is not Fit.PASS:
             log.info("bind rejected", extra={**fields, "profile": pod.profile, "reason": verdict.reason,
                                              "error": verdict.message})
             return f"{verdict.message} (node {args.node})", verdict.reason

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from sandgate.core import keys
-from scheduler_ext.model import NodeInfo, NodeUsage, PodInfo
+from scheduler_ext.objects import NodeInfo, NodeUsage, PodInfo
 
 MAX_SCORE = 10  # k8s.io/kube-scheduler/extender/v1.MaxExtenderPriority
 
 
-class Verdict(str, enum.Enum):
-    """Outcome of the node checks for one pod."""
+class Fit(str, enum.Enum):
+    """How one node fits one pod (the three outcomes the scheduler distinguishes)."""
 
     PASS = "pass"
     FAIL = "fail"  # FailedNodes: preemption may help
@@ -43,27 +43,27 @@ class Verdict(str, enum.Enum):
 class NodeVerdict:
     """A verdict with a short machine-readable reason (metrics, logs) and the message for the scheduler."""
 
-    verdict: Verdict
+    fit: Fit
     reason: str
     message: str = ""
 
 
-PASSED = NodeVerdict(Verdict.PASS, "eligible")
-NOT_SANDBOXED = NodeVerdict(Verdict.PASS, "not_sandboxed")
-ALREADY_BOUND = NodeVerdict(Verdict.PASS, "already_bound")  # bind retried after the pod was bound there
+PASSED = NodeVerdict(Fit.PASS, "eligible")
+NOT_SANDBOXED = NodeVerdict(Fit.PASS, "not_sandboxed")
+ALREADY_BOUND = NodeVerdict(Fit.PASS, "already_bound")  # bind retried after the pod was bound there
 
 
 @lru_cache(maxsize=256)
 def runtime_missing(handler: str) -> NodeVerdict:
     """The (shared) verdict for a node without the handler's label; interned, it is the common case."""
-    return NodeVerdict(Verdict.UNRESOLVABLE, "runtime_not_advertised",
+    return NodeVerdict(Fit.UNRESOLVABLE, "runtime_not_advertised",
                        f'node does not advertise runtime handler {handler} '
                        f'(label {keys.runtime_label(handler)}="{keys.RUNTIME_LABEL_VALUE}")')
 
 
 def unknown_node(name: str) -> NodeVerdict:
     """A node name the extender has not seen yet (its cache lags the scheduler's)."""
-    return NodeVerdict(Verdict.FAIL, "unknown_node",
+    return NodeVerdict(Fit.FAIL, "unknown_node",
                        f"node {name} is not in the sandgate extender's cache yet")
 
 
@@ -82,10 +82,10 @@ def evaluate(node: NodeInfo, usage: NodeUsage, pod: PodInfo, lease_expires: floa
     if lease_expires is None or lease_expires < now:
         lease_ref = f"{lease_namespace}/{keys.agent_lease_name(node.name)}"
     if lease_expires is None:
-        return NodeVerdict(Verdict.FAIL, "heartbeat_missing",
+        return NodeVerdict(Fit.FAIL, "heartbeat_missing",
                            f"no sandgate agent heartbeat on node: Lease {lease_ref} not found")
     if lease_expires < now:
-        return NodeVerdict(Verdict.FAIL, "heartbeat_stale",
+        return NodeVerdict(Fit.FAIL, "heartbeat_stale",
                            f"sandgate agent heartbeat stale: Lease {lease_ref} expired {int(now - lease_expires)}s ago")
     capacity = node.capacity.get(handler)
     if capacity is None:
@@ -94,23 +94,23 @@ def evaluate(node: NodeInfo, usage: NodeUsage, pod: PodInfo, lease_expires: floa
             detail = f'{key}="{node.bad_capacity[handler]}" is not a non-negative integer'
         else:
             detail = f"annotation {key} missing"
-        return NodeVerdict(Verdict.FAIL, "capacity_unknown", f"sandbox capacity for {handler} unknown: {detail}")
+        return NodeVerdict(Fit.FAIL, "capacity_unknown", f"sandbox capacity for {handler} unknown: {detail}")
     bound = usage.bound.get(handler, 0)
     reserved = usage.reserved.get(handler, 0)
     if capacity - bound - reserved < 1:
-        return NodeVerdict(Verdict.FAIL, "no_free_slot",
+        return NodeVerdict(Fit.FAIL, "no_free_slot",
                            f"no free {handler} sandbox slot on node "
                            f"(capacity {capacity}, bound {bound}, reserved {reserved})")
     if legacy:
         need_cpu = usage.cpu_millis + pod.total_cpu
         if need_cpu > node.cpu_millis:
-            return NodeVerdict(Verdict.FAIL, "insufficient_cpu",
+            return NodeVerdict(Fit.FAIL, "insufficient_cpu",
                                f"insufficient cpu on a cluster without PodOverhead: pods on node "
                                f"{usage.cpu_millis}m + this pod {pod.total_cpu}m (overhead {pod.overhead_cpu}m) "
                                f"> allocatable {node.cpu_millis}m")
         need_mem = usage.memory_bytes + pod.total_memory
         if need_mem > node.memory_bytes:
-            return NodeVerdict(Verdict.FAIL, "insufficient_memory",
+            return NodeVerdict(Fit.FAIL, "insufficient_memory",
                                f"insufficient memory on a cluster without PodOverhead: pods on node "
                                f"{usage.memory_bytes} + this pod {pod.total_memory} bytes "
                                f"(overhead {pod.overhead_memory}) > allocatable {node.memory_bytes}")

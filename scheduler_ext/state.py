@@ -30,8 +30,8 @@ from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.core.policy import Policy
 from scheduler_ext import decisions
-from scheduler_ext.decisions import NodeVerdict, Verdict
-from scheduler_ext.model import NodeInfo, NodeUsage, ObjectError, PodInfo, node_info, pod_info
+from scheduler_ext.decisions import NodeVerdict, Fit
+from scheduler_ext.objects import NodeInfo, NodeUsage, ObjectError, PodInfo, node_info, pod_info
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ class ClusterCache:
             if current is not None and current.node_name:
                 if current.node_name == node:
                     return decisions.ALREADY_BOUND
-                return NodeVerdict(Verdict.FAIL, "bound_elsewhere",
+                return NodeVerdict(Fit.FAIL, "bound_elsewhere",
                                    f"pod {pod.ref} is already bound to node {current.node_name}")
             held = self.reservations.get(pod.uid)
             if held is not None:
@@ -401,7 +401,7 @@ class ClusterCache:
                     return decisions.unknown_node(node)
                 verdict = decisions.evaluate(info, usage, pod, self.leases.get(node), now, self.legacy,
                                              self.policy.agent.namespace)
-                if verdict.verdict is not Verdict.PASS:
+                if verdict.fit is not Fit.PASS:
                     return verdict
             expires = now + self.policy.scheduling.reservation_timeout_seconds
             self.reservations[pod.uid] = Reservation(pod, node, expires)
@@ -426,7 +426,7 @@ class ClusterCache:
         handler = pod.handler
         if handler is None:
             out.passed = list(names)
-            out.reasons[(Verdict.PASS.value, decisions.NOT_SANDBOXED.reason)] = len(names)
+            out.reasons[(Fit.PASS.value, decisions.NOT_SANDBOXED.reason)] = len(names)
             return out
         now = self.clock()
         evaluate, empty = decisions.evaluate, NodeUsage.empty()
@@ -469,17 +469,17 @@ class ClusterCache:
                     continue
                 else:
                     verdict = evaluate(info, usage_of.get(name, empty), pod, leases.get(name), now, legacy, lease_ns)
-                if verdict.verdict is Verdict.PASS:
+                if verdict.fit is Fit.PASS:
                     passed.append(name)
                     continue
-                key = (verdict.verdict.value, verdict.reason)
+                key = (verdict.fit.value, verdict.reason)
                 reasons[key] = reasons.get(key, 0) + 1
-                if verdict.verdict is Verdict.UNRESOLVABLE:
+                if verdict.fit is Fit.UNRESOLVABLE:
                     unresolvable[name] = verdict.message
                 else:
                     failed[name] = verdict.message
         if passed:
-            key = (Verdict.PASS.value, decisions.PASSED.reason)
+            key = (Fit.PASS.value, decisions.PASSED.reason)
             reasons[key] = reasons.get(key, 0) + len(passed)
         if missing:
             verdict = decisions.runtime_missing(handler)
@@ -487,7 +487,7 @@ class ClusterCache:
                 unresolvable.update(dict.fromkeys(missing, verdict.message))
             else:
                 out.unresolvable = dict.fromkeys(missing, verdict.message)
-            reasons[(verdict.verdict.value, verdict.reason)] = len(missing)
+            reasons[(verdict.fit.value, verdict.reason)] = len(missing)
         return out
 
     def priorities(self, pod: PodInfo, names: list[str], given: Mapping[str, NodeInfo] | None = None) -> bytes:

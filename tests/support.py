@@ -14,19 +14,21 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_POLICY = REPO / "examples" / "policy.yaml"
 # Real kube-apiserver / kube-scheduler 1.24 traffic, kept in the repository (tests/fixtures/README.md).
 FIXTURES = REPO / "tests" / "fixtures" / "k8s-1.24"
+# Requests no capture exists for, written from the Go types (tests/fixtures/handmade/README.md).
+HANDMADE_FIXTURES = REPO / "tests" / "fixtures" / "handmade"
 
 
-def fixture_path(relative: str) -> Path:
-    """Path of a captured fixture under tests/fixtures/k8s-1.24; fails (never skips) when it is missing."""
-    path = FIXTURES / relative
+def fixture_path(relative: str, root: Path = FIXTURES) -> Path:
+    """Path of a fixture under `root` (the 1.24 capture by default); fails (never skips) when it is missing."""
+    path = root / relative
     if not path.is_file():
         pytest.fail(f"captured fixture {path} is missing")
     return path
 
 
-def load_fixture(relative: str) -> dict:
-    """Decode a captured fixture, e.g. load_fixture("admission/v1-01-create-bare-pod.json")."""
-    return json.loads(fixture_path(relative).read_text())
+def load_fixture(relative: str, root: Path = FIXTURES) -> dict:
+    """Decode a fixture, e.g. load_fixture("admission/v1-01-create-bare-pod.json")."""
+    return json.loads(fixture_path(relative, root).read_text())
 
 
 class JsonHandler(BaseHTTPRequestHandler):

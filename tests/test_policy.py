@@ -4,10 +4,13 @@ from decimal import Decimal
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sandgate.core.clusterversion import ClusterVersion, Mode, VersionError
 from sandgate.core.policy import PolicyError, PolicyStore, load_policy, parse_policy
 
+import apiserver_validation
 from support import EXAMPLE_POLICY
 
 
@@ -116,3 +119,61 @@ def test_profile_named_resolves_label_and_annotation_values():
     assert policy.profile_named("none") is None
     assert policy.profile_named("kata") is None
     assert policy.profile_named(None) is None
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("opt-in", "the webhook path segment of the pod opt-in entry (/mutate/opt-in)"),
+    ("sandboxed", "selects defaultProfile"),
+    ("none", "asks to stay unsandboxed"),
+    ("_optin", "must be a DNS-1123 label"),
+    ("Kata", "must be a DNS-1123 label"),
+    ("kata.v2", "must be a DNS-1123 label"),
+    ("k" * 64, "must be a DNS-1123 label"),
+])
+def test_profile_names_are_dns_labels_and_not_reserved(name, reason):
+    doc = example_doc()
+    doc["profiles"][name] = doc["profiles"].pop("gvisor")
+    errors = errors_of(doc)
+    assert any(e.startswith(f"profiles.{name}: ") and reason in e for e in errors), errors
+
+
+@given(st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z"))
+def test_every_accepted_profile_name_makes_webhook_paths_the_api_server_accepts(name):
+    doc = example_doc()
+    doc["profiles"][name] = doc["profiles"].pop("gvisor")
+    try:
+        policy = parse_policy(doc)
+    except PolicyError as exc:
+        assert name in ("runv", "sandboxed", "none", "opt-in"), exc.errors
+        return
+    for profile in policy.profiles:
+        for verb in ("mutate", "validate"):
+            service = {"name": "s", "namespace": "n", "path": f"/{verb}/{profile}"}
+            assert apiserver_validation.validate_service(service, "service") == []
+
+
+def test_agent_runtime_settings_default_and_parse():
+    agent = load_policy(EXAMPLE_POLICY).agent
+    assert (agent.containerd_version, agent.cri_endpoint, agent.runtime_manager) == ("auto", None, "auto")
+    assert agent.reload_timeout_seconds == 30
+    doc = example_doc()
+    doc.setdefault("agent", {}).update(containerdVersion="1.7", criEndpoint="unix:///run/k3s/containerd/containerd.sock",
+                                       runtimeManager="crio", reloadTimeoutSeconds=10)
+    agent = parse_policy(doc).agent
+    assert (agent.containerd_version, agent.cri_endpoint, agent.runtime_manager, agent.reload_timeout_seconds) == (
+        "1.7", "unix:///run/k3s/containerd/containerd.sock", "crio", 10)
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("containerdVersion", 1.7, "quote it in YAML"),  # YAML reads 1.10 as 1.1: only strings are accepted
+    ("containerdVersion", "1.x", 'must be "auto" or a containerd release'),
+    ("containerdVersion", "latest", 'must be "auto" or a containerd release'),
+    ("criEndpoint", "tcp://10.0.0.1:1234", "must be unix:///<absolute path>"),
+    ("runtimeManager", "docker", "must be one of auto, containerd, crio"),
+    ("reloadTimeoutSeconds", 0, ""),
+])
+def test_invalid_agent_runtime_settings_are_refused_by_key(key, value, reason):
+    doc = example_doc()
+    doc.setdefault("agent", {})[key] = value
+    errors = errors_of(doc)
+    assert any(e.startswith(f"agent.{key}:") and reason in e for e in errors), errors

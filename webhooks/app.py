@@ -1,6 +1,6 @@
 """The webhook's Flask application: thin HTTP around the pure decisions.
 
-`create_app(state)` wires one request path: wire.parse_review -> Routing (from the URL's profile or
+`create_app(state)` wires one request path: wire.parse_review -> NamespaceFacts (from the URL's profile or
 the namespace cache) -> webhooks.mutating.admit / webhooks.validating.validate -> wire.review_response.
 Everything that can go wrong on the way ends in a specific answer: a 400 with a JSON reason for a
 body that is not an AdmissionReview, a denial for a failure inside the decision (never an admission
@@ -21,7 +21,7 @@ from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.core.policy import Policy, PolicyStore
 from webhooks import wire
 from webhooks.metrics import Metrics
-from webhooks.model import AdmissionRequest, Routing, Verdict
+from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import admit
 from webhooks.namespaces import NamespaceCache
 from sandgate.core.serving import ReloadingContext
@@ -59,18 +59,18 @@ class WebhookState:
         version = self.cluster_version or policy.cluster_version or self.start_version
         return version.mode(policy.pod_overhead)
 
-    def routing(self, req: AdmissionRequest, profile: str | None) -> tuple[Routing, str | None]:
-        """The Routing for the request and, when namespace labels are unknown, why."""
+    def namespace_facts(self, req: AdmissionRequest, profile: str | None) -> tuple[NamespaceFacts, str | None]:
+        """The NamespaceFacts for the request and, when namespace labels are unknown, why."""
         if profile is not None:
-            return Routing(path_profile=profile), None
+            return NamespaceFacts(path_profile=profile), None
         if self.namespaces is None:
-            return Routing(), f"namespace cache {self.namespaces_off}"
+            return NamespaceFacts(), f"namespace cache {self.namespaces_off}"
         labels = self.namespaces.lookup(req.namespace, wait=self.lookup_wait)
         if labels is None:
             if self.namespaces.synced:
-                return Routing(), f'namespace "{req.namespace}" is not in the namespace cache'
-            return Routing(), f"namespace cache {self.namespaces.status()}"
-        return Routing(namespace_labels=labels), None
+                return NamespaceFacts(), f'namespace "{req.namespace}" is not in the namespace cache'
+            return NamespaceFacts(), f"namespace cache {self.namespaces.status()}"
+        return NamespaceFacts(namespace_labels=labels), None
 
 
 def _json(doc: dict, status: int = 200) -> Response:
@@ -128,8 +128,8 @@ def create_app(state: WebhookState) -> Flask:
         policy = state.policies.current
         unknown = None
         try:
-            routing, unknown = state.routing(req, profile)
-            verdict = DECIDERS[endpoint](req, policy, state.mode(policy), routing)
+            facts, unknown = state.namespace_facts(req, profile)
+            verdict = DECIDERS[endpoint](req, policy, state.mode(policy), facts)
         except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
             log.exception("decision failed; denying the request", extra={
                 "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": request.path})

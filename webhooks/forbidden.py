@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping
 
+from sandgate.core.jsonshape import as_list, as_object
 from sandgate.core.policy import FORBIDDABLE, Profile
 from webhooks.routing import pod_spec
 
-def _items(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _host_flag(name: str) -> Callable[[Mapping[str, Any]], Iterator[str]]:
@@ -30,23 +25,23 @@ def _host_flag(name: str) -> Callable[[Mapping[str, Any]], Iterator[str]]:
 def _privileged(spec: Mapping[str, Any]) -> Iterator[str]:
     # App containers first: they are what users look at; init and ephemeral ones run as privileged too.
     for kind in ("containers", "initContainers", "ephemeralContainers"):
-        for i, container in enumerate(_items(spec.get(kind))):
-            if _dict(_dict(container).get("securityContext")).get("privileged") is True:
+        for i, container in enumerate(as_list(spec.get(kind))):
+            if as_object(as_object(container).get("securityContext")).get("privileged") is True:
                 yield f"spec.{kind}[{i}].securityContext.privileged"
 
 
 def _host_path(spec: Mapping[str, Any]) -> Iterator[str]:
-    for i, volume in enumerate(_items(spec.get("volumes"))):
-        if _dict(volume).get("hostPath") is not None:
+    for i, volume in enumerate(as_list(spec.get("volumes"))):
+        if as_object(volume).get("hostPath") is not None:
             yield f"spec.volumes[{i}].hostPath"
 
 
 def _host_port(spec: Mapping[str, Any]) -> Iterator[str]:
     for kind in ("containers", "initContainers"):
-        for i, container in enumerate(_items(spec.get(kind))):
-            for j, port in enumerate(_items(_dict(container).get("ports"))):
+        for i, container in enumerate(as_list(spec.get(kind))):
+            for j, port in enumerate(as_list(as_object(container).get("ports"))):
                 # hostPort 0 (or absent) means "no host port".
-                if _dict(port).get("hostPort"):
+                if as_object(port).get("hostPort"):
                     yield f"spec.{kind}[{i}].ports[{j}].hostPort"
 
 

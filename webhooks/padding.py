@@ -1,155 +1,256 @@
-"""Sandbox overhead accounted for by padding container requests, where `spec.overhead` cannot carry it.
+"""Sandbox overhead accounted for by padding requests where `spec.overhead` cannot carry it.
 
-The scheduler sees a pod as max(sum(app containers), max(init containers)) + spec.overhead. When
-the API server cannot set spec.overhead (legacy clusters), or the overhead grows with the pod's
-requests (which a RuntimeClass's fixed overhead cannot express), sandgate adds the missing amount
-to the first app container and to every init container: that raises both sides of the max by
-the same amount, so the scheduler's total is exact. Limits grow only where a limit exists, so a
-pod's QoS class is kept (Guaranteed stays Guaranteed, Burstable stays unbounded).
+The scheduler sees a pod as max(app containers + sidecars, each init step) + spec.overhead, or the
+pod-level requests instead of the container sums when `spec.resources` sets them
+(sandgate.core.podrequests). When the API server cannot set spec.overhead (legacy clusters), or
+the overhead grows with the pod's requests (which a RuntimeClass's fixed overhead cannot express),
+sandgate adds the missing amount:
 
-What was padded is recorded in the pod annotation `keys.PADDING_ANNOTATION`; a pod that carries it
-is never padded again, which makes the mutation idempotent under webhook reinvocation and lets an
-operator see exactly what was added.
+* to the pod-level request of a resource the pod sets at pod level (the scheduler ignores the
+  container sums for it), and to the pod-level limit where one exists;
+* otherwise to the first app container and to every regular init container: that raises both
+  sides of the max by the same amount (sidecars run beside the app containers and are covered by
+  them), so the scheduler's total grows by exactly the overhead.
+
+Limits grow only where a limit exists, so a pod's QoS class is kept.
+
+The annotation `keys.PADDING_ANNOTATION` records what was added and the basis it was computed from
+(the effective pod request before padding). It is never trusted, only used to take the padding
+back out: on every call (webhook reinvocation after a later webhook added a sidecar or an init
+container) the padding the *final* pod needs is computed from the pod with the recorded padding
+subtracted, and only the difference is patched. Running it on its own output yields no patch. A
+record that does not match the pod (a container it names is gone or holds less than it says) is
+taken out only where it matches, so a forged or stale record can only lead to more padding.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Mapping
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
+from sandgate.core.jsonshape import list_at, object_at
+from sandgate.core.podrequests import (is_pod_level_resource, is_sidecar,
+                                       pod_level_requests, pod_requests, resource_list)
 from sandgate.core.policy import Profile
-from sandgate.core.quantity import parse_field
-from webhooks.routing import pod_annotations, pod_spec
+from webhooks.routing import pod_annotations
 
 _MI = Decimal(1024 * 1024)
+_MILLI = Decimal("0.001")
+# The record's own keys; every other key is a padded resource and its amount.
+_BASIS, _CONTAINERS, _INIT_CONTAINERS, _POD_LEVEL = "basis", "containers", "initContainers", "podLevel"
+POD = "pod"  # the place name of spec.resources
+
+
+def round_up(resource: str, value: Decimal) -> Decimal:
+    """`value` rounded up to what the scheduler counts: whole millicores of cpu, whole units of the rest."""
+    unit = _MILLI if resource == "cpu" else Decimal(1)
+    return (value / unit).to_integral_value(rounding=ROUND_CEILING) * unit
 
 
 def format_quantity(resource: str, value: Decimal) -> str:
-    """Canonical Kubernetes form: cpu in millicores, other resources in bytes, or Mi when exact.
+    """`value` exactly, in Kubernetes form: cpu in millicores, the rest in Mi when exact, else in units.
 
-    Values are rounded up, never down: padding must not account for less than the overhead.
+    Exact (never rounded) so that taking a recorded amount back out restores the pod's own value.
     """
-    if resource == "cpu":
-        return f"{int((value * 1000).to_integral_value(rounding=ROUND_CEILING))}m"
-    whole = value.to_integral_value(rounding=ROUND_CEILING)
-    if whole and whole % _MI == 0:
-        return f"{int(whole / _MI)}Mi"
-    return str(int(whole))
+    if resource == "cpu" and (value * 1000) == (value * 1000).to_integral_value():
+        return f"{int(value * 1000)}m"
+    if value == value.to_integral_value():
+        whole = int(value)
+        return f"{whole // (1024 * 1024)}Mi" if whole and whole % (1024 * 1024) == 0 else str(whole)
+    return format(value.normalize(), "f")
 
 
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
+@dataclass(frozen=True)
+class PaddingRecord:
+    """What the annotation says: `amounts` added at each place, the `basis` they were computed from."""
+
+    amounts: dict[str, Decimal]
+    basis: dict[str, Decimal] = field(default_factory=dict)
+    containers: tuple[str, ...] = ()
+    init_containers: tuple[str, ...] = ()
+    pod_level: tuple[str, ...] = ()  # resources padded in spec.resources instead of the containers
+
+    def amount_at(self, kind: str, name: Any, resource: str) -> Decimal:
+        """What this record says was added to `resource` of the container `name` in `kind` (or POD)."""
+        amount = self.amounts.get(resource, Decimal(0))
+        if kind == POD:
+            return amount if resource in self.pod_level else Decimal(0)
+        names = self.containers if kind == "containers" else self.init_containers
+        return amount if resource not in self.pod_level and name in names else Decimal(0)
+
+    def to_annotation(self) -> str:
+        """Compact JSON: {"cpu": "100m", "memory": "64Mi", "basis": {...}, "containers": [...], ...}."""
+        doc: dict[str, Any] = {r: format_quantity(r, a) for r, a in sorted(self.amounts.items())}
+        doc[_BASIS] = {r: format_quantity(r, a) for r, a in sorted(self.basis.items())}
+        doc[_CONTAINERS] = list(self.containers)
+        doc[_INIT_CONTAINERS] = list(self.init_containers)
+        if self.pod_level:
+            doc[_POD_LEVEL] = list(self.pod_level)
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_annotation(cls, value: Any) -> "PaddingRecord | None":
+        """The record in an annotation value, or None when it is not one (it is then simply replaced)."""
+        try:
+            doc = json.loads(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        try:
+            amounts = {str(r): Decimal(resource_list({r: q}, "record")[r]) for r, q in doc.items()
+                       if r not in (_BASIS, _CONTAINERS, _INIT_CONTAINERS, _POD_LEVEL)}
+            basis = resource_list(doc.get(_BASIS), "record.basis")
+        except (ValueError, ArithmeticError):
+            return None
+        names = [doc.get(k, []) for k in (_CONTAINERS, _INIT_CONTAINERS, _POD_LEVEL)]
+        if any(not isinstance(n, list) or not all(isinstance(x, str) for x in n) for n in names) \
+                or any(a < 0 for a in amounts.values()):
+            return None
+        return cls(amounts, basis, tuple(names[0]), tuple(names[1]), tuple(names[2]))
 
 
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _is_sidecar(container: Mapping[str, Any]) -> bool:
-    return container.get("restartPolicy") == "Always"
-
-
-def _request(container: Any, kind: str, index: int, resource: str) -> Decimal:
-    requests = _dict(_dict(_dict(container).get("resources")).get("requests"))
-    if resource not in requests:
-        return Decimal(0)
-    return parse_field(requests[resource], f"spec.{kind}[{index}].resources.requests.{resource}")
-
-
-def effective_request(spec: Mapping[str, Any], resource: str) -> Decimal:
-    """The pod's request for `resource` as the scheduler computes it, without overhead.
-
-    Follows k8s resource.PodRequests: the app containers plus restartable init containers
-    (sidecars) run together; each regular init container runs alone beside the sidecars started
-    before it.
-    """
-    app = sum((_request(c, "containers", i, resource) for i, c in enumerate(_list(spec.get("containers")))),
-              Decimal(0))
-    sidecars = Decimal(0)
-    init_peak = Decimal(0)
-    for i, container in enumerate(_list(spec.get("initContainers"))):
-        request = _request(container, "initContainers", i, resource)
-        if _is_sidecar(_dict(container)):
-            sidecars += request
-            init_peak = max(init_peak, sidecars)
-        else:
-            init_peak = max(init_peak, request + sidecars)
-    return max(app + sidecars, init_peak)
-
-
-def required_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> dict[str, Decimal]:
-    """How much each resource must be padded for `profile` in `mode` (only positive amounts).
+def required_padding(spec: Mapping[str, Any], profile: Profile, mode: Mode) -> dict[str, Decimal]:
+    """How much each resource must be padded for `profile` in `mode`, for an unpadded pod `spec`.
 
     RuntimeClass mode: the API server sets spec.overhead to podFixed, so only the memory the
     request-dependent rule adds beyond podFixed is padded. Legacy mode: the whole overhead, less
-    any spec.overhead the pod already carries (the API server accounted for that part).
+    any spec.overhead the pod already carries (the API server accounted for that part). Amounts
+    are rounded up to whole units and only positive ones are returned.
     """
     overhead = profile.overhead
     if overhead is None:
         return {}
-    spec = pod_spec(pod)
     fixed = overhead.pod_fixed_values
     dependent = (overhead.memory_percent_of_requests is not None or overhead.memory_min is not None
                  or overhead.memory_max is not None)
-    memory_total = overhead.memory_total(effective_request(spec, "memory")) if dependent else None
+    memory_total = None
+    if dependent:
+        memory_total = overhead.memory_total(pod_requests(spec, include_overhead=False).get("memory", Decimal(0)))
     if mode is Mode.APISERVER_MERGES:
         wanted = {} if memory_total is None else {"memory": memory_total - fixed.get("memory", Decimal(0))}
     else:
         wanted = dict(fixed)
         if memory_total is not None:
             wanted["memory"] = memory_total
-        accounted = _dict(spec.get("overhead"))
+        accounted = resource_list(spec.get("overhead"), "spec.overhead")
         for resource in wanted:
-            if resource in accounted:
-                wanted[resource] -= parse_field(accounted[resource], f"spec.overhead.{resource}")
-    return {resource: amount for resource, amount in wanted.items() if amount > 0}
+            wanted[resource] -= accounted.get(resource, Decimal(0))
+    return {resource: round_up(resource, amount) for resource, amount in wanted.items() if amount > 0}
 
 
-def _pad_container(container: dict, amounts: Mapping[str, Decimal], kind: str, index: int) -> None:
-    resources = container.get("resources")
-    if not isinstance(resources, dict):
-        resources = container["resources"] = {}
-    requests = resources.get("requests")
-    if not isinstance(requests, dict):
-        requests = resources["requests"] = {}
-    limits = _dict(resources.get("limits"))
-    for resource, amount in amounts.items():
-        base = f"spec.{kind}[{index}].resources"
-        current = parse_field(requests[resource], f"{base}.requests.{resource}") if resource in requests else 0
-        requests[resource] = format_quantity(resource, current + amount)
-        if resource in limits:
-            limits[resource] = format_quantity(resource, parse_field(limits[resource], f"{base}.limits.{resource}")
-                                               + amount)
+@dataclass
+class ResourceEdit:
+    """New values for one place's requests and limits: resource -> Decimal, or None to remove the key."""
+
+    requests: dict[str, Decimal | None] = field(default_factory=dict)
+    limits: dict[str, Decimal | None] = field(default_factory=dict)
 
 
-def pad_pod(pod: dict, profile: Profile, mode: Mode) -> dict[str, Any] | None:
-    """Pad `pod` in place for `profile`'s overhead and record it; return the record, or None if nothing to do.
+@dataclass
+class PaddingPlan:
+    """The outcome: per place ((kind, index) or (POD, 0)) the values to write, and the annotation."""
 
-    Raises QuantityError (naming the field) when a quantity it must read is invalid.
+    edits: dict[tuple[str, int], ResourceEdit]
+    record: PaddingRecord | None  # None: the pod needs no padding (an annotation present is removed)
+    annotation: str | None  # the annotation value to write; None = remove it if present
+
+    @property
+    def amounts(self) -> dict[str, Decimal]:
+        """What the final pod carries as padding, per resource."""
+        return dict(self.record.amounts) if self.record else {}
+
+
+def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    resources = object_at(holder.get("resources"), f"{path}.resources")
+    return (resource_list(resources.get("requests"), f"{path}.resources.requests"),
+            resource_list(resources.get("limits"), f"{path}.resources.limits"))
+
+
+def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> PaddingPlan:
+    """What to write so that the pod carries exactly the padding it needs, whatever it carries now.
+
+    Raises QuantityError or ShapeError naming the field when a value it must read is invalid.
     """
-    spec = pod.get("spec")
-    if not isinstance(spec, dict) or keys.PADDING_ANNOTATION in pod_annotations(pod):
-        return None
-    amounts = required_padding(pod, profile, mode)
+    spec = object_at(pod.get("spec"), "spec")
+    previous = PaddingRecord.from_annotation(pod_annotations(pod).get(keys.PADDING_ANNOTATION))
+    places: list[tuple[str, int, Any, str]] = []  # (kind, index, container name, path)
+    for kind in ("containers", "initContainers"):
+        for i, container in enumerate(list_at(spec.get(kind), f"spec.{kind}")):
+            places.append((kind, i, object_at(container, f"spec.{kind}[{i}]").get("name"), f"spec.{kind}[{i}]"))
+    current: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
+    unpadded: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
+    for kind, i, name, path in places + [(POD, 0, None, "spec")]:
+        holder = spec if kind == POD else spec[kind][i]
+        requests, limits = _resources(holder, path)
+        current[kind, i] = (requests, limits)
+        base_requests, base_limits = dict(requests), dict(limits)
+        for resource in (previous.amounts if previous else {}):
+            amount = previous.amount_at(kind, name, resource)
+            # Take out only what is demonstrably there: a stale or forged record can only add padding.
+            if amount and requests.get(resource, Decimal(0)) >= amount:
+                base_requests[resource] = requests.get(resource, Decimal(0)) - amount
+                if resource in limits and limits[resource] >= amount:
+                    base_limits[resource] = limits[resource] - amount
+        unpadded[kind, i] = (base_requests, base_limits)
+
+    amounts = required_padding(_with_requests(spec, unpadded), profile, mode)
+    pod_level = pod_level_requests(_with_requests(spec, unpadded)) if amounts else {}
+    targets: dict[tuple[str, int], dict[str, Decimal]] = {}
+    for resource, amount in amounts.items():
+        if resource in pod_level and is_pod_level_resource(resource):
+            targets.setdefault((POD, 0), {})[resource] = amount
+            continue
+        for kind, i, _name, _path in places:
+            if kind == "containers" and i == 0 or kind == "initContainers" and not is_sidecar(spec[kind][i]):
+                targets.setdefault((kind, i), {})[resource] = amount
+
+    edits: dict[tuple[str, int], ResourceEdit] = {}
+    for place, (requests, limits) in current.items():
+        base_requests, base_limits = unpadded[place]
+        target = targets.get(place, {})
+        edit = ResourceEdit()
+        for resource in set(requests) | set(target):
+            base = base_requests.get(resource, Decimal(0))
+            wanted = base + target.get(resource, Decimal(0))
+            if wanted != requests.get(resource):
+                # A request that was only padding goes away with it rather than staying as "0".
+                padding_only = not wanted and resource not in target and requests.get(resource)
+                edit.requests[resource] = None if padding_only else wanted
+            if resource in limits:
+                limit = base_limits[resource] + target.get(resource, Decimal(0))
+                if limit != limits[resource]:
+                    edit.limits[resource] = limit
+        if edit.requests or edit.limits:
+            edits[place] = edit
+
     if not amounts:
-        return None
-    padded: dict[str, list[str]] = {"containers": [], "initContainers": []}
-    containers = _list(spec.get("containers"))
-    if containers and isinstance(containers[0], dict):
-        _pad_container(containers[0], amounts, "containers", 0)
-        padded["containers"].append(str(containers[0].get("name", "")))
-    for i, container in enumerate(_list(spec.get("initContainers"))):
-        # Sidecars run beside the app containers, whose padding already covers them.
-        if isinstance(container, dict) and not _is_sidecar(container):
-            _pad_container(container, amounts, "initContainers", i)
-            padded["initContainers"].append(str(container.get("name", "")))
-    record: dict[str, Any] = {resource: format_quantity(resource, amount) for resource, amount in amounts.items()}
-    record.update(padded)
-    metadata = pod.setdefault("metadata", {})
-    if not isinstance(metadata.get("annotations"), dict):
-        metadata["annotations"] = {}
-    metadata["annotations"][keys.PADDING_ANNOTATION] = json.dumps(record, separators=(",", ":"))
-    return record
+        return PaddingPlan(edits, None, None)
+    padded_kinds = {kind: tuple(str(name) for k, i, name, _ in places if (k, i) in targets and k == kind)
+                    for kind in ("containers", "initContainers")}
+    before = pod_requests(_with_requests(spec, unpadded), include_overhead=False)
+    basis = {r: before.get(r, Decimal(0)) for r in amounts}
+    record = PaddingRecord(amounts, basis, padded_kinds["containers"], padded_kinds["initContainers"],
+                           tuple(sorted(r for r in amounts if (POD, 0) in targets and r in targets[POD, 0])))
+    return PaddingPlan(edits, record, record.to_annotation())
+
+
+def _with_requests(spec: Mapping[str, Any], values: Mapping[tuple[str, int], tuple[dict, dict]]) -> dict:
+    """A shallow copy of `spec` whose requests (of containers, init containers, pod level) are `values`."""
+    def holder(original: Mapping[str, Any], requests: Mapping[str, Decimal]) -> dict:
+        resources = dict(object_at(original.get("resources"), "resources"))
+        resources["requests"] = {r: format(v, "f") for r, v in requests.items()}
+        return {**original, "resources": resources}
+
+    out = dict(spec)
+    for kind in ("containers", "initContainers"):
+        if kind in spec:
+            out[kind] = [holder(c, values[kind, i][0]) for i, c in enumerate(list_at(spec[kind], f"spec.{kind}"))]
+    if spec.get("resources") is not None:
+        out = holder(out, values[POD, 0][0])
+    return out
+

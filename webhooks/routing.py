@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sandgate.core import keys
+from sandgate.core.jsonshape import as_object
 from sandgate.core.policy import Policy, Profile
-from webhooks.model import AdmissionRequest, Routing
+from webhooks.review import AdmissionRequest, NamespaceFacts
 
 
 class Outcome(str, enum.Enum):
@@ -69,30 +70,27 @@ def applies_to(req: AdmissionRequest) -> bool:
 
 def pod_metadata(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod's metadata, or an empty mapping when it is missing or malformed."""
-    meta = pod.get("metadata")
-    return meta if isinstance(meta, dict) else {}
+    return as_object(pod.get("metadata"))
 
 
 def pod_spec(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod's spec, or an empty mapping when it is missing or malformed."""
-    spec = pod.get("spec")
-    return spec if isinstance(spec, dict) else {}
+    return as_object(pod.get("spec"))
 
 
 def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pod's annotations, or an empty mapping."""
-    annotations = pod_metadata(pod).get("annotations")
-    return annotations if isinstance(annotations, dict) else {}
+    return as_object(pod_metadata(pod).get("annotations"))
 
 
 def _valid_values(policy: Policy, *fixed: str) -> str:
     return ", ".join([*fixed, *policy.profiles])
 
 
-def _namespace_profile(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision | Profile | None:
+def _namespace_profile(req: AdmissionRequest, policy: Policy, facts: NamespaceFacts) -> Decision | Profile | None:
     """The profile the namespace routes to, None for an unlabelled namespace, or a denial."""
-    if routing.path_profile is not None:
-        segment = routing.path_profile
+    if facts.path_profile is not None:
+        segment = facts.path_profile
         if segment == keys.OPT_IN_PATH_SEGMENT:
             return None
         # /mutate/sandboxed follows defaultProfile without rewriting the webhook configuration.
@@ -103,11 +101,11 @@ def _namespace_profile(req: AdmissionRequest, policy: Policy, routing: Routing) 
                     f'webhook path profile "{segment}" is not a profile of the sandbox policy (valid: '
                     f'{_valid_values(policy, keys.SANDBOXED_VALUE, keys.OPT_IN_PATH_SEGMENT)}); '
                     f"fix the webhook configuration's clientConfig path")
-    if routing.namespace_labels is None:
+    if facts.namespace_labels is None:
         return deny("namespace-routing-unknown",
                     f'namespace routing for "{req.namespace}" is unknown: the namespace cache is not ready; '
                     f"refusing the pod rather than guessing whether it must be sandboxed", code=503)
-    value = routing.namespace_labels.get(policy.namespace_label)
+    value = facts.namespace_labels.get(policy.namespace_label)
     if value is None:
         return None
     profile = policy.profile_named(value)
@@ -136,7 +134,7 @@ def _by_runtime_class(profile: Profile, rule: Rule, policy: Policy, pod: Mapping
     return Decision(Outcome.ROUTE, "routed", profile=profile, rule=rule)
 
 
-def resolve(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision:
+def resolve(req: AdmissionRequest, policy: Policy, facts: NamespaceFacts) -> Decision:
     """Route the pod of `req`: to a profile, to nothing (skip), or to a denial naming the input at fault."""
     if not applies_to(req):
         return skip("not-applicable")
@@ -145,7 +143,7 @@ def resolve(req: AdmissionRequest, policy: Policy, routing: Routing) -> Decision
     pod = req.object
     if not isinstance(pod, dict):
         return deny("invalid-pod", "request.object: the pod to create is missing", code=400)
-    ns_profile = _namespace_profile(req, policy, routing)
+    ns_profile = _namespace_profile(req, policy, facts)
     if isinstance(ns_profile, Decision):
         return ns_profile
 

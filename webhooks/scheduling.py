@@ -97,25 +97,38 @@ NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 
 
+def tolerates_no_execute_taint(toleration: Mapping[str, Any], taint_key: str) -> bool:
+    """Whether `toleration` tolerates the value-less NoExecute taint `taint_key` (Go: Toleration.ToleratesTaint)."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != _NO_EXECUTE:
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint_key:
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if operator == "Exists":
+        return True
+    return operator == "Equal" and not toleration.get("value")
+
+
 def with_edge_toleration_seconds(tolerations: list[Mapping[str, Any]], seconds: int) -> list[dict]:
-    """The tolerations with the not-ready/unreachable NoExecute ones tolerating at least `seconds`.
+    """The tolerations with the not-ready/unreachable NoExecute taints tolerated for at least `seconds`.
 
     An edge node that loses its link to the control plane turns unreachable; with the default 300 s
-    its sandboxed pods would be evicted although they still run fine. An existing NoExecute
-    toleration for the taint gets `seconds` (the defaulted 300 s is replaced); a missing one is
-    added. A toleration that already tolerates at least as long (no tolerationSeconds = forever,
-    or a larger value, or a broader toleration) is left as the pod wrote it.
+    its sandboxed pods would be evicted although they still run fine. The taint manager evicts
+    after the *minimum* tolerationSeconds of all tolerations matching the taint (those without
+    tolerationSeconds tolerate forever and do not count). So every toleration matching either
+    taint with a smaller tolerationSeconds, wildcards such as {operator: Exists, effect: NoExecute}
+    included, is raised to `seconds` (the defaulted 300 s among them), and when none matches, one
+    is added. Tolerations that already tolerate at least as long, or forever, stay as written.
     """
     result = [dict(t) for t in tolerations]
     for taint in (NOT_READY_TAINT, UNREACHABLE_TAINT):
-        wanted = {"key": taint, "operator": "Exists", "effect": _NO_EXECUTE, "tolerationSeconds": seconds}
-        if any(is_superset(t, wanted) for t in result):
-            continue
-        for t in result:
-            # The taints carry no value, so an Equal toleration with an empty value matches them too.
-            if t.get("key") == taint and t.get("effect") == _NO_EXECUTE and not t.get("value"):
+        matching = [t for t in result if tolerates_no_execute_taint(t, taint)]
+        for t in matching:
+            current = t.get("tolerationSeconds")
+            if isinstance(current, int) and current < seconds:
                 t["tolerationSeconds"] = seconds
-                break
-        else:
-            result.append(wanted)
+        if not matching:
+            result.append({"key": taint, "operator": "Exists", "effect": _NO_EXECUTE, "tolerationSeconds": seconds})
     return result

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from webhooks.model import AdmissionRequest, Verdict
+from webhooks.review import AdmissionRequest, Verdict
 
 V1 = "admission.k8s.io/v1"
 V1BETA1 = "admission.k8s.io/v1beta1"

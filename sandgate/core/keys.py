@@ -25,6 +25,11 @@ RUNTIME_LABEL_VALUE = "true"
 # Node annotation published by the agent: how many sandboxes of this handler the node can hold.
 CAPACITY_ANNOTATION_PREFIX = f"{DOMAIN}/sandbox-capacity."
 
+# Extended resource of one sandbox slot of a runtime handler: sandgate.io/sandbox-<handler>. The
+# agent advertises the slots through the device plugin API, the webhook requests one in the first
+# app container of every routed pod, and the scheduler counts them.
+SANDBOX_RESOURCE_PREFIX = f"{DOMAIN}/sandbox-"
+
 # Pod annotation written by the webhook when it pads container resources to emulate pod overhead.
 PADDING_ANNOTATION = f"{DOMAIN}/overhead-padding"
 
@@ -36,14 +41,20 @@ AUDIT_PROFILE = "profile"
 AUDIT_RULE = "rule"
 
 # Path segment of /mutate/<segment> and /validate/<segment> used by the webhook entry for
-# namespaces that carry no isolation label (pod opt-in). Profile names are DNS labels, so a
-# leading underscore can never collide with one.
-OPT_IN_PATH_SEGMENT = "_optin"
+# namespaces that carry no isolation label (pod opt-in). The API server requires every segment of
+# a webhook service path to be a DNS-1123 subdomain, so the segment has the shape of a profile
+# name; the policy reserves it (policy.RESERVED_PROFILE_NAMES) so the two can never collide.
+OPT_IN_PATH_SEGMENT = "opt-in"
 
 
 def runtime_label(handler: str) -> str:
     """Node label key advertising that `handler` is installed and healthy."""
     return RUNTIME_LABEL_PREFIX + handler
+
+
+def sandbox_resource(handler: str) -> str:
+    """Extended resource name of one sandbox slot of `handler`, e.g. sandgate.io/sandbox-runv."""
+    return SANDBOX_RESOURCE_PREFIX + handler
 
 
 def capacity_annotation(handler: str) -> str:

@@ -29,7 +29,7 @@ from sandgate.core.clusterversion import ClusterVersion
 from sandgate.demo import changes
 from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission
 from sandgate.demo.webhookconfig import WebhookEntry, entries_for_namespace
-from sandgate.demo.wire import JsonClient, WireError
+from sandgate.demo.httpclient import JsonClient, RequestFailed
 
 V1 = "admission.k8s.io/v1"
 V1BETA1 = "admission.k8s.io/v1beta1"
@@ -186,7 +186,7 @@ class ApiServer:
         review = admission_review(pod, self.review_version, uid)
         try:
             answer = self.webhook.post(f"{entry.path}?timeout={entry.timeout_seconds}s", review)
-        except WireError as exc:
+        except RequestFailed as exc:
             if entry.failure_policy == "Ignore":
                 result.component_error = f'failed calling webhook "{entry.name}": {exc}'
                 result.warnings.append(f"{result.component_error} (failurePolicy Ignore: admitted without it)")

@@ -30,7 +30,7 @@ from sandgate.demo.runtimeclass import RuntimeClassAdmission, runtime_classes
 from sandgate.demo.scheduler import EXTENDER_HTTP_TIMEOUT_SECONDS, NodeState, Scheduler
 from sandgate.demo.snapshot import snapshot
 from sandgate.demo.webhookconfig import MUTATE, TIMEOUT_SECONDS, VALIDATE, namespace_labels, webhook_entries
-from sandgate.demo.wire import JsonClient
+from sandgate.demo.httpclient import JsonClient
 from sandgate.core.policy import Policy, PolicyError, load_policy
 
 READY_TIMEOUT_SECONDS = 20.0

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandgate.demo.wire import JsonClient, WireError
+from sandgate.demo.httpclient import JsonClient, RequestFailed
 
 STOP_TIMEOUT_SECONDS = 5.0
 TAIL_LINES = 15
@@ -107,7 +107,7 @@ class Component:
             raise self.failure(f"exited with code {self.process.returncode} before it was ready")
         try:
             status, _ = self.ready_client.request("GET", "/readyz")
-        except WireError:
+        except RequestFailed:
             return False
         if status == 200:
             self.ready_after = time.monotonic() - self._started_at

@@ -12,12 +12,15 @@ extender's /bind (bindVerb), which records it in its snapshot.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Mapping
 
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.quantity import millis, units
-from sandgate.demo.wire import JsonClient, WireError
+from sandgate.demo.httpclient import JsonClient, RequestFailed
 
 # As the shipped scheduler configurations (manifests/scheduler/) set the extender up.
 EXTENDER_WEIGHT = 2
@@ -61,26 +64,10 @@ class NodeState:
 
 
 def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]:
-    """(cpu millicores, memory bytes) the scheduler reserves: max(containers, each init) + spec.overhead."""
-    spec = pod.get("spec") or {}
-
-    def requests(c: Mapping[str, Any]) -> tuple[int, int]:
-        r = (c.get("resources") or {}).get("requests") or {}
-        path = f"container {c.get('name')!r} resources.requests"
-        return millis(r.get("cpu", 0), f"{path}.cpu"), units(r.get("memory", 0), f"{path}.memory")
-
-    cpu = mem = 0
-    for c in spec.get("containers") or []:
-        c_cpu, c_mem = requests(c)
-        cpu, mem = cpu + c_cpu, mem + c_mem
-    for c in spec.get("initContainers") or []:
-        c_cpu, c_mem = requests(c)
-        cpu, mem = max(cpu, c_cpu), max(mem, c_mem)
-    overhead = spec.get("overhead") or {}
-    if count_overhead and overhead:
-        cpu += millis(overhead.get("cpu", 0), "spec.overhead.cpu")
-        mem += units(overhead.get("memory", 0), "spec.overhead.memory")
-    return cpu, mem
+    """(cpu millicores, memory bytes) the scheduler reserves (sandgate.core.podrequests), rounded up."""
+    requests = pod_requests(pod.get("spec") or {}, include_overhead=count_overhead)
+    return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
+            int(math.ceil(requests.get("memory", Decimal(0)))))
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -283,7 +270,7 @@ class Scheduler:
             return result
         try:
             chosen = self._extender_cycle(pod, feasible, result)
-        except WireError as exc:
+        except RequestFailed as exc:
             result.error = f"extender call failed: {exc}"
             return result
         except AnswerError as exc:

@@ -3,7 +3,7 @@
 The shipped Mutating/ValidatingWebhookConfigurations (manifests/overlays/*/) hold one entry per
 profile, each selecting namespaces whose isolation label names that profile (the default profile
 also takes the value "sandboxed") and calling `/<phase>/<profile>` with failurePolicy Fail; one
-opt-in entry for namespaces without the label (`/<phase>/_optin`, failurePolicy Ignore, skipping
+opt-in entry for namespaces without the label (`/<phase>/opt-in`, failurePolicy Ignore, skipping
 namespaces labelled `keys.IGNORE_NAMESPACE_LABEL`); and, for validation, one entry for a label
 that names no profile (`/validate`). From 1.21 the API server labels every namespace with its
 name, and the entries also exclude the exempt namespaces by that label. The API server calls

@@ -133,8 +133,8 @@ def test_every_builtin_pod_has_its_decision(demo):
 def test_routing_reasons_follow_the_namespace_selectors(demo):
     out = demo.stdout
     assert "never sent to sandgate" in pod_block(out, "kube-system/coredns-autoscaler")
-    assert "POST /mutate/_optin" in pod_block(out, "shop/storefront")
-    assert "POST /mutate/_optin" in pod_block(out, "shop/plugin-runner")
+    assert "POST /mutate/opt-in" in pod_block(out, "shop/storefront")
+    assert "POST /mutate/opt-in" in pod_block(out, "shop/plugin-runner")
     assert f"{keys.DEFAULT_NAMESPACE_LABEL}=sandboxed" in pod_block(out, "tenant-a/web")
     assert "POST /mutate/runv" in pod_block(out, "tenant-a/web")
     assert "POST /mutate/gvisor" in pod_block(out, "ci-runners/build-42")

@@ -18,7 +18,7 @@ from sandgate.demo.runtimeclass import Forbidden, RuntimeClassAdmission, runtime
 from sandgate.demo.scheduler import NodeState, Scheduler, in_tree_filter, least_allocated, pod_request, tolerates
 from sandgate.demo.webhookconfig import (MUTATE, VALIDATE, SelectorError, entries_for_namespace, namespace_labels,
                                          selector_matches, webhook_entries)
-from sandgate.demo.wire import WireError
+from sandgate.demo.httpclient import RequestFailed
 from sandgate.core.policy import load_policy, parse_policy
 from support import EXAMPLE_POLICY, REPO, load_fixture
 
@@ -60,7 +60,7 @@ def test_unknown_selector_operator_is_an_error():
     ({LABEL: "sandboxed"}, ["/mutate/runv"], ["/validate/runv"]),
     ({LABEL: "runv"}, ["/mutate/runv"], ["/validate/runv"]),
     ({LABEL: "gvisor"}, ["/mutate/gvisor"], ["/validate/gvisor"]),
-    ({}, ["/mutate/_optin"], ["/validate/_optin"]),
+    ({}, ["/mutate/opt-in"], ["/validate/opt-in"]),
     ({keys.IGNORE_NAMESPACE_LABEL: "true"}, [], []),
     # A label naming no profile: no mutation, and the fail-closed validating entry refuses it.
     ({LABEL: "kata"}, [], ["/validate"]),
@@ -78,7 +78,7 @@ def test_exempt_namespaces_are_excluded_by_name_from_1_21(policy):
     assert entries_for_namespace(webhook_entries(policy, MUTATE, V124), labels) == []
     # Before 1.21 there is no name label: only the install's ignore label keeps kube-system out.
     assert [e.path for e in entries_for_namespace(webhook_entries(policy, MUTATE, V115),
-                                                  namespace_labels("kube-system", {}, V115))] == ["/mutate/_optin"]
+                                                  namespace_labels("kube-system", {}, V115))] == ["/mutate/opt-in"]
 
 
 def test_opt_in_entry_only_when_the_policy_allows_it(policy):
@@ -192,7 +192,7 @@ class FakeWebhook:
     def post(self, path, review):
         self.calls.append((path, review))
         if self.fail:
-            raise WireError("connection refused")
+            raise RequestFailed("connection refused")
         allowed, ops, message = self.answers.pop(0) if self.answers else (True, [], "")
         response = {"uid": review["request"]["uid"], "allowed": allowed}
         if ops:

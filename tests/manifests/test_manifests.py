@@ -16,6 +16,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+import apiserver_validation
 import k8s_schemas
 from sandgate import __version__
 from sandgate.core import keys
@@ -109,6 +110,93 @@ def test_every_object_validates_against_its_target_schemas(rendered):
                 validate_for(doc, version)
             except AssertionError as exc:
                 pytest.fail(f"{target}: {doc['kind']}/{doc['metadata']['name']} invalid for {version}: {exc}")
+
+
+# The API server versions whose semantic validation each generation's webhook configurations must pass.
+API_SERVER_VERSIONS = {"modern": ["1.22", "1.24", "1.32", NEWEST], "legacy": ["1.14", "1.15"]}
+WEBHOOK_CONFIGURATION_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+
+
+def test_webhook_configurations_pass_the_api_servers_own_validation(rendered):
+    """What kube-apiserver checks beyond the schema (pkg/apis/admissionregistration/validation)."""
+    target, docs = rendered
+    generation, _ = INSTALLS[target]
+    configs = [d for d in docs if d["kind"] in WEBHOOK_CONFIGURATION_KINDS]
+    assert len(configs) == 2
+    for version in API_SERVER_VERSIONS[generation]:
+        for config in configs:
+            errors = apiserver_validation.validate_webhook_configuration(config, version)
+            assert not errors, f"{target}: {config['kind']}/{config['metadata']['name']} refused by {version}: {errors}"
+
+
+def _entry(**changes) -> dict:
+    hook = {"name": "runv.mutate.sandgate.io", "admissionReviewVersions": ["v1", "v1beta1"], "sideEffects": "None",
+            "clientConfig": {"service": {"name": "s", "namespace": "n", "path": "/mutate/runv"}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [{"key": "sandgate.io/isolation", "operator": "Exists"}]}}
+    hook.update(changes)
+    return hook
+
+
+def _refusals(*hooks: dict, version: str = "1.32", api: str = "admissionregistration.k8s.io/v1") -> list[str]:
+    config = {"apiVersion": api, "kind": "MutatingWebhookConfiguration", "metadata": {"name": "sandgate"},
+              "webhooks": list(hooks)}
+    return apiserver_validation.validate_webhook_configuration(config, version)
+
+
+@pytest.mark.parametrize("change, message", [
+    # The error real 1.14, 1.24 and 1.32 API servers gave for the path shipped before (issue 15).
+    ({"clientConfig": {"service": {"name": "s", "namespace": "n", "path": "/mutate/_optin"}}},
+     "clientConfig.service.path: Invalid value: '/mutate/_optin': segment[1]: a lowercase RFC 1123 subdomain"),
+    ({"clientConfig": {"service": {"name": "s", "namespace": "n", "path": "/mutate//x"}}}, "segment[1] may not be empty"),
+    ({"clientConfig": {"service": {"name": "s", "namespace": "n", "path": "mutate"}}}, "must start with a '/'"),
+    ({"clientConfig": {"service": {"name": "s", "namespace": "n", "port": 0}}}, "port is not valid"),
+    ({"clientConfig": {}}, "exactly one of url or service is required"),
+    ({"name": "sandgate.io"}, "at least three segments"),
+    ({"timeoutSeconds": 31}, "between 1 and 30 seconds"),
+    ({"sideEffects": "Some"}, "sideEffects: Unsupported value"),
+    ({"sideEffects": None}, "sideEffects: Required value"),
+    ({"failurePolicy": "Retry"}, "failurePolicy: Unsupported value"),
+    ({"matchPolicy": "Fuzzy"}, "matchPolicy: Unsupported value"),
+    ({"reinvocationPolicy": "Always"}, "reinvocationPolicy: Unsupported value"),
+    ({"admissionReviewVersions": ["v2"]}, "must include at least one of v1, v1beta1"),
+    ({"admissionReviewVersions": ["v1", "v1"]}, "duplicate version"),
+    ({"rules": [{"operations": ["CREATE", "*"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]},
+     "if '*' is present, must not specify other operations"),
+    ({"rules": [{"operations": ["PATCH"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]},
+     "Unsupported value: 'PATCH'"),
+    ({"rules": [{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                 "resources": ["pods/*", "pods/resize"]}]}, "if 'pods/*' is present, must not specify pods/resize"),
+    ({"rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                 "scope": "Node"}]}, "scope: Unsupported value"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "must be specified when"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
+     "may not be specified"),
+    ({"namespaceSelector": {"matchExpressions": [{"key": "a_/b", "operator": "Exists"}]}}, "key: Invalid value"),
+    ({"matchConditions": [{"name": "x", "expression": "true"}, {"name": "x", "expression": "true"}]},
+     "matchConditions[1].name: Duplicate value"),
+])
+def test_the_ported_validation_refuses_what_the_api_server_refuses(change, message):
+    refusals = _refusals(_entry(**{k: v for k, v in change.items() if v is not None}))
+    if change.get("sideEffects", "") is None:
+        hook = _entry()
+        del hook["sideEffects"]
+        refusals = _refusals(hook)
+    assert any(message in r for r in refusals), refusals
+    assert _refusals(_entry()) == []
+
+
+def test_the_ported_validation_knows_each_versions_review_versions_and_defaults():
+    assert any("Duplicate value" in r for r in _refusals(_entry(), _entry()))
+    # 1.14-1.16 API servers accept only v1beta1 AdmissionReviews.
+    only_v1 = _entry(admissionReviewVersions=["v1"])
+    assert any("must include at least one of v1beta1" in r for r in _refusals(only_v1, version="1.16"))
+    assert _refusals(only_v1, version="1.17") == []
+    # v1beta1 defaults sideEffects to Unknown, which creating a configuration no longer accepts.
+    beta = _entry()
+    del beta["sideEffects"], beta["admissionReviewVersions"]
+    assert any("sideEffects: Unsupported value: 'Unknown'" in r for r in
+               _refusals(beta, version="1.14", api="admissionregistration.k8s.io/v1beta1"))
 
 
 def test_legacy_uses_only_legacy_api_versions():

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from node_agent.containerd import ContainerdConfigError, Root, load, merge
+from node_agent.containerd import ConfigSnapshot, ContainerdConfigError, ContainerdVersion, resolve
 from node_agent.discovery import capacity, is_vm_runtime, node_patch, patch_is_empty, shim_name
 from sandgate.core import keys
 
@@ -14,6 +14,12 @@ KATA_LABEL, RUNSC_LABEL = keys.runtime_label("kata"), keys.runtime_label("runsc"
 KATA_CAP, RUNSC_CAP = keys.capacity_annotation("kata"), keys.capacity_annotation("runsc")
 # (8Gi - 1Gi reserved) / 160Mi = 44.8 -> 44 kata sandboxes; runsc has no overhead -> maxSandboxes 100.
 KATA_CAPACITY, RUNSC_CAPACITY = "44", "100"
+
+
+UNKNOWN_VERSION = ("containerd version unknown (no CRI answer, no containerd binary under --root): discovery "
+                   "trusts only handlers that containerd 1.x and 2.x rules agree on; set agent.containerdVersion")
+NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE): "
+          "handlers come from the config files")
 
 
 def by_handler(doc: dict) -> dict:
@@ -64,8 +70,10 @@ def test_patch_names_only_changed_keys():
     assert patch_is_empty(node_patch({"kata": 3}, *current))
 
 
-def test_merge_tables_and_later_scalars_win():
-    assert merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"c": 3}, "d": 2}) == {"a": {"b": 1, "c": 3}, "d": 2}
+def test_2x_merges_tables_and_later_non_empty_scalars_win():
+    snapshot = ConfigSnapshot("/c.toml", {"/c.toml": 'imports = ["/d.toml"]\n[a]\nb = 1\nc = 2\nd = 1\n',
+                                          "/d.toml": "[a]\nc = 3\nd = 0\n"})
+    assert resolve(snapshot, ContainerdVersion(2, 0)).effective["a"] == {"b": 1, "c": 3, "d": 1}
 
 
 def test_cli_dry_run_both_runtimes_exact(root, tables, dry_run):
@@ -79,7 +87,10 @@ def test_cli_dry_run_both_runtimes_exact(root, tables, dry_run):
         "nodePatch": {"metadata": {"labels": {KATA_LABEL: "true", RUNSC_LABEL: "true"},
                                    "annotations": {KATA_CAP: KATA_CAPACITY, RUNSC_CAP: RUNSC_CAPACITY}}},
         "containerd": {"config": "/etc/containerd/config.toml", "version": 2, "imports": [], "error": None,
-                       "dropIns": [], "mainConfig": None, "skipped": [], "configureError": None},
+                       "dropIns": [], "mainConfig": None, "edits": [], "skipped": [], "configureError": None,
+                       "runtimeManager": "containerd", "containerdVersion": None, "versionSource": None,
+                       "criEndpoint": "unix:///run/containerd/containerd.sock", "handlersFrom": "files",
+                       "warnings": [UNKNOWN_VERSION, NO_CRI], "problems": []},
         "runtimes": [
             {"handler": "kata", "runtimeType": "io.containerd.kata.v2", "shim": "/opt/kata/bin/containerd-shim-kata-v2",
              "advertised": True, "reason": None},
@@ -148,7 +159,7 @@ def test_v2_table_is_ignored_in_a_v3_config(root, tables, dry_run):
     assert by_handler(doc)["kata"]["reason"] == "not configured in containerd"
 
 
-def test_drop_ins_via_imports_relative_and_glob(root, tables, dry_run):
+def test_drop_ins_via_imports_relative_and_glob(root, tables, dry_run, policy_file):
     root.config('version = 2\nimports = ["conf.d/*.toml", "/etc/containerd/extra.toml"]\n'
                 + tables.runtime(tables.V2, "kata", "io.containerd.kata.v2"))
     # Drop-ins load in order and merge: the later one overrides kata's runtime_type scalar.
@@ -158,7 +169,7 @@ def test_drop_ins_via_imports_relative_and_glob(root, tables, dry_run):
     root.shim("containerd-shim-kata-qemu-v2")
     root.shim("containerd-shim-runsc-v1")
     root.kvm()
-    doc = dry_run()
+    doc = dry_run(policy=policy_file('  containerdVersion: "2.0"'))  # 2.x merges drop-ins into the CRI section
     assert doc["containerd"]["imports"] == ["/etc/containerd/conf.d/10-runsc.toml", "/etc/containerd/extra.toml"]
     assert doc["nodePatch"]["metadata"]["labels"] == {KATA_LABEL: "true", RUNSC_LABEL: "true"}
     assert by_handler(doc)["kata"]["shim"] == "/usr/local/bin/containerd-shim-kata-qemu-v2"
@@ -189,10 +200,9 @@ def test_probe_failure_keeps_handler_off(root, tables, dry_run, policy_file):
     assert runsc["reason"] == "probe sh -c echo broken >&2; exit 3 exited 3: broken"
 
 
-def test_load_rejects_unknown_version(tmp_path):
-    (tmp_path / "c.toml").write_text("version = 9\n")
+def test_resolve_rejects_unknown_config_version():
     with pytest.raises(ContainerdConfigError, match="unsupported config version 9"):
-        load(Root(tmp_path), "/c.toml")
+        resolve(ConfigSnapshot("/c.toml", {"/c.toml": "version = 9\n"}), ContainerdVersion(1, 6))
 
 
 def test_probe_success_advertises(root, tables, dry_run, policy_file):

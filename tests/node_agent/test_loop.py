@@ -29,7 +29,8 @@ def metric(text: str, name: str) -> float | None:
 
 
 def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy_file, fake_api, tmp_path):
-    root.config(tables.V2_HEAD + tables.runtime(tables.V2, "kata", "io.containerd.kata.v2")
+    root.config(tables.V2_HEAD + tables.runtime(tables.V2, "runc", "io.containerd.runc.v2")
+                + tables.runtime(tables.V2, "kata", "io.containerd.kata.v2")
                 + tables.runtime(tables.V2, "runsc", "io.containerd.runsc.v1"))
     root.shim("containerd-shim-kata-v2")
     root.kvm()  # runsc has no shim: found, not healthy
@@ -92,8 +93,8 @@ def test_healthz_fails_once_cycles_stop_succeeding():
         server.stop()
 
 
-def test_lean_kubernetes_import_loads_only_what_the_agent_uses():
-    code = ("import sys; from node_agent.lean import skip_kubernetes_package_init as skip; assert skip(); "
+def test_skipping_the_kubernetes_init_loads_only_what_the_agent_uses():
+    code = ("import sys; from node_agent.skip_kubernetes_init import skip_kubernetes_package_init as skip; assert skip(); "
             "import sandgate.core.policy, sandgate.core.kube, node_agent.publish; "
             "from kubernetes.utils import parse_quantity; assert parse_quantity('1Ki') == 1024; "
             "assert not skip(); print(sorted(m for m in ('kubernetes.dynamic', 'kubernetes.watch', 'jsonschema') "

@@ -11,8 +11,8 @@ from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion
 from sandgate.core.policy import load_policy
 from scheduler_ext import decisions
-from scheduler_ext.decisions import Verdict
-from scheduler_ext.model import NodeUsage, ObjectError, effective_requests, node_info, pod_info
+from scheduler_ext.decisions import Fit
+from scheduler_ext.objects import NodeUsage, ObjectError, effective_requests, node_info, pod_info
 from scheduler_ext.state import ClusterCache
 from support import EXAMPLE_POLICY
 
@@ -92,7 +92,7 @@ def test_overhead_accounted_only_where_the_scheduler_cannot(policy, k8s):
 
 def test_runtime_not_advertised_is_unresolvable(policy, k8s):
     verdict = evaluate(policy, make_node(handlers=("gvisor",)), classified(policy, k8s.pod("a", runtime_class="runv")))
-    assert verdict.verdict is Verdict.UNRESOLVABLE
+    assert verdict.fit is Fit.UNRESOLVABLE
     assert verdict.reason == "runtime_not_advertised"
     assert keys.runtime_label("runv") in verdict.message
 
@@ -107,23 +107,23 @@ def test_label_must_say_true(policy, k8s):
 def test_heartbeat_missing_or_stale_fails(policy, k8s):
     pod = classified(policy, k8s.pod("a", runtime_class="runv"))
     missing = evaluate(policy, make_node(), pod, lease=None)
-    assert (missing.verdict, missing.reason) == (Verdict.FAIL, "heartbeat_missing")
+    assert (missing.fit, missing.reason) == (Fit.FAIL, "heartbeat_missing")
     assert f"sandgate-system/{keys.agent_lease_name('n1')}" in missing.message
     stale = evaluate(policy, make_node(), pod, lease=NOW - 42)
-    assert (stale.verdict, stale.reason) == (Verdict.FAIL, "heartbeat_stale")
+    assert (stale.fit, stale.reason) == (Fit.FAIL, "heartbeat_stale")
     assert "42s ago" in stale.message
-    assert evaluate(policy, make_node(), pod, lease=NOW).verdict is Verdict.PASS
+    assert evaluate(policy, make_node(), pod, lease=NOW).fit is Fit.PASS
 
 
 def test_slots_count_bound_and_reserved(policy, k8s):
     pod = classified(policy, k8s.pod("a", runtime_class="runv"))
     node = make_node(capacity={"runv": 3})
-    assert evaluate(policy, node, pod, NodeUsage({"runv": 1}, {"runv": 1})).verdict is Verdict.PASS
+    assert evaluate(policy, node, pod, NodeUsage({"runv": 1}, {"runv": 1})).fit is Fit.PASS
     full = evaluate(policy, node, pod, NodeUsage({"runv": 2}, {"runv": 1}))
-    assert (full.verdict, full.reason) == (Verdict.FAIL, "no_free_slot")
+    assert (full.fit, full.reason) == (Fit.FAIL, "no_free_slot")
     assert "capacity 3, bound 2, reserved 1" in full.message
     other_handler = NodeUsage({"gvisor": 10}, {})
-    assert evaluate(policy, node, pod, other_handler).verdict is Verdict.PASS
+    assert evaluate(policy, node, pod, other_handler).fit is Fit.PASS
 
 
 def test_missing_or_bad_capacity_fails_with_the_annotation(policy, k8s):
@@ -141,10 +141,10 @@ def test_legacy_mode_checks_allocatable_with_overhead(policy, k8s):
     near_full = NodeUsage({"runv": 1}, {}, cpu_millis=1400, memory_bytes=GI)
     cpu = evaluate(policy, node, pod, near_full, legacy=True)
     # 1400m + 500m + 100m overhead = 2000m fits exactly; one more millicore does not
-    assert cpu.verdict is Verdict.PASS
+    assert cpu.fit is Fit.PASS
     near_full.cpu_millis += 1
     assert evaluate(policy, node, pod, near_full, legacy=True).reason == "insufficient_cpu"
-    assert evaluate(policy, node, pod, near_full, legacy=False).verdict is Verdict.PASS
+    assert evaluate(policy, node, pod, near_full, legacy=False).fit is Fit.PASS
     mem = NodeUsage({}, {}, cpu_millis=0, memory_bytes=3 * GI)
     assert evaluate(policy, node, pod, mem, legacy=True).reason == "insufficient_memory"
 
@@ -215,7 +215,7 @@ def test_bound_pods_use_slots_and_terminal_pods_do_not(cache, policy, k8s):
 def test_reservation_lifecycle_never_leaks(cache, policy, k8s):
     raw = k8s.pod("web", runtime_class="runv")
     first = classified(policy, raw)
-    assert cache.reserve(first, "n1").verdict is Verdict.PASS
+    assert cache.reserve(first, "n1").fit is Fit.PASS
     assert cache.usage["n1"].in_use("runv") == 1
     # the watch shows the pod bound: the reservation becomes the bound pod, still one slot
     raw["spec"]["nodeName"] = "n1"
@@ -227,20 +227,20 @@ def test_reservation_lifecycle_never_leaks(cache, policy, k8s):
     # delete/create the same name many times: reservation held, pod deleted before it was seen bound
     for _ in range(50):
         again = classified(policy, k8s.pod("web", runtime_class="runv"))
-        assert cache.reserve(again, "n1").verdict is Verdict.PASS
+        assert cache.reserve(again, "n1").fit is Fit.PASS
         cache.delete_pod({"metadata": {"uid": again.uid}})
     assert cache.usage["n1"].in_use("runv") == 0 and not cache.reservations
 
 
 def test_reservations_block_overcommit_and_expire(cache, policy, k8s):
     pods = [classified(policy, k8s.pod(f"p{i}", runtime_class="runv")) for i in range(3)]
-    assert cache.reserve(pods[0], "n1").verdict is Verdict.PASS
-    assert cache.reserve(pods[0], "n1").verdict is Verdict.PASS  # a retried bind holds one slot, not two
-    assert cache.reserve(pods[1], "n1").verdict is Verdict.PASS
+    assert cache.reserve(pods[0], "n1").fit is Fit.PASS
+    assert cache.reserve(pods[0], "n1").fit is Fit.PASS  # a retried bind holds one slot, not two
+    assert cache.reserve(pods[1], "n1").fit is Fit.PASS
     refused = cache.reserve(pods[2], "n1")
     assert refused.reason == "no_free_slot" and "reserved 2" in refused.message
     cache.release(pods[1].uid, "binding failed")
-    assert cache.reserve(pods[2], "n1").verdict is Verdict.PASS
+    assert cache.reserve(pods[2], "n1").fit is Fit.PASS
     cache.clock_ctl.now += policy.scheduling.reservation_timeout_seconds + 1
     assert cache.filter(pods[1], ["n1"]).passed == ["n1"]
     assert not cache.reservations and cache.usage["n1"].in_use("runv") == 0
@@ -274,9 +274,9 @@ def test_preemption_keeps_nodes_where_the_victims_free_a_slot(cache, policy, k8s
     cache.upsert_pod(k8s.pod("plain", node="n1", uid=plain.uid))
     urgent = classified(policy, k8s.pod("urgent", runtime_class="runv"))
     assert cache.verdict_after_eviction(urgent, "n1", [plain]).reason == "no_free_slot"
-    assert cache.verdict_after_eviction(urgent, "n1", victims[:1]).verdict is Verdict.PASS
+    assert cache.verdict_after_eviction(urgent, "n1", victims[:1]).fit is Fit.PASS
     cache.replace_nodes([make_node("n1", handlers=("gvisor",))])
-    assert cache.verdict_after_eviction(urgent, "n1", victims).verdict is Verdict.UNRESOLVABLE
+    assert cache.verdict_after_eviction(urgent, "n1", victims).fit is Fit.UNRESOLVABLE
 
 
 @pytest.mark.parametrize("legacy_version", [ClusterVersion(1, 24), ClusterVersion(1, 15)])
@@ -315,10 +315,10 @@ def test_precomputed_filter_and_scores_agree_with_the_pure_checks(policy, k8s, l
             expected = (decisions.unknown_node(name) if info is None and pod.handler else
                         decisions.evaluate(info, usage, pod, cache.leases.get(name), now, cache.legacy,
                                            "sandgate-system") if info else decisions.NOT_SANDBOXED)
-            got = (Verdict.PASS if name in out.passed else Verdict.UNRESOLVABLE if name in out.unresolvable
-                   else Verdict.FAIL)
-            assert got is expected.verdict, (name, expected)
-            if got is Verdict.FAIL:  # "expired Ns ago" may differ by a second between the two clocks
+            got = (Fit.PASS if name in out.passed else Fit.UNRESOLVABLE if name in out.unresolvable
+                   else Fit.FAIL)
+            assert got is expected.fit, (name, expected)
+            if got is Fit.FAIL:  # "expired Ns ago" may differ by a second between the two clocks
                 assert out.failed[name].split(" expired ")[0] == expected.message.split(" expired ")[0]
         assert sum(out.reasons.values()) == len(names)
         expected_scores = [decisions.score(cache.nodes.get(n), cache.usage.get(n, NodeUsage.empty()), pod.handler,

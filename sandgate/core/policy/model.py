@@ -19,8 +19,13 @@ FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "h
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 STRATEGIES = ("spread", "binpack")
-# Values of the namespace label / pod annotation with a fixed meaning; no profile may take them.
-RESERVED_PROFILE_NAMES = (keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)
+# Names no profile may take, with why: values of the namespace label / pod annotation with a fixed
+# meaning, and the webhook path segment of the pod opt-in entry (/mutate/<profile> vs /mutate/opt-in).
+RESERVED_PROFILE_NAMES = {
+    keys.SANDBOXED_VALUE: "the namespace-label and pod-annotation value that selects defaultProfile",
+    keys.OPT_OUT_VALUE: "the pod-annotation value that asks to stay unsandboxed",
+    keys.OPT_IN_PATH_SEGMENT: f"the webhook path segment of the pod opt-in entry (/mutate/{keys.OPT_IN_PATH_SEGMENT})",
+}
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -121,6 +126,18 @@ class AgentSettings:
     containerd_config: str = "/etc/containerd/config.toml"
     drop_in_dir: str = "/etc/containerd/conf.d"
     reload_command: tuple[str, ...] = ()
+    # "auto" (ask the node) or a release line such as "1.7" / "2.0": it decides containerd's merge rules.
+    containerd_version: str = "auto"
+    cri_endpoint: str | None = None  # None: the runtime manager's own socket (containerd: DEFAULT_CRI_ENDPOINT)
+    runtime_manager: str = "auto"  # auto | containerd | crio
+    crio_config: str = "/etc/crio/crio.conf"
+    crio_drop_in_dir: str = "/etc/crio/crio.conf.d"
+    reload_timeout_seconds: int = 30  # after the reload, CRI Status must report RuntimeReady within this
+
+
+DEFAULT_CRI_ENDPOINT = "unix:///run/containerd/containerd.sock"
+RUNTIME_MANAGERS = ("auto", "containerd", "crio")
+CONTAINERD_VERSION = re.compile(r"^(auto|[1-9][0-9]*\.(0|[1-9][0-9]*))$")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.quantity import QuantityError, parse_field
 from sandgate.core.policy.model import (API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
                                         TAINT_EFFECTS, TOLERATION_OPERATORS, DNS_LABEL, DNS_SUBDOMAIN,
-                                        QUALIFIED_NAME, AgentSettings, Overhead, Policy, PolicyError, Profile,
+                                        QUALIFIED_NAME, CONTAINERD_VERSION, RUNTIME_MANAGERS, AgentSettings, Overhead, Policy, PolicyError, Profile,
                                         SchedulingSettings, Toleration)
 
 
@@ -198,10 +198,13 @@ _PROFILE_KEYS = ("runtimeClassName", "handler", "overhead", "nodeSelector", "tol
 def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
     path = f"profiles.{name}"
     if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > 63:
-        errs.add(path, "profile name must be a DNS label (lower-case letters, digits, '-')")
+        # It becomes a namespace-label value and a webhook path segment (/mutate/<profile>), which the
+        # API server accepts only as a DNS-1123 label.
+        errs.add(path, "profile name must be a DNS-1123 label (at most 63 lower-case letters, digits and "
+                       "'-', starting and ending with a letter or digit)")
         return None
     if name in RESERVED_PROFILE_NAMES:
-        errs.add(path, f'"{name}" is a reserved value and cannot name a profile')
+        errs.add(path, f'"{name}" is reserved and cannot name a profile: it is {RESERVED_PROFILE_NAMES[name]}')
         return None
     d = _mapping(doc, path, errs, _PROFILE_KEYS)
     rc = _string(d.get("runtimeClassName"), f"{path}.runtimeClassName", errs)
@@ -245,7 +248,9 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
 
 def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
     d = _mapping(doc, "agent", errs, ("namespace", "leaseDurationSeconds", "maxSandboxes", "reservedMemory",
-                                      "containerdConfig", "dropInDir", "reloadCommand"))
+                                      "containerdConfig", "dropInDir", "reloadCommand", "containerdVersion",
+                                      "criEndpoint", "runtimeManager", "crioConfig", "crioDropInDir",
+                                      "reloadTimeoutSeconds"))
     base = AgentSettings()
     reserved = base.reserved_memory
     if d.get("reservedMemory") is not None:
@@ -254,6 +259,19 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
     namespace = _string(d.get("namespace"), "agent.namespace", errs, base.namespace)
     if namespace and not DNS_LABEL.match(namespace):
         errs.add("agent.namespace", f'"{namespace}" is not a valid namespace name')
+    containerd_version = _string(d.get("containerdVersion"), "agent.containerdVersion", errs, base.containerd_version)
+    if not CONTAINERD_VERSION.match(containerd_version or ""):
+        errs.add("agent.containerdVersion", f'must be "auto" or a containerd release such as "1.7" or "2.0", '
+                                            f'got "{containerd_version}"')
+        containerd_version = base.containerd_version
+    cri_endpoint = _string(d.get("criEndpoint"), "agent.criEndpoint", errs)
+    if cri_endpoint is not None and not (cri_endpoint.startswith("unix:///") or cri_endpoint.startswith("/")):
+        errs.add("agent.criEndpoint", f'must be unix:///<absolute path> or an absolute socket path, got "{cri_endpoint}"')
+        cri_endpoint = None
+    runtime_manager = _string(d.get("runtimeManager"), "agent.runtimeManager", errs, base.runtime_manager)
+    if runtime_manager not in RUNTIME_MANAGERS:
+        errs.add("agent.runtimeManager", f'must be one of {", ".join(RUNTIME_MANAGERS)}, got "{runtime_manager}"')
+        runtime_manager = base.runtime_manager
     return AgentSettings(
         namespace=namespace or base.namespace,
         lease_duration_seconds=_int(d.get("leaseDurationSeconds"), "agent.leaseDurationSeconds", errs,
@@ -263,6 +281,13 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         containerd_config=_string(d.get("containerdConfig"), "agent.containerdConfig", errs, base.containerd_config),
         drop_in_dir=_string(d.get("dropInDir"), "agent.dropInDir", errs, base.drop_in_dir),
         reload_command=_string_list(d.get("reloadCommand"), "agent.reloadCommand", errs),
+        containerd_version=containerd_version,
+        cri_endpoint=cri_endpoint,
+        runtime_manager=runtime_manager,
+        crio_config=_string(d.get("crioConfig"), "agent.crioConfig", errs, base.crio_config),
+        crio_drop_in_dir=_string(d.get("crioDropInDir"), "agent.crioDropInDir", errs, base.crio_drop_in_dir),
+        reload_timeout_seconds=_int(d.get("reloadTimeoutSeconds"), "agent.reloadTimeoutSeconds", errs,
+                                    base.reload_timeout_seconds, minimum=1),
     )
 
 

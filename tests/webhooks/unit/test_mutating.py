@@ -9,14 +9,23 @@ import pytest
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from webhooks.model import Routing
+from webhooks.review import NamespaceFacts
 from webhooks.mutating import admit
 from webhooks.scheduling import merge_node_selector, merge_tolerations
 
 from webhook_cases import CASES, FIXTURES, example_doc, fixture_request, policy_from, pod_request, with_object
 
-SANDBOXED = Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "sandboxed"})
+SANDBOXED = NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "sandboxed"})
 RUNTIMECLASS_ONLY = [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}]
+SLOT = keys.sandbox_resource("runv")
+
+
+def slot_ops(handler="runv", limits_exist=False):
+    """The operations asking for one slot in the first app container, which has requests."""
+    resource = keys.sandbox_resource(handler).replace("/", "~1")
+    limit = ({"op": "add", "path": f"/spec/containers/0/resources/limits/{resource}", "value": "1"} if limits_exist
+             else {"op": "add", "path": "/spec/containers/0/resources/limits", "value": {keys.sandbox_resource(handler): "1"}})
+    return [{"op": "add", "path": f"/spec/containers/0/resources/requests/{resource}", "value": "1"}, limit]
 CREATES = [f for f in FIXTURES if "-08" not in f]
 RUNTIME_TOLERATION = {"key": "sandbox.io/runtime", "operator": "Equal", "value": "runv", "effect": "NoSchedule"}
 
@@ -89,21 +98,26 @@ def test_no_patch_after_the_api_server_completed_the_runtimeclass(policy, name):
                                   "04-create-by-replicaset-controller", "05a-create-init-limits-special-keys",
                                   "05b-create-tilde-in-keys-rejected-by-validation", "07-create-dry-run-server"])
 def test_runtimeclass_mode_sets_only_runtime_class_name(fixed_overhead_policy, version, case):
-    verdict = admit(fixture_request(f"{version}-{case}"), fixed_overhead_policy, Mode.APISERVER_MERGES, SANDBOXED)
-    assert verdict.patch == RUNTIMECLASS_ONLY
+    req = fixture_request(f"{version}-{case}")
+    verdict = admit(req, fixed_overhead_policy, Mode.APISERVER_MERGES, SANDBOXED)
+    limits_exist = "limits" in req.object["spec"]["containers"][0]["resources"]
+    assert verdict.patch == RUNTIMECLASS_ONLY + slot_ops(limits_exist=limits_exist)
     assert len(verdict.warnings) == 1
 
 
 def test_gvisor_without_overhead_gets_exactly_one_op(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.APISERVER_MERGES, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "gvisor"}))
-    assert verdict.patch == [{"op": "add", "path": "/spec/runtimeClassName", "value": "gvisor"}]
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "gvisor"}))
+    assert verdict.patch == [{"op": "add", "path": "/spec/runtimeClassName", "value": "gvisor"}] + slot_ops("gvisor")
 
 
 @pytest.mark.parametrize("mode", list(Mode))
 def test_pod_already_in_its_runtime_class_gets_no_patch(fixed_overhead_policy, mode):
     # 03a: runtimeClassName runv, the plugin already set overhead, nodeSelector and toleration.
-    verdict = admit(fixture_request("v1-03a-create-runtimeclass-runv"), fixed_overhead_policy, mode, SANDBOXED)
+    req = fixture_request("v1-03a-create-runtimeclass-runv")
+    verdict = admit(req, fixed_overhead_policy, mode, SANDBOXED)
+    assert (verdict.allowed, verdict.patch, verdict.profile) == (True, slot_ops(), "runv")
+    verdict = admit(with_object(req, patched(req.object, verdict)), fixed_overhead_policy, mode, SANDBOXED)
     assert (verdict.allowed, verdict.patch, verdict.profile) == (True, [], "runv")
     assert verdict.audit_annotations == {keys.AUDIT_PROFILE: "runv", keys.AUDIT_RULE: "runtime-class"}
 
@@ -111,22 +125,23 @@ def test_pod_already_in_its_runtime_class_gets_no_patch(fixed_overhead_policy, m
 def test_runtimeclass_mode_pads_the_request_dependent_memory(policy):
     req = fixture_request("v1-01-create-bare-pod")  # one container, 250m / 128Mi
     verdict = admit(req, policy, Mode.APISERVER_MERGES, SANDBOXED)
-    # jsonpatch orders independent operations by hash order; compare them as a set.
-    assert sorted(verdict.patch, key=json.dumps) == sorted([
+    edge = [dict(t, tolerationSeconds=86400) for t in req.object["spec"]["tolerations"]]
+    assert verdict.patch == [
         {"op": "add", "path": "/spec/runtimeClassName", "value": "runv"},
+        {"op": "add", "path": "/spec/tolerations", "value": edge},
         {"op": "replace", "path": "/spec/containers/0/resources/requests/memory", "value": "142Mi"},
-        {"op": "replace", "path": "/spec/tolerations/0/tolerationSeconds", "value": 86400},
-        {"op": "replace", "path": "/spec/tolerations/1/tolerationSeconds", "value": 86400},
-        {"op": "add", "path": "/metadata/annotations",
-         "value": {keys.PADDING_ANNOTATION: '{"memory":"14Mi","containers":["web"],"initContainers":[]}'}},
-    ], key=json.dumps)
-    assert verdict.warnings[1] == ("sandgate: container requests padded for sandbox overhead (memory +14Mi); "
+        slot_ops()[0], slot_ops()[1],
+        {"op": "add", "path": "/metadata/annotations", "value": {keys.PADDING_ANNOTATION: (
+            '{"memory":"14Mi","basis":{"memory":"128Mi"},"containers":["web"],"initContainers":[]}')}},
+    ]
+    assert verdict.warnings[1] == ("sandgate: requests padded for sandbox overhead (memory +14Mi); "
                                    f"see annotation {keys.PADDING_ANNOTATION}")
     # 03a already runs runv: the API server set podFixed; only the 64Mi - 50Mi extra and edge seconds remain.
     verdict = admit(fixture_request("v1-03a-create-runtimeclass-runv"), policy, Mode.APISERVER_MERGES, SANDBOXED)
-    assert {op["path"] for op in verdict.patch} == {
-        "/spec/containers/0/resources/requests/memory", "/spec/tolerations/0/tolerationSeconds",
-        "/spec/tolerations/1/tolerationSeconds", "/metadata/annotations"}
+    assert [op["path"] for op in verdict.patch] == [
+        "/spec/tolerations", "/spec/containers/0/resources/requests/memory",
+        "/spec/containers/0/resources/requests/sandgate.io~1sandbox-runv", "/spec/containers/0/resources/limits",
+        "/metadata/annotations"]
 
 
 def test_legacy_mode_on_the_bare_pod_does_the_whole_job(policy):
@@ -141,7 +156,8 @@ def test_legacy_mode_on_the_bare_pod_does_the_whole_job(policy):
          "tolerationSeconds": 86400},
         RUNTIME_TOLERATION]
     # 250m + 100m; 128Mi + max(50Mi + 2% of 128Mi, 64Mi).
-    assert spec["containers"][0]["resources"] == {"requests": {"cpu": "350m", "memory": "192Mi"}}
+    assert spec["containers"][0]["resources"] == {"requests": {"cpu": "350m", "memory": "192Mi", SLOT: "1"},
+                                                  "limits": {SLOT: "1"}}
     assert "overhead" not in spec
 
 
@@ -154,7 +170,7 @@ def test_legacy_mode_merges_into_existing_node_selector_and_tolerations(policy):
     assert [t["key"] for t in spec["tolerations"]] == [
         "dedicated", "sandbox.io/runtime", "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]
     assert spec["tolerations"][1] == {"key": "sandbox.io/runtime", "operator": "Exists", "effect": "NoSchedule"}
-    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "600m", "memory": "320Mi"}
+    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "600m", "memory": "320Mi", SLOT: "1"}
 
 
 def test_legacy_node_selector_conflict_is_denied_with_the_builtin_text(policy):
@@ -251,7 +267,7 @@ def test_dry_run_gets_the_same_decision(policy):
 
 def test_unrouted_pods_get_no_patch_no_warning_no_audit(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    for routing in (Routing(namespace_labels={}), Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)):
+    for routing in (NamespaceFacts(namespace_labels={}), NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT)):
         verdict = admit(req, policy, Mode.WEBHOOK_MERGES, routing)
         assert (verdict.allowed, verdict.patch, verdict.warnings, verdict.audit_annotations, verdict.reason) == (
             True, [], [], {}, "not-routed")
@@ -267,16 +283,17 @@ def test_updates_are_allowed_unchanged(policy, case):
 
 def test_opt_in_pod_is_routed_with_its_rule(policy):
     req = fixture_request("v1-05a-create-init-limits-special-keys")  # annotated sandgate.io/runtime: runv
-    verdict = admit(req, policy, Mode.APISERVER_MERGES, Routing(path_profile=keys.OPT_IN_PATH_SEGMENT))
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT))
     assert verdict.allowed and RUNTIMECLASS_ONLY[0] in verdict.patch
     assert verdict.audit_annotations == {keys.AUDIT_PROFILE: "runv", keys.AUDIT_RULE: "opt-in"}
     padding = json.loads(patched(req.object, verdict)["metadata"]["annotations"][keys.PADDING_ANNOTATION])
-    assert padding == {"memory": "14Mi", "containers": ["etl"], "initContainers": ["fetch"]}
+    assert padding == {"memory": "14Mi", "basis": {"memory": "512Mi"}, "containers": ["etl"],
+                       "initContainers": ["fetch"]}
 
 
 def test_denials_from_routing_carry_no_patch(policy):
     req = fixture_request("v1-01-create-bare-pod")
-    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "kata"}))
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "kata"}))
     assert (verdict.allowed, verdict.patch, verdict.reason) == (False, [], "invalid-namespace-label")
-    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, Routing())
+    verdict = admit(req, policy, Mode.WEBHOOK_MERGES, NamespaceFacts())
     assert (verdict.allowed, verdict.code, verdict.reason) == (False, 503, "namespace-routing-unknown")

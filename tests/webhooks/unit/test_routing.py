@@ -5,15 +5,15 @@ from dataclasses import replace
 import pytest
 
 from sandgate.core import keys
-from webhooks.model import Routing
+from webhooks.review import NamespaceFacts
 from webhooks.routing import Outcome, Rule, resolve
 
 from webhook_cases import example_doc, fixture_request, pod_request, policy_from
 
 LABEL = keys.DEFAULT_NAMESPACE_LABEL
 ANNOTATION = keys.DEFAULT_POD_ANNOTATION
-SANDBOXED = Routing(namespace_labels={LABEL: "sandboxed", "team": "payments"})
-UNLABELLED = Routing(namespace_labels={"team": "payments"})
+SANDBOXED = NamespaceFacts(namespace_labels={LABEL: "sandboxed", "team": "payments"})
+UNLABELLED = NamespaceFacts(namespace_labels={"team": "payments"})
 
 
 def pod(annotation=None, runtime_class=None, name="p"):
@@ -38,7 +38,7 @@ def routed(decision, profile, rule):
     ({LABEL: "gvisor"}, "gvisor"),
 ])
 def test_namespace_label_routes_to_profile(policy, labels, profile):
-    decision = resolve(pod_request(pod()), policy, Routing(namespace_labels=labels))
+    decision = resolve(pod_request(pod()), policy, NamespaceFacts(namespace_labels=labels))
     assert routed(decision, profile, Rule.NAMESPACE_LABEL)
 
 
@@ -48,7 +48,7 @@ def test_unlabelled_namespace_without_annotation_is_left_alone_silently(policy):
 
 
 def test_unknown_namespace_label_value_fails_closed(policy):
-    decision = resolve(pod_request(pod()), policy, Routing(namespace_labels={LABEL: "kata"}))
+    decision = resolve(pod_request(pod()), policy, NamespaceFacts(namespace_labels={LABEL: "kata"}))
     assert decision.outcome is Outcome.DENY
     assert decision.reason == "invalid-namespace-label"
     assert f'{LABEL}="kata"' in decision.message
@@ -61,7 +61,7 @@ def test_policy_label_and_annotation_names_are_honoured():
     doc["namespaceLabel"] = "example.com/sandbox"
     doc["podAnnotation"] = "example.com/runtime"
     custom = policy_from(doc)
-    labels = Routing(namespace_labels={"example.com/sandbox": "sandboxed"})
+    labels = NamespaceFacts(namespace_labels={"example.com/sandbox": "sandboxed"})
     assert routed(resolve(pod_request(pod()), custom, labels), "runv", Rule.NAMESPACE_LABEL)
     # The default keys mean nothing under this policy.
     assert resolve(pod_request(pod()), custom, SANDBOXED).outcome is Outcome.SKIP
@@ -75,7 +75,7 @@ def test_annotation_chooses_another_profile_in_a_routed_namespace(policy):
 
 
 def test_annotation_sandboxed_keeps_the_namespace_profile(policy):
-    decision = resolve(pod_request(pod("sandboxed")), policy, Routing(namespace_labels={LABEL: "gvisor"}))
+    decision = resolve(pod_request(pod("sandboxed")), policy, NamespaceFacts(namespace_labels={LABEL: "gvisor"}))
     assert routed(decision, "gvisor", Rule.NAMESPACE_LABEL)
 
 
@@ -135,30 +135,30 @@ def test_exempt_namespaces_are_never_touched(policy, namespace):
 
 @pytest.mark.parametrize("segment, profile", [("runv", "runv"), ("gvisor", "gvisor"), ("sandboxed", "runv")])
 def test_path_profile_routes_without_namespace_labels(policy, segment, profile):
-    assert routed(resolve(pod_request(pod()), policy, Routing(path_profile=segment)), profile, Rule.NAMESPACE_LABEL)
+    assert routed(resolve(pod_request(pod()), policy, NamespaceFacts(path_profile=segment)), profile, Rule.NAMESPACE_LABEL)
 
 
 def test_path_profile_wins_over_labels(policy):
-    both = Routing(namespace_labels={LABEL: "runv"}, path_profile="gvisor")
+    both = NamespaceFacts(namespace_labels={LABEL: "runv"}, path_profile="gvisor")
     assert routed(resolve(pod_request(pod()), policy, both), "gvisor", Rule.NAMESPACE_LABEL)
 
 
 def test_opt_in_path_means_unlabelled(policy):
-    optin = Routing(path_profile=keys.OPT_IN_PATH_SEGMENT)
+    optin = NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT)
     assert resolve(pod_request(pod()), policy, optin).reason == "not-routed"
     assert routed(resolve(pod_request(pod("gvisor")), policy, optin), "gvisor", Rule.OPT_IN)
     assert resolve(pod_request(pod("none")), policy, optin).outcome is Outcome.SKIP
 
 
 def test_unknown_path_profile_is_refused(policy):
-    decision = resolve(pod_request(pod()), policy, Routing(path_profile="kata"))
+    decision = resolve(pod_request(pod()), policy, NamespaceFacts(path_profile="kata"))
     assert decision.outcome is Outcome.DENY
     assert decision.reason == "unknown-path-profile"
     assert '"kata"' in decision.message and "runv, gvisor" in decision.message
 
 
 def test_unknown_namespace_routing_fails_closed(policy):
-    decision = resolve(pod_request(pod()), policy, Routing())
+    decision = resolve(pod_request(pod()), policy, NamespaceFacts())
     assert decision.outcome is Outcome.DENY
     assert decision.reason == "namespace-routing-unknown"
     assert decision.code == 503
@@ -172,7 +172,7 @@ def test_unknown_namespace_routing_fails_closed(policy):
 ])
 def test_only_pod_creation_is_routed(policy, changes):
     # Even a request that would otherwise be refused (no routing known) is not applicable.
-    decision = resolve(pod_request(pod("none"), **changes), policy, Routing())
+    decision = resolve(pod_request(pod("none"), **changes), policy, NamespaceFacts())
     assert (decision.outcome, decision.reason) == (Outcome.SKIP, "not-applicable")
 
 
@@ -184,7 +184,7 @@ def test_update_fixtures_are_not_applicable(policy):
 def test_runtime_class_of_a_profile_picks_that_profile(policy):
     decision = resolve(fixture_request("v1-03b-create-runtimeclass-gvisor"), policy, SANDBOXED)
     assert routed(decision, "gvisor", Rule.RUNTIME_CLASS)
-    assert routed(resolve(pod_request(pod(runtime_class="runv")), policy, Routing(namespace_labels={LABEL: "gvisor"})),
+    assert routed(resolve(pod_request(pod(runtime_class="runv")), policy, NamespaceFacts(namespace_labels={LABEL: "gvisor"})),
                   "runv", Rule.RUNTIME_CLASS)
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 
 from sandgate.core.policy import parse_policy
-from webhooks.model import AdmissionRequest
+from webhooks.review import AdmissionRequest
 
-from support import EXAMPLE_POLICY, load_fixture
+from support import EXAMPLE_POLICY, HANDMADE_FIXTURES, load_fixture
 
 # Every captured admission request, both AdmissionReview versions.
 CASES = ["01-create-bare-pod", "02-create-nodeselector-tolerations", "03a-create-runtimeclass-runv",
@@ -29,12 +29,17 @@ def request_from_review(review: dict[str, Any]) -> AdmissionRequest:
     return AdmissionRequest(
         uid=r["uid"], api_version=review["apiVersion"], kind=r["kind"]["kind"], group=r["kind"]["group"],
         operation=r["operation"], namespace=r["namespace"], name=r.get("name"), dry_run=bool(r.get("dryRun")),
-        object=r.get("object"), old_object=r.get("oldObject"), sub_resource=r.get("subResource"))
+        object=r.get("object"), old_object=r.get("oldObject"), sub_resource=r.get("subResource") or None)
 
 
 def fixture_request(name: str) -> AdmissionRequest:
     """The request of a captured fixture, e.g. fixture_request("v1-01-create-bare-pod")."""
     return request_from_review(load_fixture(f"admission/{name}.json"))
+
+
+def handmade_request(name: str) -> AdmissionRequest:
+    """The request of a hand-made fixture, e.g. handmade_request("v1-09-update-ephemeralcontainers-privileged")."""
+    return request_from_review(load_fixture(f"admission/{name}.json", HANDMADE_FIXTURES))
 
 
 def pod_request(pod: dict, namespace: str = "payments-sandbox", operation: str = "CREATE",

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
-class WireError(RuntimeError):
+class RequestFailed(RuntimeError):
     """A request failed: connection error, non-2xx status or a body that is not JSON."""
 
 
@@ -61,7 +61,7 @@ class JsonClient:
         return response.status, data
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        """Send one request and return (status, body); WireError when no answer arrives."""
+        """Send one request and return (status, body); RequestFailed when no answer arrives."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = dict(self._headers)
         if payload is not None:
@@ -78,14 +78,14 @@ class JsonClient:
                 return self._send(method, path, payload, headers)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise WireError(f"{method} {self.base_url}{path}: {exc}") from exc
+            raise RequestFailed(f"{method} {self.base_url}{path}: {exc}") from exc
 
     def post(self, path: str, body: Any) -> Any:
-        """POST `body` as JSON and decode the JSON answer; WireError on a non-200 status."""
+        """POST `body` as JSON and decode the JSON answer; RequestFailed on a non-200 status."""
         status, data = self.request("POST", path, body)
         if status != 200:
-            raise WireError(f"POST {self.base_url}{path}: HTTP {status}: {data[:300].decode(errors='replace')}")
+            raise RequestFailed(f"POST {self.base_url}{path}: HTTP {status}: {data[:300].decode(errors='replace')}")
         try:
             return json.loads(data)
         except ValueError as exc:
-            raise WireError(f"POST {self.base_url}{path}: answer is not JSON: {exc}") from exc
+            raise RequestFailed(f"POST {self.base_url}{path}: answer is not JSON: {exc}") from exc

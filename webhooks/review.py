@@ -1,7 +1,7 @@
 """Typed boundary between the webhook's wire layer (HTTP, AdmissionReview JSON) and its decisions.
 
 The server parses an AdmissionReview into an `AdmissionRequest`, gathers what it knows about the
-namespace into a `Routing`, and hands both with the policy and mode to the pure decision functions
+namespace into a `NamespaceFacts`, and hands both with the policy and mode to the pure decision functions
 (`webhooks.mutating.admit`, `webhooks.validating.validate`), which return a `Verdict`. The server
 turns the Verdict back into an AdmissionReview response in the request's version.
 """
@@ -41,7 +41,7 @@ class AdmissionRequest:
 
 
 @dataclass(frozen=True)
-class Routing:
+class NamespaceFacts:
     """What the server knows about the request's namespace.
 
     Exactly one source applies: `path_profile` when the request came to /mutate/<profile> or

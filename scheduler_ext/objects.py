@@ -7,18 +7,22 @@ per node instead of walking labels, annotations and quantities again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping
 
 from sandgate.core import keys, quantity
+from sandgate.core.podrequests import pod_requests
 from sandgate.core.policy import Policy, Profile
+from sandgate.core.jsonshape import ShapeError, object_at
+from sandgate.core.quantity import QuantityError
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
-class ObjectError(ValueError):
-    """A Node or Pod field that cannot be understood; the message names the field."""
+# A Node or Pod field that cannot be understood; the message names the field.
+ObjectError = ShapeError
 
 
 def cpu_millis(value: Any, path: str) -> int:
@@ -37,22 +41,6 @@ def memory_bytes(value: Any, path: str) -> int:
         raise ObjectError(str(exc)) from None
 
 
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ObjectError(f"{path}: must be an object, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, path: str) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ObjectError(f"{path}: must be a list, got {type(value).__name__}")
-    return value
-
-
 @dataclass(frozen=True)
 class NodeInfo:
     """A Node reduced to the facts the extender decides on."""
@@ -67,13 +55,13 @@ class NodeInfo:
 
 def node_info(node: Any, path: str = "node") -> NodeInfo:
     """Build a NodeInfo from a Node object (dict in Kubernetes JSON form); ObjectError names a bad field."""
-    node = _mapping(node, path)
-    meta = _mapping(node.get("metadata"), f"{path}.metadata")
+    node = object_at(node, path)
+    meta = object_at(node.get("metadata"), f"{path}.metadata")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise ObjectError(f"{path}.metadata.name: required")
-    labels = _mapping(meta.get("labels"), f"{path}.metadata.labels")
-    annotations = _mapping(meta.get("annotations"), f"{path}.metadata.annotations")
+    labels = object_at(meta.get("labels"), f"{path}.metadata.labels")
+    annotations = object_at(meta.get("annotations"), f"{path}.metadata.annotations")
     prefix = keys.RUNTIME_LABEL_PREFIX
     handlers = frozenset(k[len(prefix):] for k, v in labels.items()
                          if k.startswith(prefix) and v == keys.RUNTIME_LABEL_VALUE)
@@ -89,7 +77,7 @@ def node_info(node: Any, path: str = "node") -> NodeInfo:
             capacity[handler] = int(text)
         else:
             bad[handler] = str(value)
-    allocatable = _mapping(_mapping(node.get("status"), f"{path}.status").get("allocatable"),
+    allocatable = object_at(object_at(node.get("status"), f"{path}.status").get("allocatable"),
                            f"{path}.status.allocatable")
     cpu = cpu_millis(allocatable["cpu"], f"{path}.status.allocatable.cpu") if "cpu" in allocatable else 0
     mem = memory_bytes(allocatable["memory"], f"{path}.status.allocatable.memory") if "memory" in allocatable else 0
@@ -165,52 +153,30 @@ def profile_for_pod(policy: Policy, runtime_class: str | None,
     return policy.profile_named(annotations.get(policy.pod_annotation))
 
 
-def _requests(container: Any, path: str) -> tuple[int, int]:
-    container = _mapping(container, path)
-    resources = _mapping(container.get("resources"), f"{path}.resources")
-    requests = _mapping(resources.get("requests"), f"{path}.resources.requests")
-    cpu = cpu_millis(requests["cpu"], f"{path}.resources.requests.cpu") if "cpu" in requests else 0
-    mem = memory_bytes(requests["memory"], f"{path}.resources.requests.memory") if "memory" in requests else 0
-    return cpu, mem
-
-
 def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int, int]:
-    """The pod's effective cpu/memory requests, as the scheduler computes them.
+    """The pod's effective cpu/memory requests (millicores, bytes, rounded up), without overhead.
 
-    max(sum of containers (+ restartable init "sidecar" containers), each init container plus the
-    sidecars started before it).
+    The scheduler's rule lives in sandgate.core.podrequests (sidecars, init steps, pod-level resources).
     """
-    cpu = mem = 0
-    for i, c in enumerate(_list(spec.get("containers"), f"{path}.containers")):
-        c_cpu, c_mem = _requests(c, f"{path}.containers[{i}]")
-        cpu += c_cpu
-        mem += c_mem
-    side_cpu = side_mem = 0
-    init_cpu = init_mem = 0
-    for i, c in enumerate(_list(spec.get("initContainers"), f"{path}.initContainers")):
-        c_cpu, c_mem = _requests(c, f"{path}.initContainers[{i}]")
-        if isinstance(c, dict) and c.get("restartPolicy") == "Always":
-            side_cpu += c_cpu
-            side_mem += c_mem
-            init_cpu = max(init_cpu, side_cpu)
-            init_mem = max(init_mem, side_mem)
-        else:
-            init_cpu = max(init_cpu, side_cpu + c_cpu)
-            init_mem = max(init_mem, side_mem + c_mem)
-    return max(cpu + side_cpu, init_cpu), max(mem + side_mem, init_mem)
+    try:
+        requests = pod_requests(spec, path, include_overhead=False)
+    except (QuantityError, ShapeError) as exc:
+        raise ObjectError(str(exc)) from None
+    return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
+            int(math.ceil(requests.get("memory", Decimal(0)))))
 
 
 def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
     """Build an (unclassified) PodInfo from a Pod object; ObjectError names a bad field."""
-    pod = _mapping(pod, path)
-    meta = _mapping(pod.get("metadata"), f"{path}.metadata")
-    spec = _mapping(pod.get("spec"), f"{path}.spec")
-    status = _mapping(pod.get("status"), f"{path}.status")
+    pod = object_at(pod, path)
+    meta = object_at(pod.get("metadata"), f"{path}.metadata")
+    spec = object_at(pod.get("spec"), f"{path}.spec")
+    status = object_at(pod.get("status"), f"{path}.status")
     name = meta.get("name") or ""
     namespace = meta.get("namespace") or ""
     if not isinstance(name, str) or not isinstance(namespace, str):
         raise ObjectError(f"{path}.metadata: name and namespace must be strings")
-    annotations = _mapping(meta.get("annotations"), f"{path}.metadata.annotations")
+    annotations = object_at(meta.get("annotations"), f"{path}.metadata.annotations")
     runtime_class = spec.get("runtimeClassName")
     if runtime_class is not None and not isinstance(runtime_class, str):
         raise ObjectError(f"{path}.spec.runtimeClassName: must be a string")
@@ -218,7 +184,7 @@ def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
     overhead = spec.get("overhead")
     spec_overhead = None
     if overhead:
-        overhead = _mapping(overhead, f"{path}.spec.overhead")
+        overhead = object_at(overhead, f"{path}.spec.overhead")
         spec_overhead = (
             cpu_millis(overhead["cpu"], f"{path}.spec.overhead.cpu") if "cpu" in overhead else 0,
             memory_bytes(overhead["memory"], f"{path}.spec.overhead.memory") if "memory" in overhead else 0,
