@@ -11,13 +11,13 @@ import pytest
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from webhooks.model import Routing
+from webhooks.review import NamespaceFacts
 from webhooks.mutating import admit
 from webhooks.wire import parse_review
 
 from webhook_cases import fixture_request, with_object
 
-SANDBOXED = Routing(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "sandboxed"})
+SANDBOXED = NamespaceFacts(namespace_labels={keys.DEFAULT_NAMESPACE_LABEL: "sandboxed"})
 
 
 @pytest.mark.parametrize("mode", list(Mode))
