@@ -123,6 +123,9 @@ def mutation_patch(pod: dict, profile: Profile, mode: Mode) -> tuple[list[dict],
     if spec.get("runtimeClassName") != profile.runtime_class_name:
         ops.append({"op": "add", "path": "/spec/runtimeClassName", "value": profile.runtime_class_name})
     existing = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+    for i, toleration in enumerate(existing):
+        if not isinstance(toleration, dict):  # the API server never sends one; a direct caller may
+            raise ShapeError(f"spec.tolerations[{i}]: must be an object, got {type(toleration).__name__}")
     tolerations = existing
     if mode is Mode.WEBHOOK_MERGES:
         current = spec.get("nodeSelector")

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from sandgate.core.jsonshape import list_at, object_at
+from sandgate.core.jsonshape import ShapeError, list_at, object_at
 from sandgate.core.podrequests import (is_pod_level_resource, is_sidecar,
                                        pod_level_requests, pod_requests, resource_list)
 from sandgate.core.policy import Profile
@@ -181,7 +181,9 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
     places: list[tuple[str, int, Any, str]] = []  # (kind, index, container name, path)
     for kind in ("containers", "initContainers"):
         for i, container in enumerate(list_at(spec.get(kind), f"spec.{kind}")):
-            places.append((kind, i, object_at(container, f"spec.{kind}[{i}]").get("name"), f"spec.{kind}[{i}]"))
+            if not isinstance(container, dict):  # null included: there is nothing to pad in place
+                raise ShapeError(f"spec.{kind}[{i}]: must be an object, got {type(container).__name__}")
+            places.append((kind, i, container.get("name"), f"spec.{kind}[{i}]"))
     current: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
     unpadded: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
     for kind, i, name, path in places + [(POD, 0, None, "spec")]:

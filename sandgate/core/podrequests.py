@@ -69,7 +69,7 @@ def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") ->
     init_peak: dict[str, Decimal] = {}
     for i, container in enumerate(list_at(spec.get("initContainers"), f"{path}.initContainers")):
         requests = container_requests(container, f"{path}.initContainers[{i}]")
-        if is_sidecar(container):
+        if is_sidecar(object_at(container, f"{path}.initContainers[{i}]")):
             _add(result, requests)
             _add(sidecars, requests)
             step = dict(sidecars)

@@ -90,3 +90,20 @@ def test_pod_name_for_logs_never_raises(metadata):
     pod = copy.deepcopy(req.object)
     pod["metadata"] = metadata
     assert isinstance(replace(with_object(req, pod), name=None).pod_name, str)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("tolerations", [None], "spec.tolerations[0]: "),
+    ("containers", [None], "spec.containers[0]: "),
+    ("initContainers", [None], "spec.initContainers[0]: "),
+    ("initContainers", [7], "spec.initContainers[0]: "),
+])
+@pytest.mark.parametrize("mode", list(Mode))
+def test_malformed_lists_are_denials_naming_the_element_not_internal_errors(policy, mode, field, value, named):
+    """Found by tests/fuzz: the API server never sends these, a direct caller may."""
+    req = fixture_request("v1-01-create-bare-pod")
+    pod = copy.deepcopy(req.object)
+    pod["spec"][field] = value
+    verdict = admit(with_object(req, pod), policy, mode, SANDBOXED)
+    assert (verdict.allowed, verdict.code, verdict.patch) == (False, 400, [])
+    assert verdict.message.startswith(named), verdict.message
