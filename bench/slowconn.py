@@ -1,7 +1,7 @@
 """Slow and idle connections against the webhook and the extender: do ordinary requests still get answered?
 
     python3 bench/slowconn.py [--connections 1000] [--duration 20] [--quick]
-    python3 bench/slowconn.py --candidates      # the no-op app under each worker model, same table
+    python3 bench/slowconn.py --candidates      # the no-op app under each worker model, one table
 
 A hostile tenant can open connections to any in-cluster port. This opens `--connections` of them
 against ONE worker, in four equal kinds, and keeps that many open for the whole measurement
@@ -285,19 +285,134 @@ def print_result(result: dict) -> None:
             print(f"  first failures: {r['first_failures']}")
 
 
+# ---- worker-model candidates (--candidates) -------------------------------------------------
+
+CANDIDATES = {
+    "gthread": "gunicorn's stock threaded worker (handshake and reads in the request threads)",
+    "sandgate": "sandgate.core.serving.DeadlineWorker (handshake and reads on the event loop, deadlines)",
+    "gevent": "gunicorn's gevent worker (greenlet per connection; pip install gevent)",
+}
+
+
+def serve_noop(args: argparse.Namespace) -> None:
+    """The no-op admission app (reads the body, answers a constant review) under worker class `args.worker`."""
+    if args.worker == "gevent":
+        # gevent must patch ssl before the master builds the TLS context the workers use, or every
+        # handshake fails (gevent's SSLSocket cannot wrap with a context made before the patch)
+        from gevent import monkey
+
+        monkey.patch_all()
+    from flask import Flask, Response, request
+
+    from sandgate.core import jsonlog, serving
+
+    jsonlog.configure("warning")
+    answer = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                         "response": {"uid": "", "allowed": True}}).encode()
+
+    def build():
+        app = Flask("noop")
+
+        @app.post("/mutate/<profile>")
+        def mutate(profile):
+            request.get_data()
+            return Response(answer, mimetype="application/json")
+
+        @app.get("/healthz")
+        def healthz():
+            return Response(b'{"status":"ok"}', mimetype="application/json")
+
+        return app
+
+    options = serving.gunicorn_options("127.0.0.1", args.port, workers=1, threads=4,
+                                       tls=serving.ReloadingContext(args.cert, args.key),
+                                       limits=serving.Limits(keepalive=120), proc_name=f"noop-{args.worker}",
+                                       log_level="warning")
+    if args.worker != "sandgate":
+        options["worker_class"] = args.worker
+    serving.raise_fd_limit(serving.MAX_CONNECTIONS)
+    serving.GunicornApp(options, build).run()
+
+
+def candidates(duration: float, connections: int) -> None:
+    """The no-op app under each worker model: throughput, CPU, latency and the slow-connection case."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import webhook as webhook_bench  # bench/webhook.py: wrk saturation and the open-loop fixed rate
+
+    workdir = Path(tempfile.mkdtemp(prefix="sandgate-candidates-"))
+    ctx = prepare(workdir)
+    body = WEBHOOK_BODY.read_bytes()
+    body_file = workdir / "body.json"
+    body_file.write_bytes(body)
+    rows = []
+    try:
+        with open(workdir / "servers.log", "wb") as log:
+            for name in CANDIDATES:
+                if name == "gevent":
+                    try:
+                        __import__("gevent")
+                    except ImportError:
+                        print("gevent not installed: skipped (pip install gevent)")
+                        continue
+                port = free_port()
+                proc = subprocess.Popen([sys.executable, __file__, "--serve-noop", name, "--port", str(port),
+                                         "--cert", str(workdir / "tls.crt"), "--key", str(workdir / "tls.key")],
+                                        cwd=REPO, stdout=log, stderr=log)
+                try:
+                    wait_healthy(port, ctx, proc)
+                    url = f"https://127.0.0.1:{port}/mutate/runv"
+                    sat1 = webhook_bench.saturation(url, body_file, 1, duration, workdir, proc)
+                    sat64 = webhook_bench.saturation(url, body_file, 64, duration, workdir, proc)
+                    rate = webhook_bench.fixed_rate(url, body, ctx, 1, duration)
+                    slow = measure(name, port, "/mutate/runv", body, ctx, connections, duration, workdir)
+                    rows.append((name, sat1, sat64, rate, slow))
+                finally:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n| worker model | sat. 1 conn req/s | CPU us/req | sat. 64 conn req/s | CPU us/req | p99 ms at "
+          f"{webhook_bench.RATE}/s | {connections} hostile: answered (fresh conn) | failures | p99 ms | "
+          f"answered (keep-alive) | failures | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, sat1, sat64, rate, slow in rows:
+        fresh, kept = slow["fresh"], slow["keepalive"]
+        print(f"| {name} | {sat1['rps']:.0f} | {sat1['cpu_us']:.0f} | {sat64['rps']:.0f} | {sat64['cpu_us']:.0f} | "
+              f"{rate['p99_ms']:.2f} | {fresh['answered']}/{fresh['sent']} | {fresh['failures']} | "
+              f"{fresh['p99_ms']:.0f} | {kept['answered']}/{kept['sent']} | {kept['failures']} | {kept['p99_ms']:.0f} |")
+    for name, text in CANDIDATES.items():
+        print(f"  {name}: {text}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000, help="hostile connections held (default 1000)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of ordinary requests (default 20)")
     parser.add_argument("--quick", action="store_true", help="200 connections, 6 s: checks the bench works")
     parser.add_argument("--servers", nargs="+", default=["webhook", "extender"], choices=["webhook", "extender"])
+    parser.add_argument("--candidates", action="store_true",
+                        help="compare worker models (gthread, sandgate, gevent) on the no-op app instead")
     parser.add_argument("--flood", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-noop", choices=sorted(CANDIDATES), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cert", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood:
         flood_main(args.flood)
         return 0
+    if args.serve_noop:
+        args.worker = args.serve_noop
+        serve_noop(args)
+        return 0
     connections, duration = (200, 6.0) if args.quick else (args.connections, args.duration)
     raise_nofile(4096)
+    if args.candidates:
+        candidates(3.0 if args.quick else 10.0, connections)
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="sandgate-slowconn-"))
     ctx = prepare(workdir)
     print(f"{connections} hostile connections ({', '.join(KINDS)}, equal shares) against one worker; ordinary "
