@@ -15,7 +15,7 @@ from webhook_harness import review
 @pytest.fixture(scope="module")
 def hook(start_webhook):
     return start_webhook("--cluster-version", "1.24", "--workers", "1", "--no-namespace-watch",
-                         "--tls-handshake-timeout", "1", "--request-timeout", "1")
+                         "--tls-handshake-timeout", "2", "--request-timeout", "2")
 
 
 def _tls(hook) -> ssl.SSLSocket:
@@ -43,7 +43,8 @@ def test_a_thousand_quiet_connections_leave_ordinary_requests_answered(hook, tmp
     ctx = ssl.create_default_context(cafile=hook.ca)
     flood = Flood("127.0.0.1", hook.port, 1000, 120, tmp_path)
     try:
-        assert flood.wait_open(1000)["open"] >= 950
+        opened = flood.wait_open(1000)
+        assert opened["open"] >= 950, opened
         fresh = ordinary("127.0.0.1", hook.port, "/mutate/runv", body, ctx, 20, 40, fresh=True, check=_answers_uid)
         kept = ordinary("127.0.0.1", hook.port, "/mutate/runv", body, ctx, 20, 40, fresh=False, check=_answers_uid)
         stats = flood.stats()
@@ -51,8 +52,8 @@ def test_a_thousand_quiet_connections_leave_ordinary_requests_answered(hook, tmp
         flood.stop()
     assert (fresh["answered"], fresh["failures"]) == (40, 0), fresh["first_failures"]
     assert (kept["answered"], kept["failures"]) == (40, 0), kept["first_failures"]
-    # every kind was closed by the server's deadlines (and reopened by the flood) at least once
-    assert stats["closed_by_server"] >= 1000, stats
+    # the deadlines closed (at least) every tcp and half-handshake connection once; the flood reopened them
+    assert stats["closed_by_server"] >= 500, stats
 
 
 def test_idle_connection_after_the_handshake_is_closed(hook):
@@ -72,7 +73,7 @@ def test_unfinished_request_gets_408_with_the_reason(hook):
         sock.sendall(b"POST /mutate/runv HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         answer = _read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
-    assert b'{"error": "request not received within 1s"}' in answer
+    assert b'{"error": "request not received within 2s"}' in answer
 
 
 def test_broken_framing_is_400_with_the_reason(hook):
