@@ -1,15 +1,22 @@
-"""Benchmark the node agent: resident memory of the running process and CPU per cycle.
+"""Benchmark the node agent: resident memory of the running process and CPU per cycle, with 0 and N sandboxes.
 
 Runs the real agent (`python3 -m sandgate agent`, loop mode) over a fake host root with kata and
 runsc configured (shims and /dev/kvm present) against a loopback fake API server, with a short
---interval. CPU is the agent's utime+stime (from /proc/<pid>/stat) over the measured cycles divided
-by the cycle count, after a warm-up cycle; memory is VmRSS and VmHWM (peak) from /proc/<pid>/status.
-The baseline, measured in the same run, is a bare interpreter that only imports the shared policy
-module the ordinary way, which runs the kubernetes package's eager __init__ (client, config, dynamic,
-watch, stream, ... through parse_quantity); the agent skips that __init__ (node_agent/skip_kubernetes_init.py).
+--interval, twice: with a CRI stand-in (tests/node_agent/cri_standin.py, a gRPC server on a unix
+socket) listing no sandbox, then N sandboxes (default 100). Each stand-in sandbox is real to the
+agent's readers: its pid is a live process (/proc/<pid>/net/dev) and its pod cgroup is a real,
+empty cgroup created for the run in every hierarchy that counts memory, CPU and block I/O (removed
+after). CPU is the agent's utime+stime (from /proc/<pid>/stat) over the measured cycles divided by
+the cycle count, after a warm-up cycle: a cycle is one publish (Node read, discovery, Lease renewal)
+plus one inventory refresh, which runs on its own thread at the same interval. A /metrics scrape is
+measured apart (it happens per Prometheus scrape interval, not per cycle). Memory is VmRSS and VmHWM
+(peak) from /proc/<pid>/status. The baselines, measured in the same run, are the 0-sandbox agent and
+a bare interpreter that only imports the shared policy module the ordinary way, which runs the
+kubernetes package's eager __init__; the agent skips that __init__ (node_agent/skip_kubernetes_init.py).
 
-    python3 bench/agent.py            # 50 cycles at --interval 0.1
-    python3 bench/agent.py --quick    # 5 cycles
+    python3 bench/agent.py                 # 50 cycles at --interval 0.1, 0 and 100 sandboxes
+    python3 bench/agent.py --quick         # 5 cycles
+    python3 bench/agent.py --sandboxes 20
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "node_agent"), str(REPO / "tests")]
+sys.path[:0] = [str(REPO / "tests" / "node_agent"), str(REPO / "tests"), str(REPO)]
+from cri_standin import CriStandIn, FakeSandbox  # noqa: E402
 from fake_api import FakeApi  # noqa: E402
+from node_agent import cgroups  # noqa: E402
 
 POLICY = """\
 apiVersion: sandgate.io/v1alpha1
@@ -36,6 +46,8 @@ profiles:
   kata: {runtimeClassName: kata, handler: kata, runtimeType: io.containerd.kata.v2,
          overhead: {podFixed: {cpu: 250m, memory: 160Mi}}}
   gvisor: {runtimeClassName: gvisor, handler: runsc, runtimeType: io.containerd.runsc.v1}
+agent:
+  criEndpoint: unix:///run/cri.sock
 """
 CONTAINERD = """\
 version = 2
@@ -100,46 +112,111 @@ def baseline_rss_kib() -> int:
     return int(out.stdout)
 
 
+class PodCgroups:
+    """N empty pod cgroups under /sandgate-bench-<pid>, in each hierarchy the agent reads; removed on close."""
+
+    def __init__(self, count: int):
+        self.parent = f"sandgate-bench-{os.getpid()}"
+        layout = cgroups.load_layout(Path("/"))
+        self.dirs = []
+        for what in ("memory", "cpu", "io"):
+            found = layout.locate(what, self.parent)
+            if found and found[1] not in self.dirs:
+                self.dirs.append(found[1])
+        for base in self.dirs:
+            for i in range(count):
+                (base / f"pod{i}").mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        for base in self.dirs:
+            for child in base.glob("pod*"):
+                child.rmdir()
+            base.rmdir()
+
+
+def run_agent(root: Path, policy: Path, api: FakeApi, base: Path, interval: float, cycles: int) -> dict:
+    """Run the agent loop; return its CPU per cycle, RSS, peak RSS, and CPU per /metrics scrape."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandgate", "agent", "--config", str(policy), "--node-name", "bench-1",
+         "--root", str(root), "--kubeconfig", str(api.kubeconfig(base)), "--interval", str(interval),
+         "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        done_before = renewals(api)
+        wait_for(lambda: renewals(api) >= done_before + 2, 60, "the first cycles")
+        cpu0, done0 = cpu_seconds(proc.pid), renewals(api)
+        wait_for(lambda: renewals(api) >= done0 + cycles, 60 + cycles * 5, f"{cycles} cycles")
+        cpu1, done1 = cpu_seconds(proc.pid), renewals(api)
+        rss, hwm = status_kib(proc.pid, "VmRSS"), status_kib(proc.pid, "VmHWM")
+        scrapes, body = 20, b""
+        cpu2 = cpu_seconds(proc.pid)
+        for _ in range(scrapes):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                body = answer.read()
+        cpu3 = cpu_seconds(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    return {"cycles": done1 - done0, "cpu_ms": (cpu1 - cpu0) / (done1 - done0) * 1000, "rss": rss, "hwm": hwm,
+            "scrape_ms": (cpu3 - cpu2) / scrapes * 1000, "series": body.count(b"\nsandgate_sandbox_")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--interval", type=float, default=0.1)
+    parser.add_argument("--sandboxes", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="5 cycles (smoke run)")
     args = parser.parse_args()
     cycles = 5 if args.quick else args.cycles
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench-1", "labels": {}, "annotations": {}},
             "status": {"allocatable": {"memory": "8Gi"}}}
     api = FakeApi(node)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        root = fake_host(base)
-        policy = base / "policy.yaml"
-        policy.write_text(POLICY)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandgate", "agent", "--config", str(policy), "--node-name", "bench-1",
-             "--root", str(root), "--kubeconfig", str(api.kubeconfig(base)), "--interval", str(args.interval),
-             "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
-        try:
-            wait_for(lambda: len(api.calls("POST", LEASES)) >= 1, 60, "the first cycle")
-            cpu0, done0 = cpu_seconds(proc.pid), renewals(api)
-            wait_for(lambda: renewals(api) >= done0 + cycles, 60 + cycles * 5, f"{cycles} cycles")
-            cpu1, done1 = cpu_seconds(proc.pid), renewals(api)
-            rss, hwm = status_kib(proc.pid, "VmRSS"), status_kib(proc.pid, "VmHWM")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=15)
-            api.close()
+    pods = PodCgroups(args.sandboxes)
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            root = fake_host(base)
+            (root / "run").mkdir()
+            # The host's /proc and /sys under the fake root: the inventory reads real net/dev and cgroup files.
+            (root / "proc").symlink_to("/proc")
+            (root / "sys").symlink_to("/sys")
+            policy = base / "policy.yaml"
+            policy.write_text(POLICY)
+            for count in (0, args.sandboxes):
+                sandboxes = [FakeSandbox(f"sb{i:03d}", f"pod-{i}", f"uid-{i}", pid=os.getpid(),
+                                         netns=f"/proc/{os.getpid()}/ns/net", cgroups_path=f"/{pods.parent}/pod{i}/sb{i}",
+                                         log_directory=f"/var/log/pods/team_pod-{i}_uid-{i}", containers=("app", "proxy"))
+                             for i in range(count)]
+                standin = CriStandIn(root / "run/cri.sock", sandboxes, runtimes={
+                    "runc": "io.containerd.runc.v2", "kata": "io.containerd.kata.v2", "runsc": "io.containerd.runsc.v1"})
+                try:
+                    results[count] = run_agent(root, policy, api, base, args.interval, cycles)
+                finally:
+                    standin.close()
+                    (root / "run/cri.sock").unlink(missing_ok=True)
+    finally:
+        api.close()
+        pods.close()
     base_rss = baseline_rss_kib()
-    measured = done1 - done0
-    print(f"agent cycles measured:   {measured} (interval {args.interval:g}s; each: read Node, discover, PATCH if changed, Lease read+renew)")
-    print(f"CPU per cycle:           {(cpu1 - cpu0) / measured * 1000:.1f} ms (utime+stime, {CLK_TCK} ticks/s)")
-    print(f"agent VmRSS:             {rss / 1024:.1f} MiB  (peak VmHWM {hwm / 1024:.1f} MiB; target <= 50 MiB)")
-    print(f"baseline VmRSS:          {base_rss / 1024:.1f} MiB  (interpreter + `import sandgate.core.policy`, full kubernetes import)")
-    print(f"agent / baseline RSS:    {rss / base_rss:.2f}x")
+    none, many = results[0], results[args.sandboxes]
+    print(f"cycles measured:         {none['cycles']} / {many['cycles']} (interval {args.interval:g}s; each: read Node, "
+          "discover, PATCH if changed, Lease read+renew, plus one CRI inventory on its own thread)")
+    print(f"sandboxes:               0 | {args.sandboxes} (2 containers each; CRI stand-in on a unix socket, "
+          "real /proc and cgroup files)")
+    print(f"CPU per cycle:           {none['cpu_ms']:.1f} ms | {many['cpu_ms']:.1f} ms  "
+          f"(ratio {many['cpu_ms'] / none['cpu_ms']:.2f}x; target <= 20 ms at 100; {CLK_TCK} ticks/s)")
+    print(f"CPU per /metrics scrape: {none['scrape_ms']:.1f} ms | {many['scrape_ms']:.1f} ms  "
+          f"({none['series']} | {many['series']} sandgate_sandbox_* samples)")
+    print(f"agent VmRSS:             {none['rss'] / 1024:.1f} MiB | {many['rss'] / 1024:.1f} MiB  "
+          f"(peak VmHWM {none['hwm'] / 1024:.1f} | {many['hwm'] / 1024:.1f} MiB; target <= 60 MiB at 100)")
+    print(f"baseline VmRSS:          {base_rss / 1024:.1f} MiB  (interpreter + `import sandgate.core.policy`, "
+          "full kubernetes import)")
+    print(f"agent / baseline RSS:    {none['rss'] / base_rss:.2f}x | {many['rss'] / base_rss:.2f}x")
     return 0
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from node_agent.containerd import BACKUP_INFIX, BACKUP_SUFFIX, ConfigurePlan, FileChange, backup_path
+from node_agent.containerd import BACKUP_INFIX, BACKUP_SUFFIX, ConfigurePlan, backup_path
 from node_agent.host import Root
 
 log = logging.getLogger("sandgate.agent")

@@ -24,6 +24,7 @@ nothing but the wanted runtime tables: on 1.x by editing the one file whose CRI 
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 import tomllib
@@ -121,8 +122,6 @@ class ConfigSnapshot:
 
 def _glob_matches(pattern: str, path: str) -> bool:
     """filepath.Glob's match: `*` stops at `/`, like fnmatch per path segment."""
-    import fnmatch
-
     pattern_parts, path_parts = pattern.split("/"), path.split("/")
     return len(pattern_parts) == len(path_parts) and all(
         fnmatch.fnmatchcase(name, part) for part, name in zip(pattern_parts, path_parts))

@@ -157,8 +157,8 @@ def decide(facts: HostFacts, policy: Policy, node_name: str, options: Options,
     return decision
 
 
-def _unusable(policy: Policy, reason: str) -> list[RuntimeStatus]:
-    return [RuntimeStatus(h, None, None, False, f"containerd configuration unusable: {reason}")
+def _unusable(policy: Policy, reason: str, manager: str = "containerd") -> list[RuntimeStatus]:
+    return [RuntimeStatus(h, None, None, False, f"{manager} configuration unusable: {reason}")
             for h in sorted(policy.handlers)]
 
 
@@ -187,7 +187,7 @@ def _decide_containerd(facts: HostFacts, policy: Policy, node_name: str, options
         return d
     if options.dry_run and d.plan.changed and facts.snapshot is not None:
         after = facts.snapshot.with_files({c.path: c.content for c in d.plan.files})
-        d.config = containerd.resolve(after, d.containerd_version or _RULES_2X)
+        d.config = containerd.resolve(after, d.containerd_version or _RULES_2X)  # a plan implies a known version
         files = d.config.runtimes()
     live = cri_runtime_tables(facts.cri.status) if facts.cri.status is not None else None
     vetoes: dict[str, str] = {}
@@ -226,13 +226,13 @@ def _decide_crio(facts: HostFacts, policy: Policy, node_name: str, options: Opti
     d = Decision(node_name, "crio", [], {}, {}, cri_endpoint=facts.cri.endpoint, config_error=facts.snapshot_error,
                  crio_files=tuple(facts.crio_files))
     if d.config_error is not None:
-        d.statuses = _unusable(policy, d.config_error)
+        d.statuses = _unusable(policy, d.config_error, "CRI-O")
         return d
     try:
         config = crio.resolve(facts.crio_files)
     except ContainerdConfigError as exc:
         d.config_error = str(exc)
-        d.statuses = _unusable(policy, d.config_error)
+        d.statuses = _unusable(policy, d.config_error, "CRI-O")
         return d
     runtimes = config.runtimes()
     if options.configure:

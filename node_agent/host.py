@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from sandgate.core.policy import Policy
+from sandgate.core.policy import AgentSettings, Policy
 from sandgate.core.policy.model import DEFAULT_CRI_ENDPOINT
 
 from node_agent import containerd, crio
@@ -44,7 +44,8 @@ class Root:
 
     def to_host(self, local: str) -> str:
         """The host path of a local path under the root."""
-        return "/" + os.path.relpath(local, self.path) if os.path.relpath(local, self.path) != "." else "/"
+        relative = os.path.relpath(local, self.path)
+        return "/" if relative == "." else "/" + relative
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,19 @@ def _split_stars(text: str) -> list[str]:
 
 
 def read_cri(root: Root, endpoint: str) -> CriFacts:
-    """Ask the runtime's CRI socket for its Version and verbose Status (each call has a deadline)."""
+    """Ask the runtime's CRI socket for its Version and verbose Status (each call has a deadline).
+
+    A fresh channel each time: a channel kept across cycles would sit in gRPC's reconnect backoff
+    (up to two minutes) after the runtime restarts, exactly when the agent must see it come back.
+    """
     try:
         path = socket_path(endpoint, root.path if str(root.path) != "/" else None)
         with CriClient(path, timeout=CRI_TIMEOUT) as client:
             return CriFacts(endpoint, client.version(), client.status(verbose=True))
     except CriError as exc:
-        return CriFacts(endpoint, error=exc.code.name if exc.unreachable else str(exc))
+        # gRPC's connect errors end in the OS reason ("...: Permission denied"); that is what an operator needs.
+        reason = exc.details.rsplit(": ", 1)[-1].strip()[:120] if exc.unreachable else str(exc)
+        return CriFacts(endpoint, error=f"{exc.code.name}: {reason}" if exc.unreachable else reason)
     except ValueError as exc:
         return CriFacts(endpoint, error=str(exc))
 
@@ -228,6 +235,13 @@ def detect_manager(root: Root, policy: Policy) -> str:
     return "containerd"
 
 
+def cri_endpoint(settings: AgentSettings, manager: str) -> str:
+    """The CRI endpoint to talk to: agent.criEndpoint; its default means CRI-O's own socket on a CRI-O node."""
+    if manager == "crio" and settings.cri_endpoint == DEFAULT_CRI_ENDPOINT:
+        return crio.DEFAULT_ENDPOINT
+    return settings.cri_endpoint
+
+
 def gather(root: Root, policy: Policy) -> HostFacts:
     """Every fact of this cycle."""
     settings = policy.agent
@@ -248,7 +262,7 @@ def gather(root: Root, policy: Policy) -> HostFacts:
             tables.extend(crio.resolve(crio_files).runtimes().values())
         except containerd.ContainerdConfigError as exc:
             snapshot_error = str(exc)
-    endpoint = settings.cri_endpoint or (crio.DEFAULT_ENDPOINT if manager == "crio" else DEFAULT_CRI_ENDPOINT)
+    endpoint = cri_endpoint(settings, manager)
     cri = read_cri(root, endpoint)
     if cri.status is not None:
         tables.extend(cri_runtime_tables(cri.status).values())

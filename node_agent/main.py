@@ -67,6 +67,10 @@ class Agent:
         self.metrics = metrics
         self.allocatable = (parse_field(args.node_allocatable_memory, "--node-allocatable-memory")
                             if args.node_allocatable_memory else None)
+        # Changes that were rolled back, by content: retrying one every cycle would restart the
+        # runtime every --interval. It is tried again only once the plan differs (policy or files changed).
+        self.rolled_back: dict[tuple[tuple[str, str], ...], str] = {}
+        self.last_rollback: str | None = None
 
     def decide(self, policy: Policy, node: dict[str, Any] | None, configure: bool) -> Decision:
         """Gather the host facts and decide over them."""
@@ -123,8 +127,17 @@ class Agent:
         for skipped in decision.plan.skipped:
             log.warning("handler not configured", extra={"node": self.args.node_name, **skipped})
         publish_new = True
+        self.last_rollback = None
         if decision.plan.changed and not self.args.dry_run:
-            decision, publish_new = self.configure(policy, decision, node)
+            key = tuple((c.path, c.content) for c in decision.plan.files)
+            if key in self.rolled_back:
+                decision.configure_error = f"not retried: the same change was rolled back before: {self.rolled_back[key]}"
+                log.warning("configure skipped", extra={"node": self.args.node_name, "reason": decision.configure_error})
+            else:
+                decision, publish_new = self.configure(policy, decision, node)
+                if not publish_new:
+                    self.rolled_back[key] = decision.configure_error or "rolled back"
+                    self.last_rollback = decision.configure_error
         self._record(policy, decision)
         if not self.args.dry_run:
             settings = policy.agent
@@ -136,8 +149,6 @@ class Agent:
             self.publisher.renew_lease(settings.namespace, keys.agent_lease_name(self.args.node_name),
                                        settings.lease_duration_seconds, lambda: datetime.now(timezone.utc))
             log.info("published", extra={"node": self.args.node_name, "capacities": decision.capacities})
-        if not publish_new:
-            raise AgentError(f"configuration rolled back: {decision.configure_error}")
         return decision
 
     def _record(self, policy: Policy, decision: Decision) -> None:
@@ -218,31 +229,55 @@ def _run_once(agent: Agent) -> int:
         print(f"sandgate agent: {exc}", file=sys.stderr)
         return 1
     if agent.args.dry_run:
-        json.dump(result.to_json(), sys.stdout, indent=2)
+        from node_agent.sandboxes import inventory_once
+
+        document = result.to_json()
+        sandboxes = inventory_once(agent.root.path, agent.store,
+                                   pod_reader=agent.publisher.read_pod if agent.publisher else None)
+        document["sandboxes"], document["sandboxesError"] = sandboxes.to_json(), sandboxes.error
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    if agent.last_rollback is not None:
+        print(f"sandgate agent: configuration rolled back: {agent.last_rollback}", file=sys.stderr)
+        return 1
+    if result.configure_error and not agent.args.dry_run:  # a one-shot --configure that could not configure
+        print(f"sandgate agent: cannot configure: {result.configure_error}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop: threading.Event) -> int:
     from node_agent.metrics import AgentMetrics, MetricsServer
     from node_agent.publish import PublishError
+    from node_agent.sandbox_metrics import sandbox_watcher
 
     metrics = AgentMetrics()
+    sandboxes = sandbox_watcher(Path(args.root), store, args.interval, metrics.registry, stop,
+                                pod_reader=publisher.read_pod if publisher else None)
     try:
-        server = MetricsServer(metrics, args.metrics_host, args.metrics_port, stale_after=max(60.0, 3 * args.interval))
+        server = MetricsServer(metrics, args.metrics_host, args.metrics_port, stale_after=max(60.0, 3 * args.interval),
+                               sandboxes=lambda: sandboxes.inventory.current.document())
     except OSError as exc:
         print(f"sandgate agent: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}", file=sys.stderr)
         return 2
     server.start()
+    sandboxes.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(args, store, publisher, metrics)
+    slots = None
+    if args.device_plugin_dir and not args.dry_run:
+        from node_agent.deviceplugin import DevicePlugins
+
+        slots = DevicePlugins(args.device_plugin_dir).start()
     log.info("agent started", extra={"node": args.node_name, "interval": args.interval,
                                      "metrics": f"{args.metrics_host}:{args.metrics_port}"})
     while not stop.is_set():
         started = time.monotonic()
         try:
-            agent.run_cycle()
+            result = agent.run_cycle()
+            if slots is not None:
+                slots.update(store.current.handlers, result.capacities)
             if not args.dry_run:
                 metrics.last_publish.set(time.time())
             metrics.last_success = time.monotonic()
@@ -254,6 +289,9 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
             log.exception("cycle crashed; retrying next interval", extra={"node": args.node_name})
         metrics.cycles.inc()
         stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
+    if slots is not None:
+        slots.stop()
     server.stop()
+    sandboxes.join(timeout=15)
     log.info("agent stopped", extra={"node": args.node_name})
     return 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -65,11 +67,17 @@ class AgentMetrics:
 
 
 class MetricsServer:
-    """/metrics and /healthz on a background thread; /healthz fails when cycles stop succeeding."""
+    """/metrics, /healthz and /sandboxes on a background thread; /healthz fails when cycles stop succeeding.
 
-    def __init__(self, metrics: AgentMetrics, host: str, port: int, stale_after: float):
+    `sandboxes` returns the GET /sandboxes document (read-only: the node's sandboxes and their
+    containers' log paths); without it the endpoint is 404.
+    """
+
+    def __init__(self, metrics: AgentMetrics, host: str, port: int, stale_after: float,
+                 sandboxes: Callable[[], dict[str, Any]] | None = None):
         self.metrics = metrics
         self.stale_after = stale_after
+        self.sandboxes = sandboxes
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
@@ -87,6 +95,8 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds per socket read: a client that stalls mid-request loses its thread's slot
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.metrics.registry))
@@ -95,6 +105,9 @@ class MetricsServer:
                     ok = age <= server.stale_after
                     self._send(200 if ok else 503, "text/plain; charset=utf-8",
                                b"ok\n" if ok else f"no successful cycle for {age:.0f}s\n".encode())
+                elif self.path == "/sandboxes" and server.sandboxes is not None:
+                    body = json.dumps(server.sandboxes(), separators=(",", ":")).encode()
+                    self._send(200, "application/json", body)
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found\n")
 

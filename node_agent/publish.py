@@ -16,6 +16,7 @@ import random
 import threading
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
+from urllib.parse import quote
 
 import orjson
 from kubernetes.client.rest import ApiException
@@ -32,6 +33,7 @@ JSON = "application/json"
 REQUEST_TIMEOUT = (5, 15)
 NODES = "/api/v1/nodes"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+PODS = "/api/v1/namespaces/{namespace}/pods/{name}"
 
 
 class PublishError(RuntimeError):
@@ -94,6 +96,20 @@ class Publisher:
     def read_node(self) -> dict[str, Any]:
         """The Node object as JSON."""
         return self.retry.call(f"get node {self.node}", lambda: self._send("GET", f"{NODES}/{self.node}"))
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Pod object as JSON, None when there is no such pod (its requests feed the overhead ratio)."""
+        path = PODS.format(namespace=quote(namespace, safe=""), name=quote(name, safe=""))
+
+        def get() -> dict[str, Any] | None:
+            try:
+                return self._send("GET", path)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        return self.retry.call(f"get pod {namespace}/{name}", get)
 
     def patch_node(self, patch: dict[str, Any]) -> None:
         """Apply a merge patch to the Node."""

@@ -5,23 +5,28 @@ A plain WSGI callable rather than Flask: the extender serves seven fixed routes 
 sessions, templates or request parsing beyond the body.
 
 Every verb answers 400 with {"Error": reason} for a request it cannot read, and never a 500: an
-unexpected failure is logged with its traceback and reported in the answer's `Error` (filter,
-bind), as neutral scores (prioritize: the scheduler ignores extender priority errors anyway) or
-as "no candidate" (preempt: evicting pods on the strength of a broken answer would be worse).
+unexpected failure is logged with its traceback and reported in the answer's `Error` (filter),
+as neutral scores (prioritize: the scheduler ignores extender priority errors anyway) or as "no
+candidate" (preempt: evicting pods on the strength of a broken answer would be worse).
+
+There is no /bind (404): kube-scheduler binds, and counts the sandbox slots itself. Nothing here
+is per replica, so any number of replicas behind one Service answer alike.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sandgate.core.clusterversion import ClusterVersion
 from sandgate.core.policy import PolicyStore
 from scheduler_ext import wire
-from scheduler_ext.binder import Binder
 from scheduler_ext.decisions import Fit
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.objects import NodeInfo, ObjectError, PodInfo, node_info, pod_info
@@ -67,26 +72,12 @@ class ExtenderApp:
         return stream.read(min(int(length), MAX_BODY + 1))
 
 
-class Leadership(Protocol):
-    """Who may bind: a Lease-based elector in a cluster, always this process for a snapshot."""
-
-    def is_leader(self) -> bool:
-        """This replica may consume capacity (bind)."""
-
-    def holder(self) -> str | None:
-        """Identity of the current leader, if known."""
-
-
-class SoleReplica:
-    """Leadership when there is nothing to share (snapshot mode, or leader election turned off)."""
-
-    def is_leader(self) -> bool:
-        """Always the leader."""
-        return True
-
-    def holder(self) -> str | None:
-        """No election: no identity."""
-        return None
+# FailedAndUnresolvableNodes is read by kube-scheduler from 1.20 on (k8s.io/kube-scheduler/extender/v1).
+UNRESOLVABLE_SINCE = ClusterVersion(1, 20)
+# Node objects of recent nodeCacheCapable=false filter calls, by pod UID, for that pod's /preempt
+# (ExtenderPreemptionArgs carries no Nodes). Bounded: a replica that never saw the filter falls
+# back to its cache.
+RECENT_FILTERS = 256
 
 
 @dataclass
@@ -95,8 +86,6 @@ class Runtime:
 
     store: PolicyStore
     cache: ClusterCache
-    binder: Binder
-    leadership: Leadership
     source: str  # "snapshot" or "cluster"
 
 
@@ -118,7 +107,19 @@ def create_app(rt: Runtime) -> ExtenderApp:
         value = cache.status()["sync"][resource]["staleSeconds"]
         return -1.0 if value is None else value
 
-    metrics = Metrics(staleness, rt.leadership.is_leader, lambda: len(cache.reservations))
+    metrics = Metrics(staleness, lambda kind: len(cache.skipped[kind].current))
+    knows_unresolvable = cache.version >= UNRESOLVABLE_SINCE
+    sent_nodes: OrderedDict[str, dict[str, NodeInfo]] = OrderedDict()
+    sent_lock = threading.Lock()
+
+    def remember_sent(pod: PodInfo, given: dict[str, NodeInfo] | None) -> None:
+        if given is None or not pod.uid:
+            return
+        with sent_lock:
+            sent_nodes[pod.uid] = given
+            sent_nodes.move_to_end(pod.uid)
+            while len(sent_nodes) > RECENT_FILTERS:
+                sent_nodes.popitem(last=False)
 
     def answer(verb: str, started: float, body: bytes, code: int = 200) -> Answer:
         metrics.requests.labels(verb, str(code)).inc()
@@ -146,27 +147,20 @@ def create_app(rt: Runtime) -> ExtenderApp:
     def do_filter(body: bytes) -> bytes:
         args = wire.parse_extender_args(body)
         pod = cache.classify(pod_info(args.pod))
-        cache.remember(pod)
         given = _given_nodes(args) if pod.handler is not None else None
+        remember_sent(pod, given)
         out = cache.filter(pod, args.names, given)
         count("filter", out.reasons)
         log.info("filter", extra={**_pod_fields(pod), "nodes": len(args.names), "passed": len(out.passed),
                                   "failed": len(out.failed), "unresolvable": len(out.unresolvable),
                                   "reasons": {f"{v}/{r}": n for (v, r), n in out.reasons.items()}})
-        return wire.filter_result(args, out.passed, out.failed, out.unresolvable)
+        return wire.filter_result(args, out.passed, out.failed, out.unresolvable, knows_unresolvable)
 
     def do_prioritize(body: bytes) -> bytes:
         args = wire.parse_extender_args(body)
         pod = cache.classify(pod_info(args.pod))
-        cache.remember(pod)
         log.debug("prioritize", extra={**_pod_fields(pod), "nodes": len(args.names)})
         return cache.priorities(pod, args.names, _given_nodes(args))
-
-    def do_bind(body: bytes) -> bytes:
-        args = wire.parse_binding_args(body)
-        error, result = rt.binder.bind(args)
-        metrics.binds.labels(result).inc()
-        return wire.binding_result(error)
 
     def do_preempt(body: bytes) -> bytes:
         args = wire.parse_preemption_args(body)
@@ -175,13 +169,15 @@ def create_app(rt: Runtime) -> ExtenderApp:
             return wire.preemption_result(args.victims)
         kept = {}
         reasons: dict[tuple[str, str], int] = {}
+        with sent_lock:
+            sent = sent_nodes.get(pod.uid) or {}
         for node, victims in args.victims.items():
             if victims.pods is not None:
                 pods = [cache.classify(pod_info(p, f"NodeNameToVictims[{node}].Pods[{i}]"))
                         for i, p in enumerate(victims.pods)]
             else:
                 pods = [p for p in (cache.find_pod(uid) for uid in victims.uids) if p is not None]
-            verdict = cache.verdict_after_eviction(pod, node, pods)
+            verdict = cache.verdict_after_eviction(pod, node, pods, sent.get(node))
             key = (verdict.fit.value, verdict.reason)
             reasons[key] = reasons.get(key, 0) + 1
             if verdict.fit is Fit.PASS:
@@ -202,7 +198,7 @@ def create_app(rt: Runtime) -> ExtenderApp:
         synced = all(s["synced"] for s in status["sync"].values())
         stale = any((s["staleSeconds"] or 0) > 0 for s in status["sync"].values())
         body = {"ready": synced, "source": rt.source, "stale": stale,
-                "leader": rt.leadership.is_leader(), "leaderIdentity": rt.leadership.holder(),
+                "skippedObjects": sum(s["count"] for s in status["skipped"].values()),
                 "policyGeneration": rt.store.generation, "policyError": rt.store.last_error, **status}
         return (200 if synced else 503), JSON, wire.encode(body)
 
@@ -212,7 +208,6 @@ def create_app(rt: Runtime) -> ExtenderApp:
     return ExtenderApp({
         ("POST", "/filter"): lambda body: handle("filter", body, do_filter, wire.filter_error),
         ("POST", "/prioritize"): lambda body: handle("prioritize", body, do_prioritize, neutral_scores),
-        ("POST", "/bind"): lambda body: handle("bind", body, do_bind, wire.binding_result),
         ("POST", "/preempt"): lambda body: handle("preempt", body, do_preempt,
                                                   lambda _message: wire.preemption_result({})),
         ("GET", "/healthz"): healthz,

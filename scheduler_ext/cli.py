@@ -6,7 +6,7 @@ import argparse
 
 from sandgate.core import serving
 
-HELP = "serve the kube-scheduler extender (filter, prioritize, bind, preempt)"
+HELP = "serve the kube-scheduler extender (filter, prioritize, preempt) for sandboxed pods"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "unless the policy or the snapshot's kubelet versions say it)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="log level (default info)")
-    parser.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True,
-                        help="elect a leader among replicas with a Lease; only the leader binds (default on; "
-                             "ignored with --snapshot)")
-    parser.add_argument("--leader-election-namespace", metavar="NS",
-                        help="namespace of the leader Lease (default: the policy's agent.namespace)")
+    # Accepted so that upgraded Deployments keep starting; the extender no longer binds, so every
+    # replica answers every verb and there is nothing to elect (docs/extender.md, "Upgrading").
+    parser.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=False,
+                        help="ignored: the extender no longer binds, every replica serves every verb")
+    parser.add_argument("--leader-election-namespace", metavar="NS", help="ignored (see --leader-election)")
     parser.add_argument("--threads", type=int, default=8, help="request threads of the server (default 8)")
     serving.add_arguments(parser)
 

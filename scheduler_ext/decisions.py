@@ -3,20 +3,24 @@
 Nothing here does I/O or holds a lock; the cache feeds precomputed `NodeInfo`/`NodeUsage` in and
 the HTTP layer turns the results into the scheduler's wire types.
 
-Node checks for a sandboxed pod, in order (the first failure is the reason reported):
-  1. the node advertises the profile's runtime handler (label) -> else UNRESOLVABLE
-     (preemption cannot add a runtime to a node);
-  2. the node agent's heartbeat Lease is fresh -> else FAIL;
-  3. capacity annotation minus sandboxes bound or reserved on the node >= 1 -> else FAIL
-     (preemption of a sandboxed pod may free a slot);
-  4. legacy clusters only (no PodOverhead in the scheduler): allocatable cpu/memory covers the
-     requests + overhead of every pod on the node plus this pod's -> else FAIL.
+Only sandboxed pods reach the extender (the shipped scheduler configurations name the slot
+resources in `managedResources`), and kube-scheduler itself counts the slots: each pod requests one
+`sandgate.io/sandbox-<handler>` and each node's kubelet advertises its slots through the agent's
+device plugin. The extender checks what the scheduler cannot know, in order (the first failure is
+the reason reported):
+  1. the node advertises the profile's runtime handler (label)  -> UNRESOLVABLE
+  2. the agent's heartbeat Lease exists and is fresh             -> UNRESOLVABLE
+  3. the node's capacity annotation for the handler is readable  -> UNRESOLVABLE
+  4. overhead_in_scheduler is off (clusters without PodOverhead): allocatable cpu/memory covers the
+     requests + overhead of every pod on the node plus this pod's -> FAIL (preemption may help)
+Preemption cannot install a runtime, restart an agent or fix an annotation, hence UNRESOLVABLE; the
+HTTP layer reports those nodes in FailedNodes to schedulers older than 1.20, which do not know
+FailedAndUnresolvableNodes.
 
-Scores (0..10, MaxExtenderPriority), for a sandboxed pod:
-  free = (free_slots / capacity + free_memory / allocatable_memory) / 2
-  spread: round(10 * free)       binpack: round(10 * (1 - free))
-and for a pod that is not sandboxed, when `preferNonSandboxNodes` is on: 10 on nodes that serve no
-sandbox runtime, 0 on nodes that do (keeping sandbox capacity for sandboxes); otherwise 0 everywhere.
+Score (0..MAX_SCORE) of a node for a sandboxed pod, from the free slots the extender counts:
+  spread:  round(MAX_SCORE * free / capacity)     binpack: round(MAX_SCORE * (1 - free / capacity))
+kube-scheduler multiplies it by the extender's `weight` and by MaxNodeScore / MaxExtenderPriority
+(100 / 10) before adding it to its own plugins' scores (docs/extender.md, "Scoring").
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class Fit(str, enum.Enum):
 
     PASS = "pass"
     FAIL = "fail"  # FailedNodes: preemption may help
-    UNRESOLVABLE = "unresolvable"  # FailedAndUnresolvableNodes: preemption cannot help
+    UNRESOLVABLE = "unresolvable"  # FailedAndUnresolvableNodes (1.20+): preemption cannot help
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,6 @@ class NodeVerdict:
 
 PASSED = NodeVerdict(Fit.PASS, "eligible")
 NOT_SANDBOXED = NodeVerdict(Fit.PASS, "not_sandboxed")
-ALREADY_BOUND = NodeVerdict(Fit.PASS, "already_bound")  # bind retried after the pod was bound there
 
 
 @lru_cache(maxsize=256)
@@ -68,7 +71,7 @@ def unknown_node(name: str) -> NodeVerdict:
 
 
 def evaluate(node: NodeInfo, usage: NodeUsage, pod: PodInfo, lease_expires: float | None, now: float,
-             legacy: bool, lease_namespace: str) -> NodeVerdict:
+             overhead_in_scheduler: bool, lease_namespace: str) -> NodeVerdict:
     """Run the node checks for `pod` on `node`.
 
     `lease_expires` is the heartbeat Lease's renewTime + leaseDurationSeconds (epoch seconds), or None
@@ -81,27 +84,21 @@ def evaluate(node: NodeInfo, usage: NodeUsage, pod: PodInfo, lease_expires: floa
         return runtime_missing(handler)
     if lease_expires is None or lease_expires < now:
         lease_ref = f"{lease_namespace}/{keys.agent_lease_name(node.name)}"
-    if lease_expires is None:
-        return NodeVerdict(Fit.FAIL, "heartbeat_missing",
-                           f"no sandgate agent heartbeat on node: Lease {lease_ref} not found")
-    if lease_expires < now:
-        return NodeVerdict(Fit.FAIL, "heartbeat_stale",
-                           f"sandgate agent heartbeat stale: Lease {lease_ref} expired {int(now - lease_expires)}s ago")
-    capacity = node.capacity.get(handler)
-    if capacity is None:
+        if lease_expires is None:
+            return NodeVerdict(Fit.UNRESOLVABLE, "heartbeat_missing",
+                               f"no sandgate agent heartbeat on node: Lease {lease_ref} not found")
+        return NodeVerdict(Fit.UNRESOLVABLE, "heartbeat_stale",
+                           f"sandgate agent heartbeat stale: Lease {lease_ref} expired "
+                           f"{int(now - lease_expires)}s ago")
+    if handler not in node.capacity:
         key = keys.capacity_annotation(handler)
         if handler in node.bad_capacity:
             detail = f'{key}="{node.bad_capacity[handler]}" is not a non-negative integer'
         else:
             detail = f"annotation {key} missing"
-        return NodeVerdict(Fit.FAIL, "capacity_unknown", f"sandbox capacity for {handler} unknown: {detail}")
-    bound = usage.bound.get(handler, 0)
-    reserved = usage.reserved.get(handler, 0)
-    if capacity - bound - reserved < 1:
-        return NodeVerdict(Fit.FAIL, "no_free_slot",
-                           f"no free {handler} sandbox slot on node "
-                           f"(capacity {capacity}, bound {bound}, reserved {reserved})")
-    if legacy:
+        return NodeVerdict(Fit.UNRESOLVABLE, "capacity_unknown",
+                           f"sandbox capacity for {handler} unknown: {detail}")
+    if not overhead_in_scheduler:
         need_cpu = usage.cpu_millis + pod.total_cpu
         if need_cpu > node.cpu_millis:
             return NodeVerdict(Fit.FAIL, "insufficient_cpu",
@@ -117,20 +114,17 @@ def evaluate(node: NodeInfo, usage: NodeUsage, pod: PodInfo, lease_expires: floa
     return PASSED
 
 
-def score(node: NodeInfo | None, usage: NodeUsage, handler: str | None, strategy: str,
-          prefer_non_sandbox_nodes: bool) -> int:
-    """The node's priority 0..10 for a pod of `handler` (None: not sandboxed); formula in the module docstring."""
-    if node is None:
-        return 0
-    if handler is None:
-        if prefer_non_sandbox_nodes and not node.handlers:
-            return MAX_SCORE
+def score(node: NodeInfo | None, usage: NodeUsage, handler: str | None, strategy: str) -> int:
+    """The node's priority 0..MAX_SCORE for a pod of `handler`; formula in the module docstring.
+
+    0 for a node the extender does not know, a pod that is not sandboxed, or unknown capacity.
+    """
+    if node is None or handler is None:
         return 0
     capacity = node.capacity.get(handler, 0)
-    slot_free = max(0, capacity - usage.in_use(handler)) / capacity if capacity > 0 else 0.0
-    memory = node.memory_bytes
-    memory_free = max(0, memory - usage.memory_bytes) / memory if memory > 0 else 0.0
-    free = (slot_free + memory_free) / 2
+    if capacity <= 0:
+        return 0
+    free = max(0, capacity - usage.bound.get(handler, 0)) / capacity
     if strategy == "binpack":
         free = 1.0 - free
     return min(MAX_SCORE, max(0, int(free * MAX_SCORE + 0.5)))

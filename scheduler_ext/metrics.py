@@ -13,8 +13,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
 class Metrics:
     """The extender's metric families."""
 
-    def __init__(self, staleness: Callable[[str], float], leader: Callable[[], bool],
-                 reservations: Callable[[], int]):
+    def __init__(self, staleness: Callable[[str], float], skipped: Callable[[str], int]):
         self.registry = CollectorRegistry()
         self.decisions = Counter(
             "sandgate_extender_node_decisions", "Per-node filter decisions, by verb, verdict and reason",
@@ -25,16 +24,15 @@ class Metrics:
         self.latency = Histogram(
             "sandgate_extender_request_duration_seconds", "Time to answer a scheduler call, by verb", ["verb"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.binds = Counter(
-            "sandgate_extender_binds", "Bind outcomes (bound, no_free_slot, error, not_leader, ...)", ["result"],
-            registry=self.registry)
         stale = Gauge(
             "sandgate_extender_cache_staleness_seconds",
             "Seconds the cache may lag the API server (0 while watching; -1 when not applicable)",
             ["resource"], registry=self.registry)
         for resource in ("nodes", "pods", "leases"):
             stale.labels(resource).set_function(lambda r=resource: staleness(r))
-        Gauge("sandgate_extender_leader", "1 when this replica holds the leader Lease (binds pods)",
-              registry=self.registry).set_function(lambda: 1.0 if leader() else 0.0)
-        Gauge("sandgate_extender_reservations", "Sandbox slots reserved by binds not yet seen bound",
-              registry=self.registry).set_function(reservations)
+        skips = Gauge(
+            "sandgate_extender_skipped_objects",
+            "Nodes, Pods and Leases skipped now because they cannot be read (each logged once; /readyz names them)",
+            ["resource"], registry=self.registry)
+        for resource in ("nodes", "pods", "leases"):
+            skips.labels(resource).set_function(lambda r=resource: float(skipped(r)))

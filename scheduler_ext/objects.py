@@ -8,37 +8,64 @@ per node instead of walking labels, annotations and quantities again.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping
 
-from sandgate.core import keys, quantity
-from sandgate.core.podrequests import pod_requests
-from sandgate.core.policy import Policy, Profile
+from sandgate.core import keys
 from sandgate.core.jsonshape import ShapeError, object_at
-from sandgate.core.quantity import QuantityError
+from sandgate.core.podrequests import pod_requests
+from sandgate.core.policy import Policy
+from sandgate.core.quantity import QuantityError, parse_field
+from sandgate.core.sandboxing import SandboxFacts, SandboxingError, profile_for, sandbox_facts
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# A capacity annotation is a plain non-negative decimal integer in ASCII: str.isdigit() would also
+# accept "²" or "٣", which int() then refuses or reads as another number. Bounded so that a hostile
+# annotation cannot make the extender build a million-digit integer.
+_CAPACITY = re.compile(r"[0-9]{1,9}")
 
 
 # A Node or Pod field that cannot be understood; the message names the field.
 ObjectError = ShapeError
 
 
+# The scheduler keeps quantities in int64; a tenant may write cpu: "1e999990", which the API server
+# accepts. Clamping keeps such a pod "uses everything" without building a million-digit integer.
+INT64_MAX = 2**63 - 1
+_INT64_MAX = Decimal(INT64_MAX)
+
+
 def cpu_millis(value: Any, path: str) -> int:
-    """A cpu quantity in millicores, rounded up (as the scheduler does)."""
-    try:
-        return quantity.millis(value, path)
-    except quantity.QuantityError as exc:
-        raise ObjectError(str(exc)) from None
+    """A cpu quantity in millicores, rounded up (as the scheduler does), at most INT64_MAX."""
+    return _millis(_quantity(value, path), path)
+
+
+def _millis(amount: Decimal, path: str) -> int:
+    if amount.is_finite() and amount >= _INT64_MAX:
+        return INT64_MAX
+    return _clamped(amount * 1000, path)
 
 
 def memory_bytes(value: Any, path: str) -> int:
-    """A memory quantity in bytes, rounded up."""
+    """A memory quantity in bytes, rounded up, at most INT64_MAX."""
+    return _clamped(_quantity(value, path), path)
+
+
+def _clamped(value: Decimal, path: str) -> int:
+    if not value.is_finite():
+        raise ObjectError(f'{path}: invalid quantity "{value}"')
+    return INT64_MAX if value >= _INT64_MAX else int(math.ceil(value))
+
+
+def _quantity(value: Any, path: str) -> Decimal:
     try:
-        return quantity.units(value, path)
-    except quantity.QuantityError as exc:
+        return parse_field(value, path)
+    except QuantityError as exc:
         raise ObjectError(str(exc)) from None
+
+
 
 
 @dataclass(frozen=True)
@@ -72,11 +99,11 @@ def node_info(node: Any, path: str = "node") -> NodeInfo:
         if not key.startswith(cap_prefix):
             continue
         handler = key[len(cap_prefix):]
-        text = str(value).strip()
-        if text.isdigit():
+        text = value.strip() if isinstance(value, str) else ""
+        if _CAPACITY.fullmatch(text):
             capacity[handler] = int(text)
         else:
-            bad[handler] = str(value)
+            bad[handler] = str(value)[:64]
     allocatable = object_at(object_at(node.get("status"), f"{path}.status").get("allocatable"),
                            f"{path}.status.allocatable")
     cpu = cpu_millis(allocatable["cpu"], f"{path}.status.allocatable.cpu") if "cpu" in allocatable else 0
@@ -98,7 +125,7 @@ class PodInfo:
     name: str
     node_name: str
     terminal: bool
-    runtime_class: str | None
+    sandbox: SandboxFacts  # runtimeClassName and slot requests: what decides whether it is sandboxed
     annotations: Mapping[str, str]
     cpu_millis: int
     memory_bytes: int
@@ -128,14 +155,15 @@ class PodInfo:
         """namespace/name for messages."""
         return f"{self.namespace}/{self.name}"
 
-    def classify(self, policy: Policy, legacy: bool) -> None:
-        """Find the pod's profile and the overhead to account, for `policy` in this cluster mode."""
-        profile = profile_for_pod(policy, self.runtime_class, self.annotations)
+    def classify(self, policy: Policy, overhead_in_scheduler: bool) -> None:
+        """Find the pod's profile (`sandgate.core.sandboxing`, the webhook's rule) and the overhead to account."""
+        profile = profile_for(self.sandbox, policy)
         self.profile = profile.name if profile else None
         self.handler = profile.handler if profile else None
         if self.spec_overhead is not None:
             self.overhead_cpu, self.overhead_memory = self.spec_overhead
-        elif legacy and profile is not None and profile.overhead is not None and not self.padded:
+        elif (not overhead_in_scheduler and profile is not None and profile.overhead is not None
+              and not self.padded):
             # No PodOverhead in this cluster: the scheduler never sees the sandbox's own cost.
             fixed = profile.overhead.pod_fixed
             self.overhead_cpu = cpu_millis(fixed["cpu"], "overhead.podFixed.cpu") if "cpu" in fixed else 0
@@ -144,13 +172,6 @@ class PodInfo:
             self.overhead_cpu = self.overhead_memory = 0
 
 
-def profile_for_pod(policy: Policy, runtime_class: str | None,
-                    annotations: Mapping[str, str]) -> Profile | None:
-    """The profile a pod runs under: its runtimeClassName, else the policy's routing annotation."""
-    profile = policy.profile_for_runtime_class(runtime_class)
-    if profile is not None:
-        return profile
-    return policy.profile_named(annotations.get(policy.pod_annotation))
 
 
 def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int, int]:
@@ -162,8 +183,10 @@ def effective_requests(spec: Mapping[str, Any], path: str = "spec") -> tuple[int
         requests = pod_requests(spec, path, include_overhead=False)
     except (QuantityError, ShapeError) as exc:
         raise ObjectError(str(exc)) from None
-    return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
-            int(math.ceil(requests.get("memory", Decimal(0)))))
+    except ArithmeticError:  # NaN compared while summing: the quantity parser let a non-number through
+        raise ObjectError(f"{path}: a container request is not a finite quantity") from None
+    return (_millis(requests.get("cpu", Decimal(0)), f"{path}.containers[*].resources.requests.cpu"),
+            _clamped(requests.get("memory", Decimal(0)), f"{path}.containers[*].resources.requests.memory"))
 
 
 def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
@@ -177,9 +200,10 @@ def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
     if not isinstance(name, str) or not isinstance(namespace, str):
         raise ObjectError(f"{path}.metadata: name and namespace must be strings")
     annotations = object_at(meta.get("annotations"), f"{path}.metadata.annotations")
-    runtime_class = spec.get("runtimeClassName")
-    if runtime_class is not None and not isinstance(runtime_class, str):
-        raise ObjectError(f"{path}.spec.runtimeClassName: must be a string")
+    try:
+        sandbox = sandbox_facts(pod)
+    except SandboxingError as exc:
+        raise ObjectError(f"{path}.{exc}") from None
     cpu, mem = effective_requests(spec, f"{path}.spec")
     overhead = spec.get("overhead")
     spec_overhead = None
@@ -195,7 +219,7 @@ def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
         name=name,
         node_name=str(spec.get("nodeName") or ""),
         terminal=isinstance(status.get("phase"), str) and status["phase"] in TERMINAL_PHASES,
-        runtime_class=runtime_class,
+        sandbox=sandbox,
         annotations=annotations,
         cpu_millis=cpu,
         memory_bytes=mem,
@@ -205,33 +229,27 @@ def pod_info(pod: Any, path: str = "Pod") -> PodInfo:
 
 @dataclass
 class NodeUsage:
-    """What is already placed on a node: bound pods plus the extender's own live reservations."""
+    """What is bound on a node: sandboxed pods per handler, and (for the overhead fit) their requests."""
 
     bound: dict[str, int]  # handler -> sandboxed pods bound to the node (non-terminal)
-    reserved: dict[str, int]  # handler -> reservations not yet seen bound
-    cpu_millis: int = 0  # requests + accounted overhead of bound pods and reservations
+    cpu_millis: int = 0  # requests + accounted overhead of bound pods
     memory_bytes: int = 0
 
     @classmethod
     def empty(cls) -> "NodeUsage":
         """A node with nothing on it."""
-        return cls({}, {})
+        return cls({})
 
-    def in_use(self, handler: str) -> int:
-        """Sandboxes of `handler` bound or reserved on the node."""
-        return self.bound.get(handler, 0) + self.reserved.get(handler, 0)
-
-    def add(self, pod: PodInfo, sign: int = 1, reservation: bool = False) -> None:
-        """Count (sign=1) or uncount (sign=-1) a pod or a reservation for it."""
+    def add(self, pod: PodInfo, sign: int = 1) -> None:
+        """Count (sign=1) or uncount (sign=-1) a pod bound to the node."""
         if pod.handler is not None:
-            counts = self.reserved if reservation else self.bound
-            counts[pod.handler] = counts.get(pod.handler, 0) + sign
+            self.bound[pod.handler] = self.bound.get(pod.handler, 0) + sign
         self.cpu_millis += sign * pod.total_cpu
         self.memory_bytes += sign * pod.total_memory
 
     def without(self, pods: list[PodInfo]) -> "NodeUsage":
         """A copy with `pods` (bound on this node) removed, e.g. the victims of a preemption."""
-        copy = NodeUsage(dict(self.bound), dict(self.reserved), self.cpu_millis, self.memory_bytes)
+        copy = NodeUsage(dict(self.bound), self.cpu_millis, self.memory_bytes)
         for pod in pods:
             copy.add(pod, -1)
         return copy

@@ -1,11 +1,11 @@
 """`sandgate extender`: build the extender and serve it with gunicorn.
 
-One gunicorn worker process with request threads (sandgate.core.serving): the reservation cache must be one
-in-memory object, or two workers could hand out the same slot. Everything that can fail on bad
-input (policy, snapshot, cluster version, credentials) is done in the master before gunicorn
-starts, so a mistake exits with a clear message instead of a worker boot loop; the app is then
-preloaded and forked, and background threads (watches, leader election) start in the worker,
-because threads do not survive fork.
+One gunicorn worker process with request threads (sandgate.core.serving): one cache (a 5,000-node cluster is
+~10^6 objects) serves every request thread, where more workers would each list and watch the
+cluster. Everything that can fail on bad input (policy, snapshot, cluster version, credentials) is
+done in the master before gunicorn starts, so a mistake exits with a clear message instead of a
+worker boot loop; the app is then preloaded and forked, and the informer threads start in the
+worker, because threads do not survive fork.
 """
 
 from __future__ import annotations
@@ -13,28 +13,26 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import sys
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from sandgate.core import jsonlog, serving
 from sandgate.core.clusterversion import ClusterVersion, VersionError
+from kubernetes import client
+
+from sandgate.core.informer import Informer
 from sandgate.core.kube import KubeConfigError, load_api_client, server_version
 from sandgate.core.policy import Policy, PolicyError, PolicyStore
 from sandgate.core.serving import CertificateError, ReloadingContext
-from scheduler_ext import kube_sync
-from scheduler_ext.app import Runtime, SoleReplica, create_app
-from scheduler_ext.binder import ApiPoster, Binder, SnapshotPoster
-from scheduler_ext.leader import LeaseElector
+from scheduler_ext.app import Runtime, create_app
 from scheduler_ext.snapshot import SnapshotError, apply_snapshot, kubelet_version, read_list
 from scheduler_ext.state import ClusterCache
 
 log = logging.getLogger(__name__)
 
-LEADER_LEASE = "sandgate-extender"
+WATCH_SECONDS = 300  # server-side watch timeout; the watch is re-opened from the last resourceVersion
 
 
 class StartupError(RuntimeError):
@@ -75,8 +73,7 @@ def build(args: argparse.Namespace) -> Built:
                            "in snapshot mode (no API server; the snapshot's nodes carry no kubeletVersion)")
         cache = ClusterCache(policy, version)
         apply_snapshot(cache, items, args.snapshot)
-        binder = Binder(cache, SnapshotPoster(cache), lambda: True, lambda: None)
-        runtime = Runtime(store, cache, binder, SoleReplica(), "snapshot")
+        runtime = Runtime(store, cache, "snapshot")
 
         def start_background() -> None:
             return None
@@ -94,26 +91,41 @@ def build(args: argparse.Namespace) -> Built:
 
         version = _version(args, policy, ask_api, "")
         cache = ClusterCache(policy, version)
-        stop = threading.Event()
-        if args.leader_election:
-            identity = f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
-            leadership: Any = LeaseElector(api, args.leader_election_namespace or policy.agent.namespace,
-                                           LEADER_LEASE, identity, stop=stop)
-        else:
-            leadership = SoleReplica()
-        binder = Binder(cache, ApiPoster(api), leadership.is_leader, leadership.holder)
-        runtime = Runtime(store, cache, binder, leadership, "cluster")
+        runtime = Runtime(store, cache, "cluster")
 
         def start_background() -> None:
-            kube_sync.start(api, cache, stop)
-            if isinstance(leadership, LeaseElector):
-                leadership.start()
+            start_informers(api, cache, threading.Event())
 
     store.on_reload = cache.set_policy
     log.info("extender configured", extra={"policy": args.config, "source": runtime.source,
                                            "clusterVersion": str(version),
-                                           "mode": "legacy" if cache.legacy else "runtimeclass"})
+                                           "mode": "overhead_in_extender" if cache.legacy else "overhead_in_scheduler"})
     return Built(create_app(runtime), start_background)
+
+
+def start_informers(api: client.ApiClient, cache: ClusterCache, stop: threading.Event) -> list[Informer]:
+    """List+watch Nodes (cluster), Pods (all namespaces) and heartbeat Leases (the agent's namespace)."""
+    core = client.CoreV1Api(api)
+    coordination = client.CoordinationV1Api(api)
+    namespace = cache.policy.agent.namespace
+
+    def list_leases(**kwargs: Any) -> Any:
+        return coordination.list_namespaced_lease(namespace, **kwargs)
+
+    informers = [
+        Informer("nodes", core.list_node, cache.parse_node, cache.node_store(), stop,
+                 watch_seconds=WATCH_SECONDS, clock=cache.clock),
+        Informer("pods", core.list_pod_for_all_namespaces, cache.parse_pod, cache.pod_store(), stop,
+                 watch_seconds=WATCH_SECONDS, clock=cache.clock),
+        Informer("leases", list_leases, cache.parse_lease, cache.lease_store(), stop,
+                 watch_seconds=WATCH_SECONDS, clock=cache.clock),
+    ]
+    for informer in informers:
+        # The cache reports the informers' own status and skipped objects in /readyz and metrics.
+        cache.sync[informer.kind] = informer.status
+        cache.skipped[informer.kind] = informer.skipped
+        informer.start()
+    return informers
 
 
 def _in_worker(start_background: Callable[[], None]) -> None:

@@ -14,6 +14,7 @@ import orjson
 import yaml
 
 from sandgate.core.clusterversion import ClusterVersion, VersionError
+from sandgate.core.informer import parse_all
 from scheduler_ext.state import ClusterCache
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,6 @@ def read_list(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
         raise SnapshotError(f"{path}: expected a Kubernetes List (kind: List with items), "
                             f"as printed by kubectl get nodes,pods,leases -A -o yaml")
-    for i, item in enumerate(doc["items"]):
-        if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
-            raise SnapshotError(f"{path}: items[{i}] has no kind")
     return doc["items"]
 
 
@@ -49,12 +47,12 @@ def kubelet_version(items: list[dict[str, Any]]) -> ClusterVersion | None:
     """The oldest kubelet version among the snapshot's Nodes (kubelets never run ahead of the API server)."""
     versions = []
     for item in items:
-        if item.get("kind") != "Node":
+        if not isinstance(item, dict) or item.get("kind") != "Node":
             continue
-        text = ((item.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion")
         try:
+            text = item["status"]["nodeInfo"]["kubeletVersion"]
             versions.append(ClusterVersion.parse(text))
-        except (VersionError, TypeError):
+        except (VersionError, TypeError, KeyError, AttributeError):
             continue
     return min(versions) if versions else None
 
@@ -64,16 +62,18 @@ def apply_snapshot(cache: ClusterCache, items: list[dict[str, Any]], source: str
     by_kind: dict[str, list[dict[str, Any]]] = {"Node": [], "Pod": [], "Lease": []}
     ignored = 0
     for item in items:
-        bucket = by_kind.get(item["kind"])
+        bucket = by_kind.get(item.get("kind")) if isinstance(item, dict) else None
         if bucket is None:
             ignored += 1
         else:
             bucket.append(item)
-    cache.replace_nodes(by_kind["Node"])
-    cache.replace_pods(by_kind["Pod"])
-    cache.replace_leases(by_kind["Lease"])
+    # One object at a time: an unreadable one is skipped (and shown in /readyz), never fatal.
+    cache.node_store().replace(parse_all(by_kind["Node"], cache.parse_node, cache.skipped["nodes"]))
+    cache.pod_store().replace(parse_all(by_kind["Pod"], cache.parse_pod, cache.skipped["pods"]))
+    cache.lease_store().replace(parse_all(by_kind["Lease"], cache.parse_lease, cache.skipped["leases"]))
     for status in cache.sync.values():
         status.synced = True
     counts = {kind.lower() + "s": len(objs) for kind, objs in by_kind.items()}
-    log.info("snapshot loaded", extra={"snapshot": str(source), **counts, "ignored": ignored})
+    skipped = {kind: len(s.current) for kind, s in cache.skipped.items()}
+    log.info("snapshot loaded", extra={"snapshot": str(source), **counts, "ignored": ignored, "skipped": skipped})
     return counts

@@ -106,30 +106,6 @@ def parse_extender_args(body: bytes) -> ExtenderArgs:
 
 
 @dataclass
-class BindingArgs:
-    """ExtenderBindingArgs."""
-
-    pod_name: str
-    pod_namespace: str
-    pod_uid: str
-    node: str
-
-
-def parse_binding_args(body: bytes) -> BindingArgs:
-    """Read ExtenderBindingArgs; every field is required."""
-    doc = decode(body, "ExtenderBindingArgs")
-    values = []
-    for name in ("PodName", "PodNamespace", "PodUID", "Node"):
-        value = _field(doc, name)
-        if value is _MISSING or value is None or value == "":
-            raise WireError(f"ExtenderBindingArgs.{name} is required")
-        if not isinstance(value, str):
-            raise WireError(f"ExtenderBindingArgs.{name} must be a string, got {type(value).__name__}")
-        values.append(value)
-    return BindingArgs(*values)
-
-
-@dataclass
 class Victims:
     """One candidate node's victims: UIDs always, full pods when nodeCacheCapable=false."""
 
@@ -193,12 +169,16 @@ def encode(doc: Any) -> bytes:
 
 
 def filter_result(args: ExtenderArgs, passed: list[str], failed: Mapping[str, str],
-                  unresolvable: Mapping[str, str], error: str = "") -> bytes:
+                  unresolvable: Mapping[str, str], knows_unresolvable: bool, error: str = "") -> bytes:
     """ExtenderFilterResult in the shape the request came in.
 
     With nodeCacheCapable=false kube-scheduler reads only `Nodes` (an answer with only NodeNames is
     silently read as "no node fits"), so the passing Node objects are echoed back as received.
+    `FailedAndUnresolvableNodes` exists from kube-scheduler 1.20 on; older schedulers ignore it, so
+    for them (`knows_unresolvable` False) those nodes are reported in `FailedNodes`.
     """
+    if not knows_unresolvable and unresolvable:
+        failed, unresolvable = {**failed, **unresolvable}, {}
     nodes = None
     if args.nodes is not None:
         keep = set(passed)
@@ -216,11 +196,6 @@ def filter_error(message: str) -> bytes:
     """A filter answer that reports an internal error (HTTP 200, as the scheduler expects)."""
     return encode({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                    "Error": message})
-
-
-def binding_result(error: str = "") -> bytes:
-    """ExtenderBindingResult."""
-    return encode({"Error": error})
 
 
 def preemption_result(kept: Mapping[str, Victims]) -> bytes:

@@ -180,16 +180,15 @@ class Containerd:
             return None
 
     def running(self) -> bool:
-        """Whether the pid in the pidfile is a live (not zombie) containerd of this directory."""
+        """Whether the pid in the pidfile is alive (not a zombie)."""
         pid = self.pid()
         if pid is None:
             return False
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z" and str(self.config).encode() in cmdline
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     def stop(self) -> None:
         """Stop the daemon by its pid: SIGTERM, then SIGKILL after 10 s."""
@@ -205,6 +204,8 @@ class Containerd:
             if self.running():
                 os.kill(pid, signal.SIGKILL)
         if process is not None:
+            if process.poll() is None:
+                process.kill()
             process.wait(timeout=10)
 
     def close(self) -> None:
@@ -236,6 +237,8 @@ def _restart_main(argv: list[str]) -> int:
     d = Path(argv[0])
     ctd = Containerd(d, d / "config.toml")
     marker = d / "failed-once"
+    with open(d / "restarts", "a") as log:
+        log.write("restart\n")
     ctd.stop()
     if "--fail-first" in argv and not marker.exists():
         marker.write_text("")

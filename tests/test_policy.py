@@ -154,7 +154,8 @@ def test_every_accepted_profile_name_makes_webhook_paths_the_api_server_accepts(
 
 def test_agent_runtime_settings_default_and_parse():
     agent = load_policy(EXAMPLE_POLICY).agent
-    assert (agent.containerd_version, agent.cri_endpoint, agent.runtime_manager) == ("auto", None, "auto")
+    assert (agent.containerd_version, agent.cri_endpoint, agent.runtime_manager) == (
+        "auto", "unix:///run/containerd/containerd.sock", "auto")
     assert agent.reload_timeout_seconds == 30
     doc = example_doc()
     doc.setdefault("agent", {}).update(containerdVersion="1.7", criEndpoint="unix:///run/k3s/containerd/containerd.sock",

@@ -25,6 +25,7 @@ from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import admit
 from webhooks.namespaces import NamespaceCache
 from sandgate.core.serving import ReloadingContext
+from webhooks.runtimeclasses import RuntimeClassLookup, missing_runtime_class
 from webhooks.validating import validate
 
 log = logging.getLogger("sandgate.webhook")
@@ -42,7 +43,8 @@ class WebhookState:
     `cluster_version` is the --cluster-version override; `start_version` is the version resolved
     at start (override, policy, or the API server's /version) and applies whenever a reloaded
     policy says "auto". `namespaces` is None when the cache is disabled, with `namespaces_off` the
-    reason shown in denials and /readyz.
+    reason shown in denials and /readyz. `runtime_classes` (None without API access) checks that a
+    pod's RuntimeClass exists on versions without the built-in plugin that does (1.14-1.15).
     """
 
     policies: PolicyStore
@@ -53,11 +55,19 @@ class WebhookState:
     namespaces_off: str = "disabled"
     tls: ReloadingContext | None = None
     lookup_wait: float = 1.0
+    runtime_classes: RuntimeClassLookup | None = None
 
     def mode(self, policy: Policy) -> Mode:
         """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
         version = self.cluster_version or policy.cluster_version or self.start_version
         return version.mode(policy.pod_overhead)
+
+    def runtime_class_check(self, req: AdmissionRequest, policy: Policy, verdict: Verdict) -> Verdict:
+        """`verdict`, or the built-in plugin's refusal of a missing RuntimeClass where no plugin gives it."""
+        version = self.cluster_version or policy.cluster_version or self.start_version
+        if not verdict.allowed or self.runtime_classes is None or version.runtimeclass_scheduling:
+            return verdict
+        return missing_runtime_class(req, self.runtime_classes.exists) or verdict
 
     def namespace_facts(self, req: AdmissionRequest, profile: str | None) -> tuple[NamespaceFacts, str | None]:
         """The NamespaceFacts for the request and, when namespace labels are unknown, why."""
@@ -83,20 +93,19 @@ def _internal_error(uid: str) -> Verdict:
                            f"denied rather than admitted unchecked, see the webhook log")
 
 
-def _read_body() -> bytes:
+def _read_body(length: int | None, stream) -> bytes:
     """The request body, at most wire.MAX_BODY_BYTES; WireError beyond.
 
+    `length` is the Content-Length (None when the body is chunked) and `stream` the WSGI input.
     An oversized body is still read (and dropped) up to DRAIN_LIMIT so the client, which is still
     sending, reads our 400 instead of a connection reset; past that gunicorn's own time-bounded
     drain before keep-alive decides.
     """
-    length = request.content_length
     if length is not None and length <= wire.MAX_BODY_BYTES:
-        return request.get_data(cache=False)  # the API server always sends Content-Length
+        return stream.read(length) if length else b""  # the API server always sends Content-Length
     too_large = wire.WireError(f"body is larger than the {wire.MAX_BODY_BYTES} byte limit", "too_large")
     if length is not None and length > DRAIN_LIMIT:
         raise too_large
-    stream = request.stream
     chunks, size = [], 0
     while size <= wire.MAX_BODY_BYTES:
         chunk = stream.read(min(READ_CHUNK, wire.MAX_BODY_BYTES + 1 - size))
@@ -110,39 +119,58 @@ def _read_body() -> bytes:
     raise too_large
 
 
-def create_app(state: WebhookState) -> Flask:
-    """The Flask application serving /mutate, /validate (with or without a profile), health and metrics."""
-    app = Flask("sandgate.webhook")
+def _content_length(environ: dict) -> int | None:
+    """CONTENT_LENGTH as an int; None when absent (chunked) or unparsable (then read like chunked)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
-    def review(endpoint: str, profile: str | None) -> Response:
+
+class Reviewer:
+    """Answers one AdmissionReview POST: parse, decide, log one line, count it.
+
+    Shared by the Flask view and the WSGI front (`AdmissionFront`), so both paths give the same
+    answers; it only sees plain values (content type, length, body stream, path, peer).
+    """
+
+    def __init__(self, state: WebhookState):
+        self.state = state
+
+    def __call__(self, endpoint: str, profile: str | None, content_type: str | None, length: int | None,
+                 stream, path: str, remote: str | None) -> tuple[int, bytes]:
+        """(HTTP status, JSON body) for the review POSTed to `path`."""
+        state = self.state
         started = time.perf_counter()
         try:
-            wire.check_content_type(request.headers.get("Content-Type"))
-            req = wire.parse_review(_read_body())
+            wire.check_content_type(content_type)
+            req = wire.parse_review(_read_body(length, stream))
         except wire.WireError as exc:
             state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
-            log.warning("bad admission request", extra={"endpoint": request.path, "error": exc.reason,
-                                                        "remote": request.remote_addr})
-            return _json({"error": exc.reason}, 400)
+            log.warning("bad admission request", extra={"endpoint": path, "error": exc.reason, "remote": remote})
+            return 400, wire.encode({"error": exc.reason})
 
         policy = state.policies.current
         unknown = None
         try:
             facts, unknown = state.namespace_facts(req, profile)
             verdict = DECIDERS[endpoint](req, policy, state.mode(policy), facts)
+            if endpoint == "validate":
+                verdict = state.runtime_class_check(req, policy, verdict)
         except Exception:  # a bug must not admit a pod unchecked; log it with the uid and deny
             log.exception("decision failed; denying the request", extra={
-                "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": request.path})
+                "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "endpoint": path})
             verdict = _internal_error(req.uid)
         if unknown and not verdict.allowed:
             verdict.message = f"{verdict.message} ({unknown})"
-        answer = wire.review_response(req.api_version, req.uid, verdict)
+        body = wire.encode(wire.review_response(req.api_version, req.uid, verdict))
         elapsed = time.perf_counter() - started
         outcome = "denied" if not verdict.allowed else "patched" if verdict.patch else "allowed"
         state.metrics.observe(endpoint, outcome, verdict.reason, verdict.profile, elapsed)
         facts = {
             "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "kind": req.kind,
-            "operation": req.operation, "endpoint": request.path, "profile": verdict.profile,
+            "operation": req.operation, "endpoint": path, "profile": verdict.profile,
             "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3),
             "dry_run": req.dry_run, "pid": os.getpid(),
         }
@@ -151,12 +179,67 @@ def create_app(state: WebhookState) -> Flask:
         if unknown:
             facts["namespace_labels"] = unknown
         log.log(logging.WARNING if unknown and not verdict.allowed else logging.INFO, "admission", extra=facts)
-        return _json(answer)
+        return 200, body
+
+
+_JSON_HEADERS = "application/json"
+
+
+class AdmissionFront:
+    """WSGI middleware that answers `POST /mutate[/<profile>]` and `POST /validate[/<profile>]` itself.
+
+    These are every request the API server sends, and the Flask request machinery around them
+    (request context, URL map binding, Response objects) cost about as much CPU as the decision
+    (bench/webhook.py). Everything else, including any other method on those paths, goes to the
+    Flask app unchanged, so 404/405 answers, health and metrics keep Flask's behaviour. The paths
+    taken here are exactly those the Flask URL rules accept (a profile is one non-empty segment).
+    """
+
+    def __init__(self, flask_wsgi, reviewer: Reviewer):
+        self.flask_wsgi = flask_wsgi
+        self.reviewer = reviewer
+
+    def __call__(self, environ: dict, start_response):
+        """The WSGI entry point."""
+        if environ.get("REQUEST_METHOD") == "POST":
+            path = environ.get("PATH_INFO") or ""
+            endpoint, _, profile = path[1:].partition("/")
+            if path[:1] == "/" and endpoint in DECIDERS and (not _ or (profile and "/" not in profile)):
+                try:
+                    status, body = self.reviewer(endpoint, profile or None, environ.get("CONTENT_TYPE"),
+                                                 _content_length(environ), environ["wsgi.input"], path,
+                                                 environ.get("REMOTE_ADDR"))
+                except Exception:  # never a traceback to the client, as the Flask error handler
+                    log.exception("unhandled error", extra={"endpoint": path})
+                    status, body = 500, wire.encode({"error": "internal error, see the webhook log"})
+                start_response(_STATUS[status], [("Content-Type", _JSON_HEADERS),
+                                                 ("Content-Length", str(len(body)))])
+                return [body]
+        return self.flask_wsgi(environ, start_response)
+
+
+_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 500: "500 INTERNAL SERVER ERROR"}
+
+
+def create_app(state: WebhookState) -> Flask:
+    """The Flask application serving /mutate, /validate (with or without a profile), health and metrics.
+
+    Admission POSTs are answered by `AdmissionFront` in front of Flask's own WSGI callable; the
+    Flask view for the same paths gives the same answers for whatever reaches it.
+    """
+    app = Flask("sandgate.webhook")
+    reviewer = Reviewer(state)
+
+    def review(endpoint: str, profile: str | None) -> Response:
+        status, body = reviewer(endpoint, profile, request.headers.get("Content-Type"), request.content_length,
+                                request.stream, request.path, request.remote_addr)
+        return Response(body, status=status, mimetype="application/json")
 
     # /mutate, /validate (namespace labels from the cache) and /mutate/<profile>, /validate/<profile>.
     endpoint = f"<any({', '.join(DECIDERS)}):endpoint>"
     app.add_url_rule(f"/{endpoint}", "review", review, methods=["POST"], defaults={"profile": None})
     app.add_url_rule(f"/{endpoint}/<profile>", "review", review, methods=["POST"])
+    app.wsgi_app = AdmissionFront(app.wsgi_app, reviewer)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -7,6 +7,11 @@ later mutation changed. It routes the pod by the same rules as admit and refuses
 request exactly one sandbox slot of the profile's handler (the scheduler's slot accounting must not
 be skippable). It never patches.
 
+Whether a pod is sandboxed, and in which profile, is one rule shared with the scheduler extender,
+which cannot see namespace labels (`sandgate.core.sandboxing`): a routed pod must be sandboxed by
+that rule in its profile, and a pod left alone must not be sandboxed by it (one that requests a
+sandbox slot in a profile's runtime class is refused).
+
 Two updates of a running sandboxed pod (one whose runtimeClassName is a profile's) are checked too:
 
 * `pods/ephemeralcontainers` (`kubectl debug`): an ephemeral container runs inside the sandbox, but
@@ -21,37 +26,21 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sandgate.core import keys
+from sandgate.core import keys, sandboxing
 from sandgate.core.clusterversion import Mode
 from sandgate.core.jsonshape import ShapeError, list_at
-from sandgate.core.podrequests import container_requests, pod_requests
-from sandgate.core.policy import Policy, Profile
+from sandgate.core.podrequests import container_requests
+from sandgate.core.policy import Policy
 from sandgate.core.quantity import QuantityError
 from webhooks.forbidden import forbidden_fields, forbidden_message
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import audit_annotations, unrouted_verdict
 from webhooks.padding import PaddingRecord, format_quantity, plan_padding
-from webhooks.routing import Outcome, pod_annotations, pod_spec, resolve
+from webhooks.routing import Outcome, applies_to, pod_annotations, pod_spec, resolve
 
 # Updates of these pod subresources are checked for sandboxed pods.
 EPHEMERAL_CONTAINERS = "ephemeralcontainers"
 RESIZE = "resize"
-
-
-def slot_message(pod: dict, profile: Profile) -> str | None:
-    """Why `pod` does not hold exactly one sandbox slot of the profile's handler (and none of another)."""
-    own = keys.sandbox_resource(profile.handler)
-    requests = pod_requests(pod_spec(pod), include_overhead=False)
-    count = requests.get(own, Decimal(0))
-    others = sorted(r for r, v in requests.items() if r.startswith(keys.SANDBOX_RESOURCE_PREFIX) and r != own and v)
-    if count != 1:
-        return (f'spec.containers[0].resources.requests[{own}]: a pod in sandbox profile "{profile.name}" must '
-                f'request exactly one sandbox slot ("{own}": "1" in requests and limits of its first container), '
-                f"got {format_quantity(own, count)} (was the sandgate mutating webhook skipped?)")
-    if others:
-        return (f'spec.containers[*].resources.requests[{others[0]}]: a pod in sandbox profile "{profile.name}" '
-                f"may only request slots of its own runtime handler ({own})")
-    return None
 
 
 def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFacts) -> Verdict:
@@ -60,6 +49,13 @@ def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: Namespace
             and req.sub_resource in (EPHEMERAL_CONTAINERS, RESIZE):
         return _validate_update(req, policy, mode)
     decision = resolve(req, policy, facts)
+    if decision.outcome is Outcome.SKIP and applies_to(req) and isinstance(req.object, dict):
+        try:
+            problem = sandboxing.disagreement(req.object, policy, None)
+        except sandboxing.SandboxingError as exc:
+            return Verdict(allowed=False, message=str(exc), code=400, reason="invalid-pod")
+        if problem:
+            return Verdict(allowed=False, message=problem, reason="unrouted-sandbox-slot")
     if decision.outcome is not Outcome.ROUTE:
         # Warnings were already given by the mutating webhook; repeating them adds noise.
         return unrouted_verdict(decision) if decision.outcome is Outcome.DENY else \
@@ -81,8 +77,8 @@ def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: Namespace
                       f'spec.runtimeClassName: sandbox profile "{profile.name}" requires '
                       f'"{profile.runtime_class_name}", {shown} (was the sandgate mutating webhook skipped?)')
     try:
-        slots = slot_message(req.object, profile)
-    except (QuantityError, ShapeError) as exc:
+        slots = sandboxing.disagreement(req.object, policy, profile)
+    except (sandboxing.SandboxingError, QuantityError) as exc:
         return denied("invalid-pod", str(exc), code=400)
     if slots:
         return denied("sandbox-slot", slots)

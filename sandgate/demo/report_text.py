@@ -143,7 +143,7 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
     if s is None:
         return []
     arrow = style.arrow
-    passed = f"{len(s.extender_input)} pass in-tree filters"
+    passed = f"{total_nodes - len(s.in_tree_failed)} pass in-tree filters"
     if s.in_tree_failed:
         counts = Counter(s.in_tree_failed.values())
         passed += " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) + ")"
@@ -151,9 +151,14 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
     rejected = {**s.extender_failed, **s.extender_unresolvable}
     if s.extender_input:
         steps.append(f"extender keeps {len(s.extender_input) - len(rejected)}")
+    elif not s.extender_called and len(s.in_tree_failed) < total_nodes:
+        steps.append("no sandbox slot requested, extender not called")
     if s.node:
-        if s.prioritize_skipped:
+        if s.extender_called and s.prioritize_skipped:
             steps.append("one node left, no prioritize")
+        elif not s.extender_called:
+            ranked = sorted(s.in_tree_scores, key=lambda n: (-s.in_tree_scores[n], n))
+            steps.append("in-tree scores " + ", ".join(f"{n} {s.in_tree_scores[n]}" for n in ranked))
         else:
             ranked = sorted(s.in_tree_scores, key=lambda n: (-s.total(n), n))
             factor = EXTENDER_WEIGHT * EXTENDER_SCORE_SCALE

@@ -1,13 +1,16 @@
 """kube-scheduler's scheduling cycle for one pod, emulated around the real extender.
 
 In-tree filters run first (in kube-scheduler's plugin order: NodeUnschedulable, TaintToleration,
-NodeAffinity/nodeSelector, NodeResourcesFit); only the nodes that pass are sent to the extender's
-/filter (nodeCacheCapable: true, so as `NodeNames`). /prioritize is skipped when one node is left,
-as the scheduler does. A node's score is the extender's (0..10, times weight 2, times 10) plus the
-in-tree NodeResourcesFit LeastAllocated score (0..100), the part of kube-scheduler's default
-scoring that matters on this cluster; where kube-scheduler picks at random among equal scores,
-the demo takes the first node by name so that runs are reproducible. Binding goes through the
-extender's /bind (bindVerb), which records it in its snapshot.
+NodeAffinity/nodeSelector, NodeResourcesFit, which counts the sandbox slots: the extended resources
+`sandgate.io/sandbox-<handler>` the agents' device plugins advertise). As with the shipped
+`managedResources`, only a pod that requests a sandbox slot goes to the extender, and only with
+the nodes that passed: /filter (nodeCacheCapable: true, so as `NodeNames`), then /prioritize,
+skipped when one node is left, as the scheduler does. A node's score is the extender's (0..10,
+times weight 2, times MaxNodeScore / MaxExtenderPriority = 10) plus the in-tree NodeResourcesFit
+LeastAllocated score (0..100), the part of kube-scheduler's default scoring that matters on this
+cluster; where kube-scheduler picks at random among equal scores, the demo takes the first node by
+name so that runs are reproducible. The scheduler binds itself (the extender has no bind verb) and
+counts the pod's slot on the node.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
+from sandgate.core import keys
 from sandgate.core.podrequests import pod_requests
 from sandgate.core.quantity import millis, units
 from sandgate.demo.httpclient import JsonClient, RequestFailed
@@ -41,9 +45,11 @@ class NodeState:
     cpu_millis: int
     memory_bytes: int
     max_pods: int
+    slots: Mapping[str, int] = field(default_factory=dict)  # allocatable sandbox slots, by extended resource
     used_cpu: int = 0
     used_memory: int = 0
     pod_count: int = 0
+    used_slots: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> "NodeState":
@@ -54,13 +60,17 @@ class NodeState:
                    list(spec.get("taints") or []), bool(spec.get("unschedulable")),
                    millis(allocatable.get("cpu", 0), "status.allocatable.cpu"),
                    units(allocatable.get("memory", 0), "status.allocatable.memory"),
-                   int(allocatable.get("pods", 110)))
+                   int(allocatable.get("pods", 110)),
+                   {name: int(value) for name, value in allocatable.items()
+                    if name.startswith(keys.SANDBOX_RESOURCE_PREFIX)})
 
-    def place(self, request: tuple[int, int]) -> None:
-        """Account a pod bound to this node."""
+    def place(self, request: tuple[int, int], slots: Mapping[str, int]) -> None:
+        """Account a pod bound to this node, sandbox slots included."""
         self.used_cpu += request[0]
         self.used_memory += request[1]
         self.pod_count += 1
+        for name, count in slots.items():
+            self.used_slots[name] = self.used_slots.get(name, 0) + count
 
 
 def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]:
@@ -68,6 +78,13 @@ def pod_request(pod: Mapping[str, Any], count_overhead: bool) -> tuple[int, int]
     requests = pod_requests(pod.get("spec") or {}, include_overhead=count_overhead)
     return (int(math.ceil(requests.get("cpu", Decimal(0)) * 1000)),
             int(math.ceil(requests.get("memory", Decimal(0)))))
+
+
+def slot_request(pod: Mapping[str, Any]) -> dict[str, int]:
+    """The sandbox slots (extended resources sandgate.io/sandbox-<handler>) the pod requests."""
+    requests = pod_requests(pod.get("spec") or {}, include_overhead=False)
+    return {name: int(math.ceil(value)) for name, value in requests.items()
+            if name.startswith(keys.SANDBOX_RESOURCE_PREFIX) and value > 0}
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -111,6 +128,9 @@ def in_tree_filter(pod: Mapping[str, Any], node: NodeState, count_overhead: bool
         return "Insufficient cpu"
     if mem and node.used_memory + mem > node.memory_bytes:
         return "Insufficient memory"
+    for name, count in sorted(slot_request(pod).items()):
+        if node.used_slots.get(name, 0) + count > node.slots.get(name, 0):
+            return f"Insufficient {name}"
     return None
 
 
@@ -174,11 +194,6 @@ def decode_priorities(answer: Any) -> dict[str, int]:
     return scores
 
 
-def decode_binding(answer: Any) -> str:
-    """ExtenderBindingResult -> its Error ("" when the binding succeeded)."""
-    return _error(_object(answer, "ExtenderBindingResult"))
-
-
 @dataclass
 class ScheduleResult:
     """The outcome of one scheduling cycle."""
@@ -191,7 +206,8 @@ class ScheduleResult:
     scores: dict[str, int] = field(default_factory=dict)  # extender score 0..10 per node
     in_tree_scores: dict[str, int] = field(default_factory=dict)  # LeastAllocated 0..100 per node
     prioritize_skipped: bool = False
-    error: str = ""  # extender error or binding rejection
+    error: str = ""  # extender error
+    extender_called: bool = False  # the pod requested a sandbox slot (managedResources)
 
     def total(self, node: str) -> int:
         """The node's final score: extender score x weight x 10 + the in-tree score."""
@@ -219,15 +235,16 @@ class Scheduler:
         """Account a pod that is already bound (from the snapshot)."""
         node = self.nodes.get((pod.get("spec") or {}).get("nodeName", ""))
         if node is not None:
-            node.place(pod_request(pod, self.count_overhead))
+            node.place(pod_request(pod, self.count_overhead), slot_request(pod))
 
     def _wire_pod(self, pod: Mapping[str, Any]) -> dict[str, Any]:
         # The scheduler sends the Pod without kind/apiVersion (see the captured fixtures).
         return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
 
     def _extender_cycle(self, pod: Mapping[str, Any], feasible: list[str], result: ScheduleResult) -> str | None:
-        """Filter, prioritize and bind through the extender; the node bound, or None (reasons in `result`)."""
+        """Filter and prioritize through the extender; the node chosen, or None (reasons in `result`)."""
         wire_pod = self._wire_pod(pod)
+        result.extender_called = True
         result.extender_input = feasible
         passed, result.extender_failed, result.extender_unresolvable, error = decode_filter(
             self.extender.post("/filter", {"Pod": wire_pod, "Nodes": None, "NodeNames": feasible}))
@@ -248,16 +265,11 @@ class Scheduler:
                 self.extender.post("/prioritize", {"Pod": wire_pod, "Nodes": None, "NodeNames": passed}))
             result.in_tree_scores = {n: least_allocated(pod, self.nodes[n], self.count_overhead) for n in passed}
             chosen = max(sorted(passed), key=result.total)
-        meta = pod["metadata"]
-        error = decode_binding(self.extender.post("/bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"],
-                                                            "PodUID": meta["uid"], "Node": chosen}))
-        if error:
-            result.error = f"binding rejected: {error}"
-            return None
         return chosen
 
     def schedule(self, pod: Mapping[str, Any]) -> ScheduleResult:
         """Filter, prioritize and bind `pod`; the result says where it went or why nowhere."""
+        slots = slot_request(pod)
         result = ScheduleResult()
         feasible = []
         for name in sorted(self.nodes):
@@ -267,6 +279,12 @@ class Scheduler:
             else:
                 feasible.append(name)
         if not feasible:
+            return result
+        if not slots:  # no managed resource requested: kube-scheduler does not call the extender
+            result.in_tree_scores = {n: least_allocated(pod, self.nodes[n], self.count_overhead) for n in feasible}
+            chosen = max(feasible, key=result.total)
+            self.nodes[chosen].place(pod_request(pod, self.count_overhead), slots)
+            result.node = chosen
             return result
         try:
             chosen = self._extender_cycle(pod, feasible, result)
@@ -278,6 +296,6 @@ class Scheduler:
             return result
         if chosen is None:
             return result
-        self.nodes[chosen].place(pod_request(pod, self.count_overhead))
+        self.nodes[chosen].place(pod_request(pod, self.count_overhead), slots)
         result.node = chosen
         return result

@@ -40,6 +40,8 @@ def node_object(node: NodeSpec, cluster_version: str, now: dt.datetime) -> dict[
         labels[keys.runtime_label(handler)] = keys.RUNTIME_LABEL_VALUE
         annotations[keys.capacity_annotation(handler)] = str(capacity)
     resources = {"cpu": node.cpu, "memory": node.memory, "pods": str(node.max_pods)}
+    # What the kubelet publishes from the agent's device plugin: one slot per sandbox, per handler.
+    resources.update({keys.sandbox_resource(h): str(c) for h, c in node.runtimes.items()})
     started = now - dt.timedelta(days=12)
     return {
         "apiVersion": "v1",
@@ -69,15 +71,20 @@ def node_object(node: NodeSpec, cluster_version: str, now: dt.datetime) -> dict[
     }
 
 
-def existing_pod_object(pod: ExistingPod, now: dt.datetime) -> dict[str, Any]:
-    """A running pod already bound to its node."""
+def existing_pod_object(pod: ExistingPod, policy: Policy, now: dt.datetime) -> dict[str, Any]:
+    """A running pod already bound to its node; a sandboxed one holds its slot, as the webhook routed it."""
+    requests = {"cpu": pod.cpu, "memory": pod.memory}
+    resources = {"requests": requests}
     spec: dict[str, Any] = {
         "nodeName": pod.node,
-        "containers": [{"name": "main", "image": "registry.example/app:1",
-                        "resources": {"requests": {"cpu": pod.cpu, "memory": pod.memory}}}],
+        "containers": [{"name": "main", "image": "registry.example/app:1", "resources": resources}],
     }
     if pod.runtime_class:
         spec["runtimeClassName"] = pod.runtime_class
+        profile = policy.profile_for_runtime_class(pod.runtime_class)
+        if profile is not None:
+            requests[keys.sandbox_resource(profile.handler)] = "1"
+            resources["limits"] = {keys.sandbox_resource(profile.handler): "1"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -111,6 +118,6 @@ def lease_object(node: NodeSpec, policy: Policy, now: dt.datetime) -> dict[str, 
 def snapshot(scenario: Scenario, policy: Policy, cluster_version: str, now: dt.datetime) -> dict[str, Any]:
     """The whole snapshot as a Kubernetes List."""
     items = [node_object(n, cluster_version, now) for n in scenario.nodes]
-    items += [existing_pod_object(p, now) for p in scenario.existing]
+    items += [existing_pod_object(p, policy, now) for p in scenario.existing]
     items += [lease_object(n, policy, now) for n in scenario.nodes]
     return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}

@@ -174,16 +174,20 @@ def test_version_changes_who_adds_scheduling_and_overhead(demo):
 def test_unschedulable_pod_explains_every_node(demo):
     block = pod_block(demo.stdout, "tenant-a/batch-overflow")
     assert "UNSCHEDULABLE: 0/7 nodes are available" in block
-    for node in ("cloud-kata-1", "cloud-kata-2", "edge-kata-1", "edge-kata-2", "edge-gw-1"):
-        assert f"extender rejected {node}:" in block
+    # The scheduler counts the slots itself (full Kata nodes, and a node without runv slots at all);
+    # the extender rejects what only it knows: edge-kata-2's agent is silent.
+    assert f"4 Insufficient {keys.sandbox_resource('runv')}" in " ".join(block.split())
     assert re.search(r"extender rejected edge-kata-2: [^.]*stale", block)
+    assert block.count("extender rejected") == 1
 
 
 def test_full_and_stale_nodes_get_no_new_sandbox(demo):
     nodes = node_table(demo.stdout)
     assert "+" not in nodes["cloud-kata-2"]["PODS (+ placed by this run)"]
     assert nodes["cloud-kata-2"]["runv SLOTS"].startswith("2/2")
-    assert nodes["edge-kata-2"]["PODS (+ placed by this run)"] == "-"
+    # No new sandbox on the stale node (a system pod that tolerates every taint may still land there).
+    placed = [p[1:] for p in nodes["edge-kata-2"]["PODS (+ placed by this run)"].split(", ") if p.startswith("+")]
+    assert all(pod_table(demo.stdout)[ref][1] == "not sandboxed" for ref in placed)
     assert nodes["edge-kata-2"]["runv SLOTS"].startswith("0/2")
     assert nodes["edge-kata-2"]["AGENT HEARTBEAT"].startswith("STALE")
 

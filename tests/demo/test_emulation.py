@@ -105,7 +105,10 @@ def test_scheduler_emulation_uses_the_shipped_extender_configuration():
     shipped = yaml.safe_load((REPO / "manifests" / "scheduler" / "kube-scheduler-config.v1.yaml").read_text())
     extender = shipped["extenders"][0]
     assert extender["nodeCacheCapable"] is True and extender["enableHTTPS"] is True
-    assert (extender["filterVerb"], extender["prioritizeVerb"], extender["bindVerb"]) == ("filter", "prioritize", "bind")
+    assert (extender["filterVerb"], extender["prioritizeVerb"]) == ("filter", "prioritize")
+    assert "bindVerb" not in extender  # kube-scheduler binds; so does the emulated one
+    assert {r["name"] for r in extender["managedResources"]} == \
+        {keys.sandbox_resource(p.handler) for p in load_policy(EXAMPLE_POLICY).profiles.values()}
     assert extender["weight"] == scheduler.EXTENDER_WEIGHT
     assert extender["httpTimeout"] == f"{scheduler.EXTENDER_HTTP_TIMEOUT_SECONDS}s"
 
@@ -225,8 +228,8 @@ def test_chain_reruns_runtimeclass_admission_and_reinvokes_the_webhook(policy):
     assert spec["runtimeClassName"] == "runv" and spec["nodeSelector"] == {"runtime": "runv"}
     assert spec["overhead"] == {"cpu": "100m", "memory": "50Mi"}
     assert result.pod["metadata"]["uid"] and result.pod["status"]["phase"] == "Pending"
-    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=5s", "/mutate/runv?timeout=5s",
-                                            "/validate/runv?timeout=5s"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/mutate/runv?timeout=10s",
+                                            "/validate/runv?timeout=10s"]
     # The reinvocation sees what RuntimeClass admission added.
     assert webhook.calls[1][1]["request"]["object"]["spec"]["overhead"] == {"cpu": "100m", "memory": "50Mi"}
     assert [(s.actor, s.reinvoked) for s in result.steps] == [
@@ -241,7 +244,7 @@ def test_legacy_cluster_gets_v1beta1_and_no_builtin_plugin(policy):
     webhook = FakeWebhook((True, [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}], ""))
     result = _apiserver(policy, webhook, V115).create(_manifest(), NOW)
     assert result.allowed and "nodeSelector" not in result.pod["spec"]
-    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=5s", "/validate/runv?timeout=5s"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/validate/runv?timeout=10s"]
     assert webhook.calls[0][1]["apiVersion"] == "admission.k8s.io/v1beta1"
 
 
@@ -290,17 +293,21 @@ def test_change_descriptions():
 
 # --- scheduler -------------------------------------------------------------------------------------
 
+RUNV_SLOT = keys.sandbox_resource("runv")
+
+
 def _node(**kw) -> NodeState:
     base = dict(name="n", labels={"zone": "a"}, taints=[], unschedulable=False, cpu_millis=1000,
-                memory_bytes=1024 ** 3, max_pods=10)
+                memory_bytes=1024 ** 3, max_pods=10, slots={RUNV_SLOT: 4})
     base.update(kw)
     return NodeState(**base)
 
 
-def _pod(cpu="100m", memory="100Mi", **spec) -> dict:
+def _pod(cpu="100m", memory="100Mi", slot="1", **spec) -> dict:
+    """A pod; by default a sandboxed one, requesting one runv slot as the webhook routes it."""
+    requests = {"cpu": cpu, "memory": memory, **({RUNV_SLOT: slot} if slot else {})}
     return {"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
-            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}],
-                     **spec}}
+            "spec": {"containers": [{"name": "c", "resources": {"requests": requests}}], **spec}}
 
 
 @pytest.mark.parametrize("toleration,taint,expected", [
@@ -330,7 +337,7 @@ def test_in_tree_filters():
 
 def test_resource_fit_counts_what_is_placed_and_the_overhead_only_with_pod_overhead():
     node = _node()
-    node.place((900, 0))
+    node.place((900, 0), {})
     overhead = _pod(cpu="50m", overhead={"cpu": "100m"})
     assert pod_request(overhead, True) == (150, 100 * 1024 ** 2)
     assert pod_request(overhead, False) == (50, 100 * 1024 ** 2)
@@ -367,7 +374,21 @@ def test_scheduling_cycle_filters_prioritizes_and_binds():
     path, args = extender.calls[0]
     assert path == "/filter" and args["Nodes"] is None and args["NodeNames"] == ["a", "b"]
     assert "kind" not in args["Pod"]
-    assert extender.calls[-1] == ("/bind", {"PodName": "p", "PodNamespace": "ns", "PodUID": "u", "Node": "b"})
+    assert [c[0] for c in extender.calls] == ["/filter", "/prioritize"]  # no bind verb: the scheduler binds
+    assert nodes[1].used_slots == {RUNV_SLOT: 1}
+
+
+def test_only_pods_requesting_a_slot_reach_the_extender_and_slots_are_counted():
+    unused = FakeExtender({})
+    plain = Scheduler([_node(name="a"), _node(name="b")], unused, True).schedule(_pod(slot=None))
+    assert plain.node == "a" and unused.calls == [] and not plain.extender_called
+    full = _node(name="a", slots={RUNV_SLOT: 1})
+    extender = FakeExtender({"NodeNames": ["a"], "Error": ""})
+    scheduler = Scheduler([full], extender, True)
+    assert scheduler.schedule(_pod()).node == "a"
+    second = scheduler.schedule(_pod())
+    assert second.node is None and second.in_tree_failed == {"a": f"Insufficient {RUNV_SLOT}"}
+    assert in_tree_filter(_pod(), _node(slots={}), True) == f"Insufficient {RUNV_SLOT}"
 
 
 def test_prioritize_is_skipped_for_one_node_and_lowercase_answers_are_read():
@@ -375,7 +396,7 @@ def test_prioritize_is_skipped_for_one_node_and_lowercase_answers_are_read():
     result = Scheduler([_node(name="a"), _node(name="b")], extender, True).schedule(_pod())
     assert result.node == "a" and result.prioritize_skipped
     assert result.extender_failed == {"b": "full"}
-    assert [c[0] for c in extender.calls] == ["/filter", "/bind"]
+    assert [c[0] for c in extender.calls] == ["/filter"]
 
 
 def test_unschedulable_and_broken_extender_answers():
@@ -403,7 +424,6 @@ def test_malformed_prioritize_answer_is_a_scheduling_error_not_a_crash(answer):
     extender = FakeExtender({"NodeNames": ["a", "b"]}, answer)
     result = Scheduler([_node(name="a"), _node(name="b")], extender, True).schedule(_pod())
     assert result.node is None and result.error.startswith("extender answer cannot be decoded: ")
-    assert "/bind" not in [c[0] for c in extender.calls]
 
 
 @pytest.mark.parametrize("answer", [None, [], {"NodeNames": "a"}, {"NodeNames": ["a"], "FailedNodes": ["b"]},

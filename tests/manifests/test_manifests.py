@@ -32,10 +32,15 @@ KUBECTL = shutil.which("kubectl")
 NEWEST = kubernetes_validate.latest_version()
 MODERN_VERSIONS = ["1.22", "1.25", NEWEST]
 LEGACY_VERSIONS = ["1.14", "1.15"]
+# Intermediate: 1.16 (first admissionregistration/v1), 1.18 (no node.k8s.io/v1 yet; no archive has 1.19),
+# 1.20 and 1.21.
+INTERMEDIATE_VERSIONS = ["1.16", "1.18", "1.20", "1.21"]
 INSTALLS = {
     "install/modern": ("modern", MODERN_VERSIONS),
     "install/modern-cert-manager": ("modern", MODERN_VERSIONS),
     "install/legacy": ("legacy", LEGACY_VERSIONS),
+    "install/intermediate": ("intermediate", INTERMEDIATE_VERSIONS),
+    "overlays/intermediate": ("intermediate", INTERMEDIATE_VERSIONS),
     "overlays/modern": ("modern", MODERN_VERSIONS),
     "overlays/legacy": ("legacy", LEGACY_VERSIONS),
 }
@@ -113,7 +118,8 @@ def test_every_object_validates_against_its_target_schemas(rendered):
 
 
 # The API server versions whose semantic validation each generation's webhook configurations must pass.
-API_SERVER_VERSIONS = {"modern": ["1.22", "1.24", "1.32", NEWEST], "legacy": ["1.14", "1.15"]}
+API_SERVER_VERSIONS = {"modern": ["1.22", "1.24", "1.32", NEWEST], "intermediate": INTERMEDIATE_VERSIONS,
+                       "legacy": LEGACY_VERSIONS}
 WEBHOOK_CONFIGURATION_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
 
@@ -215,9 +221,21 @@ def test_old_schemas_refuse_what_the_version_lacks():
     validate_for(webhook_config, "1.15")
 
 
-def test_legacy_runs_the_default_seccomp_profile_by_annotation():
-    for _, template in pod_templates(render("install/legacy")):
-        assert template["metadata"]["annotations"]["seccomp.security.alpha.kubernetes.io/pod"] == "runtime/default"
+def test_before_1_19_the_default_seccomp_profile_is_set_by_annotation():
+    for target in ("install/legacy", "install/intermediate"):
+        for _, template in pod_templates(render(target)):
+            assert template["metadata"]["annotations"]["seccomp.security.alpha.kubernetes.io/pod"] == "runtime/default"
+            assert "seccompProfile" not in template["spec"]["securityContext"]
+
+
+def test_intermediate_is_the_modern_install_in_the_api_versions_1_16_to_1_21_serve():
+    modern, intermediate = render("install/modern"), render("install/intermediate")
+    assert {d["apiVersion"] for d in find(intermediate, "RuntimeClass")} == {"node.k8s.io/v1beta1"}
+    assert {d["apiVersion"] for d in find(intermediate, "PodDisruptionBudget")} == {"policy/v1beta1"}
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert one(intermediate, kind, "sandgate") == one(modern, kind, "sandgate")
+    strip = lambda d: {k: v for k, v in d.items() if k != "apiVersion"}  # noqa: E731
+    assert [strip(d) for d in find(intermediate, "RuntimeClass")] == [strip(d) for d in find(modern, "RuntimeClass")]
 
 
 def test_cert_manager_objects_are_well_formed():
@@ -285,8 +303,13 @@ def test_webhook_entries_match_the_policy(rendered):
             assert (svc["name"], svc["namespace"]) == (service["metadata"]["name"], service["metadata"]["namespace"])
             assert svc.get("port", 443) == service["spec"]["ports"][0]["port"] == 443
             assert w["sideEffects"] == "None" and w["timeoutSeconds"] <= 10
-            assert w["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                                   "resources": ["pods"], "scope": "Namespaced"}]
+            create = {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                      "scope": "Namespaced"}
+            # The guard also checks kubectl debug and in-place resize of sandboxed pods where they exist.
+            updates = {"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods/ephemeralcontainers", "pods/resize"], "scope": "Namespaced"}
+            checks_updates = verb == "validate" and path != "/validate" and generation != "legacy"
+            assert w["rules"] == ([create, updates] if checks_updates else [create]), path
             exprs = w["namespaceSelector"]["matchExpressions"]
             by_key: dict[str, list[dict]] = {}
             for e in exprs:
@@ -308,7 +331,7 @@ def test_webhook_entries_match_the_policy(rendered):
                 assert {"key": policy.namespace_label, "operator": "Exists"} in label_exprs
                 not_in = [e for e in label_exprs if e["operator"] == "NotIn"]
                 assert len(not_in) == 1 and sorted(not_in[0]["values"]) == known
-            if generation == "modern":
+            if generation != "legacy":
                 assert w["admissionReviewVersions"] == ["v1", "v1beta1"]
                 assert w.get("reinvocationPolicy") == ("IfNeeded" if verb == "mutate" else None)
                 names = by_key.pop("kubernetes.io/metadata.name")
@@ -393,8 +416,13 @@ def test_every_container_is_non_root_and_read_only(rendered):
     _, docs = rendered
     for obj, template in pod_templates(docs):
         spec = template["spec"]
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        assert spec["securityContext"]["runAsUser"] != 0
+        if obj["metadata"]["name"] == "sandgate-agent":
+            # The device plugin API needs root's ownership of the kubelet's socket directory, and nothing
+            # more: uid 0 without any capability (checked below), every other host mount read-only.
+            assert (spec["securityContext"]["runAsNonRoot"], spec["securityContext"]["runAsUser"]) == (False, 0)
+        else:
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["runAsUser"] != 0
         for c in spec.get("initContainers", []) + spec["containers"]:
             sc = c["securityContext"]
             where = f"{obj['metadata']['name']}/{c['name']}"
@@ -419,15 +447,20 @@ def test_agent_daemonset_host_access(rendered):
     assert {"operator": "Exists"} in spec["tolerations"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     host_mounts = {}
+    device_plugins = [m for m in c["volumeMounts"] if m["mountPath"] == args.device_plugin_dir]
+    assert [volumes[m["name"]]["hostPath"]["path"] for m in device_plugins] == ["/var/lib/kubelet/device-plugins"]
+    assert not device_plugins[0].get("readOnly")  # the agent's plugin sockets live there
     for m in c["volumeMounts"]:
-        if "hostPath" in volumes[m["name"]]:
+        if "hostPath" in volumes[m["name"]] and m not in device_plugins:
             assert m.get("readOnly") is True, f"{m['mountPath']} must be read-only without --configure"
             assert m["mountPath"] == "/host" + volumes[m["name"]]["hostPath"]["path"]
             host_mounts[volumes[m["name"]]["hostPath"]["path"]] = m
     policy = policy_of(docs)
     assert any(policy.agent.containerd_config.startswith(p + "/") for p in host_mounts)
-    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt"):
+    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt", "/proc", "/sys/fs/cgroup"):
         assert needed in host_mounts
+    # The sandbox inventory reaches the default CRI socket through a host mount.
+    assert any(policy.agent.cri_endpoint.removeprefix("unix://").startswith(p + "/") for p in host_mounts)
     assert not spec.get("hostNetwork") and not spec.get("hostPID")
 
 
@@ -443,19 +476,19 @@ def test_rbac_is_least_privilege(rendered):
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get", "list", "watch"]}]
     assert _rules(docs, "ClusterRole", "sandgate-agent") == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     agent_role = one(docs, "Role", "sandgate-agent")
     assert agent_role["metadata"]["namespace"] == ns
     assert agent_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                                     "verbs": ["create", "get", "update"]}]
-    ext = _rules(docs, "ClusterRole", "sandgate-extender")
-    assert {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]} in ext
-    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in ext if r["resources"] != ["pods/binding"])
+    # The extender only reads: kube-scheduler binds, so no pods/binding and no Lease writes.
+    assert _rules(docs, "ClusterRole", "sandgate-extender") == [
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
     ext_role = one(docs, "Role", "sandgate-extender")
     assert ext_role["metadata"]["namespace"] == ns
-    from scheduler_ext.server import LEADER_LEASE
-    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEADER_LEASE],
-            "verbs": ["update"]} in ext_role["rules"]
+    assert ext_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                  "verbs": ["get", "list", "watch"]}]
     for d in docs:
         for rule in d.get("rules", []) if d["kind"] in ("Role", "ClusterRole") else []:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], d["metadata"]["name"]
@@ -564,9 +597,10 @@ def test_dockerfile_matches_the_manifests():
     uid, gid = (int(x) for x in user.split(":"))
     assert uid != 0
     images = set()
-    for _, template in pod_templates(render("install/modern")):
+    for obj, template in pod_templates(render("install/modern")):
         spec = template["spec"]
-        assert (spec["securityContext"]["runAsUser"], spec["securityContext"]["runAsGroup"]) == (uid, gid)
+        if obj["metadata"]["name"] != "sandgate-agent":  # the agent runs as uid 0 (device plugin API)
+            assert (spec["securityContext"]["runAsUser"], spec["securityContext"]["runAsGroup"]) == (uid, gid)
         images |= {c["image"] for c in spec.get("initContainers", []) + spec["containers"]}
     assert images == {f"ghcr.io/sandgate/sandgate:{__version__}"}, "the image tag follows the package version"
     for package in ("sandgate", "webhooks", "scheduler_ext", "node_agent", "certs"):

@@ -114,3 +114,16 @@ def test_unparsable_config_is_left_untouched(root, policy_file, tmp_path, fake_a
     errors = [json.loads(line) for line in done.stderr.splitlines() if "unusable" in line]
     assert errors and "not valid TOML" in errors[0]["error"]
     assert fake_api.calls("PATCH")[-1]["body"]["metadata"]["labels"] == {keys.runtime_label("runv"): None}
+
+
+def test_once_configure_with_an_unknown_containerd_version_fails_naming_the_key(root, policy_file, tmp_path, fake_api,
+                                                                                agent_cmd):
+    root.config(MAIN)
+    before = snapshot(root)
+    done = agent_cmd("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path), "--once",
+                     "--configure", "--kubeconfig", str(fake_api.kubeconfig(tmp_path)))
+    assert done.returncode == 1
+    assert "cannot configure: refusing to configure: the containerd version is unknown" in done.stderr
+    assert "set agent.containerdVersion" in done.stderr.splitlines()[-1]
+    assert snapshot(root) == before
+    assert fake_api.calls("PUT", "/apis/coordination.k8s.io") or fake_api.calls("POST", "/apis/coordination.k8s.io")

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
+import requests
 
 import containerd_harness
 from containerd_harness import Containerd
 from node_agent.apply import BACKUPS_KEPT, atomic_write, prune_backups
 from sandgate.core import keys
+from support import REPO
 
 pytestmark = pytest.mark.skipif(not containerd_harness.available(), reason="containerd not installed")
 
@@ -36,7 +43,7 @@ agent:
   containerdConfig: {config}
   criEndpoint: unix://{socket}
   reloadCommand: {reload}
-  reloadTimeoutSeconds: 5
+  reloadTimeoutSeconds: {timeout}
 """
 
 
@@ -48,8 +55,9 @@ def ctd():
 
 
 def agent_args(ctd: Containerd, tmp_path, fake_api, fail_first: bool = False) -> tuple[str, ...]:
+    """The agent's --once --configure arguments; a reload meant to fail gets a short readiness timeout."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.format(config=ctd.config, socket=ctd.socket,
+    policy.write_text(POLICY.format(config=ctd.config, socket=ctd.socket, timeout=4 if fail_first else 30,
                                     reload=json.dumps(ctd.reload_command(fail_first=fail_first))))
     return ("--config", str(policy), "--node-name", "n1", "--root", "/", "--once", "--configure",
             "--kubeconfig", str(fake_api.kubeconfig(tmp_path)))
@@ -98,11 +106,44 @@ def test_broken_reload_rolls_back(ctd, tmp_path, fake_api, agent_cmd):
     assert ctd.config.read_bytes() == original  # restored from the backup
     assert ctd.running() and handlers(ctd) == {"runc"}  # reloaded again on the old config
     [line] = [json.loads(line) for line in done.stderr.splitlines() if "rolled back" in line and "reason" in line]
-    assert line["level"] == "error" and "not ready 5s after the reload" in line["reason"]
+    assert line["level"] == "error" and "not ready 4s after the reload" in line["reason"]
     assert "configuration rolled back" in done.stderr.splitlines()[-1]
     assert all(not (c["body"]["metadata"]["labels"] or {}) or
                all(v is None for v in c["body"]["metadata"]["labels"].values()) for c in fake_api.calls("PATCH"))
     assert len(backups(ctd)) == 1  # the backup of the attempt is kept for the operator
+
+
+def test_a_rolled_back_change_is_not_retried_every_cycle(ctd, tmp_path, fake_api):
+    """In loop mode the same failing change must not restart containerd every --interval."""
+    args = list(agent_args(ctd, tmp_path, fake_api, fail_first=True))
+    args.remove("--once")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sandgate", "agent", *args, "--interval", "0.5",
+                             "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "sandgate_agent_cycles_total 4.0" not in body:
+            try:
+                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        assert "sandgate_agent_cycles_total 4.0" in body
+        assert "sandgate_agent_configure_rollbacks_total 1.0" in body
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert (ctd.dir / "restarts").read_text() == "restart\nrestart\n"  # the broken reload and the rollback's
+    assert handlers(ctd) == {"runc"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_only_the_last_backups_are_kept(tmp_path):

@@ -222,3 +222,18 @@ def test_unknown_version_discovers_but_refuses_to_configure(d, agent_cmd):
     assert any("containerd version unknown" in w for w in doc["warnings"])
     assert doc["mainConfig"] is None and doc["dropIns"] == []
     assert not list(root.rglob("*.bak"))
+
+
+def test_an_inline_runtimes_table_is_rewritten_whole_and_still_only_adds(d, agent_cmd):
+    """TOML cannot extend an inline table: the file is re-serialised (comments lost), the effect still exact."""
+    config = d / "config.toml"
+    config.write_text('version = 2\n'
+                      '[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+                      '  runtimes = { runc = { runtime_type = "io.containerd.runc.v2", options = { SystemdCgroup = true } } }\n'
+                      '[plugins."io.containerd.grpc.v1.cri".registry]\n'
+                      '  config_path = "/etc/containerd/certs.d"\n')
+    before = dump(config)
+    doc = plan(agent_cmd, d, config)
+    assert not doc["mainConfig"]["content"].startswith("version = 2\n[plugins")  # re-serialised, not appended
+    write(doc)
+    assert_only_handlers_added(before, dump(config))

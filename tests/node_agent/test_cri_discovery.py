@@ -114,3 +114,25 @@ def test_mismatch_is_a_metric(node, root, policy_file, fake_api, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def test_dry_run_configure_counts_the_planned_handlers_beside_the_running_ones(root, policy_file, dry_run):
+    """containerd runs only runc; the plan adds kata and runsc, and the dry-run patch already names them
+    (the CRI cross-check expects them only after the reload)."""
+    daemon = Containerd.start(cri_extra=tables(["runc"]))
+    try:
+        link = root.path / "run/containerd/containerd.sock"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(daemon.socket)
+        root.shim("containerd-shim-kata-v2")
+        root.shim("containerd-shim-runsc-v1")
+        root.kvm()
+        root.config("version = 2\n" + tables(["runc"]))
+        doc = dry_run("--configure")
+    finally:
+        daemon.close()
+    assert doc["containerd"]["handlersFrom"] == "cri" and doc["containerd"]["warnings"] == []
+    assert doc["containerd"]["mainConfig"]["content"].endswith(
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\nruntime_type = "io.containerd.runsc.v1"\n')
+    assert doc["nodePatch"]["metadata"]["labels"] == {keys.runtime_label("kata"): "true",
+                                                      keys.runtime_label("runsc"): "true"}

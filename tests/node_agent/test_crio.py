@@ -65,6 +65,7 @@ def test_auto_detects_crio_discovers_and_plans_a_drop_in(root, tmp_path, dry_run
     policy.write_text(POLICY % "  maxSandboxes: 10")
     doc = dry_run("--configure", policy=policy)
     assert doc["containerd"]["runtimeManager"] == "crio"
+    assert doc["containerd"]["criEndpoint"] == "unix:///var/run/crio/crio.sock"  # the default means CRI-O's own
     assert doc["containerd"]["crioFiles"] == ["/etc/crio/crio.conf", "/etc/crio/crio.conf.d/10-gvisor.conf"]
     [drop_in] = doc["containerd"]["dropIns"]
     assert drop_in["path"] == "/etc/crio/crio.conf.d/50-sandgate-kata.conf"
@@ -98,3 +99,14 @@ def test_a_containerd_runtime_type_is_not_written_for_crio(root, tmp_path, dry_r
     assert doc["containerd"]["skipped"] == [{"handler": "kata", "reason": "missing from CRI-O and the profile's "
                                              "runtimeType 'io.containerd.kata.v2' is not a CRI-O runtime_type "
                                              '("oci" or "vm")'}]
+
+
+def test_unparsable_crio_drop_in_is_reported_and_nothing_advertised(root, tmp_path, dry_run):
+    root.write("etc/crio/crio.conf", MAIN)
+    root.write("etc/crio/crio.conf.d/10-broken.conf", "[crio.runtime\n")
+    policy = tmp_path / "crio-policy.yaml"
+    policy.write_text(POLICY % "  runtimeManager: crio")
+    doc = dry_run(policy=policy)
+    assert doc["containerd"]["error"].startswith("/etc/crio/crio.conf.d/10-broken.conf: not valid TOML")
+    assert all(r["reason"].startswith("CRI-O configuration unusable") for r in doc["runtimes"])
+    assert doc["nodePatch"]["metadata"]["labels"] == {}

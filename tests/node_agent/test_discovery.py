@@ -18,7 +18,7 @@ KATA_CAPACITY, RUNSC_CAPACITY = "44", "100"
 
 UNKNOWN_VERSION = ("containerd version unknown (no CRI answer, no containerd binary under --root): discovery "
                    "trusts only handlers that containerd 1.x and 2.x rules agree on; set agent.containerdVersion")
-NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE): "
+NO_CRI = ("CRI socket unix:///run/containerd/containerd.sock did not answer (UNAVAILABLE: No such file or directory): "
           "handlers come from the config files")
 
 
@@ -82,6 +82,8 @@ def test_cli_dry_run_both_runtimes_exact(root, tables, dry_run):
     root.shim("containerd-shim-runsc-v1", "usr/bin")
     root.kvm()
     doc = dry_run()
+    # No CRI socket under the fake root: no sandboxes, and the document says why.
+    assert doc.pop("sandboxes") == [] and "CRI " in doc.pop("sandboxesError")
     assert doc == {
         "node": "n1",
         "nodePatch": {"metadata": {"labels": {KATA_LABEL: "true", RUNSC_LABEL: "true"},
@@ -221,3 +223,10 @@ def test_bad_policy_exits_2(root, tmp_path, agent_cmd):
     assert done.returncode == 2
     assert "profiles: at least one profile is required" in done.stderr
     assert done.stdout == ""
+
+
+def test_dry_run_without_once_is_refused(root, policy_file, agent_cmd):
+    done = agent_cmd("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path), "--dry-run",
+                     "--node-allocatable-memory", "8Gi")
+    assert done.returncode == 2
+    assert "--dry-run needs --once" in done.stderr and done.stdout == ""

@@ -40,10 +40,19 @@ def lease(node: str, age_seconds: float = 0, duration: int = 90) -> dict:
             "spec": {"holderIdentity": node, "leaseDurationSeconds": duration, "renewTime": micro_time(renew)}}
 
 
+def with_slot(pod: dict, handler: str, count: str = "1") -> dict:
+    """`pod` requesting `count` sandbox slots of `handler` in its first container, as the webhook routes it."""
+    resources = pod["spec"]["containers"][0].setdefault("resources", {})
+    for kind in ("requests", "limits"):
+        resources.setdefault(kind, {})[keys.sandbox_resource(handler)] = count
+    return pod
+
+
 def pod(name: str, node: str = "", runtime_class: str | None = None, cpu: str = "100m", memory: str = "64Mi",
         namespace: str = "batch-jobs", annotations: dict | None = None, overhead: dict | None = None,
-        phase: str = "Running", uid: str | None = None) -> dict:
-    """A Pod object as the API server stores it."""
+        phase: str = "Running", uid: str | None = None, slot: bool = True) -> dict:
+    """A Pod object as the API server stores it; with a runtime class of the example policy (whose
+    handlers are named like the classes) it requests that handler's slot, as a routed pod does."""
     spec: dict = {"containers": [{"name": "c", "image": "alpine:3.19",
                                   "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}
     if node:
@@ -55,7 +64,8 @@ def pod(name: str, node: str = "", runtime_class: str | None = None, cpu: str = 
     meta: dict = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4())}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": phase}}
+    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": phase}}
+    return with_slot(obj, runtime_class) if runtime_class and slot else obj
 
 
 def fresh_leases(nodes: list[dict]) -> list[dict]:
@@ -117,7 +127,7 @@ def start_server(tmp_path: Path, items: dict | None, *extra: str, policy: Path =
         try:
             if requests.get(f"{server.url}/readyz", timeout=1, verify=str(tls) if tls else True).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a loaded machine may answer late
             pass
         time.sleep(0.1)
     stop_server(server)
@@ -149,12 +159,12 @@ def k8s():
     from types import SimpleNamespace
 
     return SimpleNamespace(manifest_nodes=manifest_nodes, lease=lease, pod=pod, fresh_leases=fresh_leases,
-                           snapshot_list=snapshot_list, micro_time=micro_time)
+                           snapshot_list=snapshot_list, micro_time=micro_time, with_slot=with_slot)
 
 
 class FakeApiServer:
     """A tiny kube-apiserver stand-in over real HTTP: list/watch of nodes, pods and leases (with
-    resourceVersions, bookmarks-free streams and an injectable 410 Gone), pod bindings and Lease CRUD.
+    resourceVersions, bookmarks-free streams and an injectable 410 Gone).
     Just enough of the API for the extender's client code to be exercised end to end."""
 
     WATCH_CAP_SECONDS = 2  # end every watch stream quickly so tests see re-watches
@@ -169,8 +179,6 @@ class FakeApiServer:
         self.events: list[tuple[int, str, str, dict]] = []  # (rv, kind, type, object)
         self.gone_next_watch: set[str] = set()
         self.down = False
-        self.bindings: list[dict] = []
-        self.binding_status = 201
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -214,15 +222,11 @@ class FakeApiServer:
         self.server.server_close()
 
     def _handler(self):
-        import re
         from urllib.parse import parse_qs, urlparse
 
         fake = self
         lists = {"/api/v1/nodes": "nodes", "/api/v1/pods": "pods",
                  f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases": "leases"}
-        lease_path = re.compile(rf"^/apis/coordination.k8s.io/v1/namespaces/({AGENT_NS})/leases/([^/]+)$")
-        binding_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/binding$")
-        pod_path = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 
         class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"  # watches stream chunked, as kube-apiserver does
@@ -230,9 +234,6 @@ class FakeApiServer:
             def status(self, code: int, reason: str, message: str) -> None:
                 self.send_json(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                                  "reason": reason, "message": message})
-
-            def body(self) -> dict:
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
 
             def do_GET(self):
                 if fake.down:
@@ -249,14 +250,6 @@ class FakeApiServer:
                 if url.path in lists:
                     kind = lists[url.path]
                     return self.watch(kind, query) if query.get("watch") == "true" else self.list(kind)
-                m = lease_path.match(url.path)
-                if m:
-                    lease = fake.objects["leases"].get(f"{m.group(1)}/{m.group(2)}")
-                    return self.send_json(200, lease) if lease else self.status(404, "NotFound", "lease not found")
-                m = pod_path.match(url.path)
-                if m:
-                    pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
-                    return self.send_json(200, pod) if pod else self.status(404, "NotFound", "pod not found")
                 self.status(404, "NotFound", url.path)
 
             def list(self, kind: str) -> None:
@@ -285,36 +278,6 @@ class FakeApiServer:
                             self.send_event({"type": typ, "object": obj})
                             since = rv
                 self.end_watch()
-
-            def do_POST(self):
-                url = urlparse(self.path).path
-                body = self.body()
-                m = binding_path.match(url)
-                if m:
-                    fake.bindings.append(body)
-                    if fake.binding_status != 201:
-                        return self.status(fake.binding_status, "Conflict", "pod is being deleted")
-                    pod = fake.objects["pods"].get(f"{m.group(1)}/{m.group(2)}")
-                    if pod is None or pod["metadata"]["uid"] != body["metadata"].get("uid"):
-                        return self.status(409, "Conflict", "Precondition failed: UID in precondition")
-                    fake.put("pods", {**pod, "spec": {**pod["spec"], "nodeName": body["target"]["name"]}})
-                    return self.send_json(201, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201})
-                if url == f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases":
-                    if fake.key(body) in fake.objects["leases"]:
-                        return self.status(409, "AlreadyExists", "lease exists")
-                    return self.send_json(201, fake.put("leases", body))
-                self.status(404, "NotFound", url)
-
-            def do_PUT(self):
-                url = urlparse(self.path).path
-                body = self.body()
-                m = lease_path.match(url)
-                if not m:
-                    return self.status(404, "NotFound", url)
-                current = fake.objects["leases"].get(fake.key(body))
-                if current and current["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
-                    return self.status(409, "Conflict", "the object has been modified")
-                self.send_json(200, fake.put("leases", body))
 
         return Handler
 

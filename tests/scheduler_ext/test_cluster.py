@@ -1,6 +1,6 @@
 """Cluster mode through the real command against a stand-in API server over HTTP: list+watch into the
-cache, relist after 410 Gone, Binding POSTs with the pod UID, reservations turned into bound pods by the
-watch, leader election on a Lease, and serving from the last good cache while the API is unreachable."""
+cache (sandgate.core.informer), relist after 410 Gone, hostile objects skipped without stopping the
+watch, and serving from the last good cache while the API is unreachable."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def filter_pod(server, pod: dict, nodes: list[str]) -> dict:
     return server.post("filter", request).json()
 
 
+def scores(server, pod: dict, nodes: list[str]) -> dict:
+    request = {"Pod": pod, "NodeNames": nodes}
+    return {s["Host"]: s["Score"] for s in server.post("prioritize", request).json()}
+
+
 @pytest.fixture
 def cluster(fake_api, k8s):
     for node in k8s.manifest_nodes():
@@ -50,33 +55,48 @@ def readyz(server) -> dict:
     return requests.get(f"{server.url}/readyz", timeout=5).json()
 
 
-def test_watch_bind_and_lease_leadership(extender, cluster, k8s, tmp_path):
+def test_the_watch_keeps_the_cache_current(extender, cluster, k8s, tmp_path):
     running = cluster.put("pods", k8s.pod("running", node=SANDBOX_1, runtime_class="runv"))
-    pending = cluster.put("pods", k8s.pod("vm-new", runtime_class="runv"))
     server = start(extender, cluster, tmp_path)
     status = readyz(server)
-    assert status["source"] == "cluster" and status["mode"] == "runtimeclass"  # 1.24 from /version
-    wait_for(lambda: readyz(server)["leader"], "leadership")
-    lease = cluster.objects["leases"]["sandgate-system/sandgate-extender"]
-    assert lease["spec"]["holderIdentity"] == readyz(server)["leaderIdentity"]
-
+    assert status["source"] == "cluster" and status["mode"] == "overhead_in_scheduler"  # 1.24 from /version
+    pending = k8s.pod("vm-new", runtime_class="runv")
     answer = filter_pod(server, pending, [SANDBOX_1, SANDBOX_2])
     assert answer["NodeNames"] == [SANDBOX_1]
-    assert "not found" in answer["FailedNodes"][SANDBOX_2]
-
-    meta = pending["metadata"]
-    bind = {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": SANDBOX_1}
-    assert server.post("bind", bind).json() == {"Error": ""}
-    posted = cluster.bindings[-1]
-    assert posted["metadata"] == {"name": "vm-new", "namespace": "batch-jobs", "uid": meta["uid"]}
-    assert posted["target"] == {"apiVersion": "v1", "kind": "Node", "name": SANDBOX_1}
-    # the watch delivers the bound pod: the reservation becomes a bound pod, the node is now full
-    wait_for(lambda: readyz(server)["reservations"] == 0, "the reservation to turn into a bound pod")
-    third = k8s.pod("vm-third", runtime_class="runv")
-    assert "capacity 2, bound 2, reserved 0" in filter_pod(server, third, [SANDBOX_1])["FailedNodes"][SANDBOX_1]
-    # a deleted pod frees its slot
+    assert "not found" in answer["FailedAndUnresolvableNodes"][SANDBOX_2]
+    assert scores(server, pending, [SANDBOX_1]) == {SANDBOX_1: 5}  # 1 of 2 slots used
+    # the scheduler bound another pod: the watch brings it, the node scores as full
+    cluster.put("pods", k8s.pod("second", node=SANDBOX_1, runtime_class="runv"))
+    wait_for(lambda: scores(server, pending, [SANDBOX_1]) == {SANDBOX_1: 0}, "the bound pod to count")
     cluster.delete("pods", running)
-    wait_for(lambda: filter_pod(server, third, [SANDBOX_1])["NodeNames"] == [SANDBOX_1], "the slot to free up")
+    wait_for(lambda: scores(server, pending, [SANDBOX_1]) == {SANDBOX_1: 5}, "the deleted pod to free a slot")
+    cluster.put("leases", k8s.lease(SANDBOX_2))
+    wait_for(lambda: filter_pod(server, pending, [SANDBOX_2])["NodeNames"] == [SANDBOX_2], "the new heartbeat")
+
+
+def test_a_hostile_object_is_skipped_and_the_watch_goes_on(extender, cluster, k8s, tmp_path):
+    server = start(extender, cluster, tmp_path)
+    node = next(n for n in k8s.manifest_nodes() if n["metadata"]["name"] == SANDBOX_1)
+    node["metadata"]["annotations"][keys.capacity_annotation("runv")] = "\u00b2"
+    node["status"]["allocatable"]["cpu"] = "NaN"
+    cluster.put("nodes", node)
+    cluster.put("pods", k8s.pod("huge", node=SANDBOX_1, cpu="1e999990", memory="Inf"))
+    status = wait_for(lambda: (s := readyz(server))["skippedObjects"] == 2 and s, "the objects to be skipped")
+    assert "status.allocatable.cpu" in status["skipped"]["nodes"]["objects"][SANDBOX_1]
+    assert status["ready"] is True and not status["stale"]
+    # a later event still flows: the watch was not stuck on the bad objects
+    cluster.put("leases", k8s.lease(SANDBOX_2))
+    probe = k8s.pod("probe", runtime_class="runv")
+    wait_for(lambda: filter_pod(server, probe, [SANDBOX_2])["NodeNames"] == [SANDBOX_2], "a later event")
+    # the unreadable node is not trusted from before: it has no entry until it is readable again
+    assert "not in the sandgate extender's cache" in filter_pod(server, probe, [SANDBOX_1])["FailedNodes"][SANDBOX_1]
+    node["status"]["allocatable"]["cpu"] = "4"
+    node["metadata"]["annotations"][keys.capacity_annotation("runv")] = "2"
+    cluster.put("nodes", node)
+    wait_for(lambda: readyz(server)["skipped"]["nodes"]["count"] == 0, "the repaired node")
+    assert filter_pod(server, probe, [SANDBOX_1])["NodeNames"] == [SANDBOX_1]
+    warnings = [line for line in server.logs() if line.get("msg") == "skipping an object that cannot be read"]
+    assert len(warnings) == 2
 
 
 def test_relists_after_410_gone(extender, cluster, k8s, tmp_path):
@@ -85,7 +105,7 @@ def test_relists_after_410_gone(extender, cluster, k8s, tmp_path):
     cluster.put("pods", k8s.pod("late-1", node=SANDBOX_1, runtime_class="runv"))
     cluster.put("pods", k8s.pod("late-2", node=SANDBOX_1, runtime_class="runv"))
     probe = k8s.pod("probe", runtime_class="runv")
-    wait_for(lambda: SANDBOX_1 in filter_pod(server, probe, [SANDBOX_1])["FailedNodes"], "the relisted pods")
+    wait_for(lambda: scores(server, probe, [SANDBOX_1]) == {SANDBOX_1: 0}, "the relisted pods")
     assert any(line.get("msg") == "watch expired (410 Gone); relisting" for line in server.logs())
 
 
@@ -100,18 +120,3 @@ def test_keeps_serving_from_cache_while_the_api_is_down(extender, cluster, k8s, 
     stale = [line for line in metrics.splitlines()
              if line.startswith('sandgate_extender_cache_staleness_seconds{resource="pods"}')]
     assert stale and float(stale[0].split()[-1]) > 0
-
-
-def test_a_refused_binding_releases_the_slot(extender, cluster, k8s, tmp_path):
-    pods = [cluster.put("pods", k8s.pod(f"vm-{i}", runtime_class="runv")) for i in range(2)]
-    server = start(extender, cluster, tmp_path)
-    wait_for(lambda: readyz(server)["leader"], "leadership")
-    cluster.binding_status = 409
-    args = [{"PodName": p["metadata"]["name"], "PodNamespace": "batch-jobs", "PodUID": p["metadata"]["uid"],
-             "Node": SANDBOX_1} for p in pods]
-    error = server.post("bind", args[0]).json()["Error"]
-    assert "the API server refused the binding: 409" in error
-    assert readyz(server)["reservations"] == 0
-    cluster.binding_status = 201
-    assert server.post("bind", args[0]).json() == {"Error": ""}
-    assert server.post("bind", args[1]).json() == {"Error": ""}

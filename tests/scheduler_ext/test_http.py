@@ -3,8 +3,6 @@ HTTP, fed with the kube-scheduler v1.24 requests captured in tests/fixtures."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import requests
 
@@ -15,7 +13,19 @@ SANDBOX_1, SANDBOX_2, GENERAL_1, GENERAL_2 = "pool-sandbox-1", "pool-sandbox-2",
 
 
 def fixture(name: str) -> dict:
-    return load_fixture(f"extender/{name}.json")
+    """A captured request; its Pod, when it runs in runv, requests the runv slot as the webhook now routes it."""
+    request = load_fixture(f"extender/{name}.json")
+    pod = request.get("Pod")
+    if pod and pod["spec"].get("runtimeClassName") == "runv":
+        with_slot(pod, "runv")
+    return request
+
+
+def with_slot(pod: dict, handler: str) -> dict:
+    resources = pod["spec"]["containers"][0].setdefault("resources", {})
+    for kind in ("requests", "limits"):
+        resources.setdefault(kind, {})[keys.sandbox_resource(handler)] = "1"
+    return pod
 
 
 def lower_keys(doc: dict) -> dict:
@@ -59,13 +69,31 @@ def test_failed_nodes_carry_specific_reasons(extender, k8s, cluster, casing):
     request = fixture("filter-ncc-true-some-nodes-failed")
     request["NodeNames"] = [SANDBOX_1, SANDBOX_2, GENERAL_1, GENERAL_2]
     request["Pod"]["spec"]["runtimeClassName"] = "runv"
+    with_slot(request["Pod"], "runv")
     body = server.post("filter", request if casing == "go" else lower_keys(request)).json()
     assert body["NodeNames"] == [SANDBOX_1]
     assert body["Nodes"] is None and body["Error"] == ""
-    assert set(body["FailedAndUnresolvableNodes"]) == {GENERAL_1, GENERAL_2}
+    # Preemption can neither install a runtime nor revive an agent: unresolvable (kube-scheduler >= 1.20).
+    assert set(body["FailedAndUnresolvableNodes"]) == {GENERAL_1, GENERAL_2, SANDBOX_2}
     assert keys.runtime_label("runv") in body["FailedAndUnresolvableNodes"][GENERAL_1]
-    assert list(body["FailedNodes"]) == [SANDBOX_2]
-    assert keys.agent_lease_name(SANDBOX_2) in body["FailedNodes"][SANDBOX_2]
+    assert keys.agent_lease_name(SANDBOX_2) in body["FailedAndUnresolvableNodes"][SANDBOX_2]
+    assert body["FailedNodes"] == {}
+
+
+@pytest.mark.parametrize("version", ["1.14", "1.19"])
+def test_schedulers_before_1_20_get_every_failure_in_failed_nodes(extender, k8s, cluster, version):
+    """FailedAndUnresolvableNodes is unknown before 1.20: nodes put there would be silently kept."""
+    cluster["leases"] = [k8s.lease(SANDBOX_1)]
+    server = extender(items(k8s, cluster), cluster_version=version)
+    request = fixture("filter-ncc-true-some-nodes-failed")
+    request["NodeNames"] = [SANDBOX_1, SANDBOX_2, GENERAL_1, GENERAL_2]
+    request["Pod"]["spec"]["runtimeClassName"] = "runv"
+    request["Pod"]["spec"].pop("overhead", None)
+    with_slot(request["Pod"], "runv")
+    body = server.post("filter", request).json()
+    assert body["NodeNames"] == [SANDBOX_1]
+    assert set(body["FailedNodes"]) == {GENERAL_1, GENERAL_2, SANDBOX_2}
+    assert body["FailedAndUnresolvableNodes"] == {}
 
 
 @pytest.mark.parametrize("casing", ["go", "lower"])
@@ -78,8 +106,8 @@ def test_node_list_mode_echoes_the_passing_node_objects(extender, k8s, cluster, 
     assert body["NodeNames"] is None
     passed = [n for n in request["Nodes"]["items"] if n["metadata"]["name"] == SANDBOX_1]
     assert body["Nodes"] == {"metadata": {}, "items": passed}
-    assert "heartbeat stale" in body["FailedNodes"][SANDBOX_2]
-    assert body["FailedAndUnresolvableNodes"] == {}
+    assert "heartbeat stale" in body["FailedAndUnresolvableNodes"][SANDBOX_2]
+    assert body["FailedNodes"] == {}
 
 
 def test_node_list_mode_uses_the_nodes_sent_not_the_cache(extender, k8s, cluster):
@@ -116,13 +144,17 @@ def test_answer_never_names_a_node_outside_the_input(extender, k8s, cluster):
     assert "not in the sandgate extender's cache" in body["FailedNodes"]["node-the-extender-never-saw"]
 
 
-def test_routing_annotation_makes_a_pod_sandboxed(extender, k8s, cluster):
+def test_a_pod_the_webhook_did_not_route_is_not_sandboxed(extender, k8s, cluster):
+    """The annotation alone (say, where allowPodOptIn is off) or a slot without its runtime class is not routing."""
     server = extender(items(k8s, cluster))
-    request = fixture("filter-ncc-true-plain-pod")
-    request["Pod"]["metadata"]["annotations"] = {keys.DEFAULT_POD_ANNOTATION: keys.SANDBOXED_VALUE}
-    body = server.post("filter", request).json()
-    assert body["NodeNames"] == [SANDBOX_1]
-    assert set(body["FailedAndUnresolvableNodes"]) == {GENERAL_1, GENERAL_2}
+    annotated = fixture("filter-ncc-true-plain-pod")
+    annotated["Pod"]["metadata"]["annotations"] = {keys.DEFAULT_POD_ANNOTATION: keys.SANDBOXED_VALUE}
+    slot_only = fixture("filter-ncc-true-plain-pod")
+    with_slot(slot_only["Pod"], "runv")
+    for request in (annotated, slot_only):
+        body = server.post("filter", request).json()
+        assert body["NodeNames"] == request["NodeNames"]
+        assert body["FailedNodes"] == {} and body["FailedAndUnresolvableNodes"] == {}
 
 
 # -- prioritize ----------------------------------------------------------------------------------------
@@ -138,15 +170,16 @@ def test_spread_scores_the_emptier_sandbox_node_higher(extender, k8s, cluster, n
         assert [s["Host"] for s in scores] == sent
         by_host = {s["Host"]: s["Score"] for s in scores}
         assert all(isinstance(v, int) and 0 <= v <= 10 for v in by_host.values())
-        # pool-sandbox-1: 2/8 slots and 4/16Gi free -> 3; pool-sandbox-2: all free -> 10
+        # pool-sandbox-1: 2 of 8 slots free -> round(2.5) = 3; pool-sandbox-2: all free -> 10
         assert by_host == {SANDBOX_1: 3, SANDBOX_2: 10}
 
 
 @pytest.mark.parametrize("name", ["prioritize-ncc-true-plain-pod", "prioritize-ncc-false-plain-pod"])
-def test_plain_pods_prefer_nodes_without_sandbox_runtimes(extender, k8s, cluster, name):
+def test_plain_pods_get_neutral_scores(extender, k8s, cluster, name):
+    """Only sandboxed pods reach the extender (managedResources); any other pod is not its business."""
     server = extender(items(k8s, cluster))
     scores = {s["Host"]: s["Score"] for s in server.post("prioritize", fixture(name)).json()}
-    assert scores == {SANDBOX_1: 0, GENERAL_1: 10, GENERAL_2: 10}
+    assert scores == {SANDBOX_1: 0, GENERAL_1: 0, GENERAL_2: 0}
 
 
 # -- bad requests ----------------------------------------------------------------------------------------
@@ -163,7 +196,9 @@ def test_plain_pods_prefer_nodes_without_sandbox_runtimes(extender, k8s, cluster
     ("filter", {"Pod": {"metadata": {"name": "p"}, "spec": {"runtimeClassName": "runv", "containers": [
         {"resources": {"requests": {"memory": "lots"}}}]}}, "NodeNames": []},
      'Pod.spec.containers[0].resources.requests.memory: invalid quantity "lots"'),
-    ("bind", {"PodName": "p", "PodNamespace": "ns", "Node": "n"}, "ExtenderBindingArgs.PodUID is required"),
+    ("filter", {"Pod": {"metadata": {"name": "p"}, "spec": {"runtimeClassName": "runv", "containers": [
+        {"resources": {"requests": {keys.sandbox_resource("runv"): "NaN"}}}]}}, "NodeNames": []},
+     "is not a slot count"),
     ("preempt", {"Pod": {"metadata": {"name": "p"}}, "NodeNameToMetaVictims": {"n": {"Pods": [{}]}}},
      "NodeNameToMetaVictims[n].Pods[0].UID is required"),
 ])
@@ -174,62 +209,20 @@ def test_malformed_requests_get_400_with_the_reason(extender, k8s, cluster, verb
     assert reason in resp.json()["Error"]
 
 
-# -- bind ----------------------------------------------------------------------------------------
+# -- no bind ---------------------------------------------------------------------------------------
 
-def filter_as(server, name: str, uid: str, nodes: list[str]) -> dict:
-    request = fixture("filter-ncc-true-runv-pod")
-    request["Pod"]["metadata"].update(name=name, uid=uid)
-    request["NodeNames"] = nodes
-    return server.post("filter", request).json()
-
-
-def test_bind_in_snapshot_mode_uses_the_slot_for_later_filters(extender, k8s, cluster):
-    set_capacity(cluster["nodes"], SANDBOX_1, 1)
+def test_bind_is_gone(extender, k8s, cluster):
+    """kube-scheduler binds: /bind answers 404 to anyone who reaches the port, and binds nothing."""
     server = extender(items(k8s, cluster))
-    bind = fixture("bind-runv-pod")
-    assert filter_as(server, bind["PodName"], bind["PodUID"], [SANDBOX_1])["NodeNames"] == [SANDBOX_1]
-    assert server.post("bind", bind).json() == {"Error": ""}
-    assert server.post("bind", lower_keys(bind)).json() == {"Error": ""}  # a retried bind is idempotent
-    after = filter_as(server, "next-vm", "0b5cf3c4-0000-4000-8000-000000000001", [SANDBOX_1, SANDBOX_2])
-    assert after["NodeNames"] == [SANDBOX_2]
-    assert "capacity 1, bound 1, reserved 0" in after["FailedNodes"][SANDBOX_1]
-    refused = server.post("bind", {**bind, "PodName": "next-vm", "PodUID": "0b5cf3c4-0000-4000-8000-000000000001"})
-    assert "no free runv sandbox slot" in refused.json()["Error"]
-
-
-def test_bind_of_an_unknown_pod_is_refused(extender, k8s, cluster):
-    server = extender(items(k8s, cluster))
-    error = server.post("bind", fixture("bind-plain-pod")).json()["Error"]
-    assert "unknown to the extender" in error
-
-
-def test_parallel_binds_never_overcommit(extender, k8s, cluster):
-    set_capacity(cluster["nodes"], SANDBOX_1, 5)
-    cluster["pods"] = [k8s.pod(f"running-{i}", node=SANDBOX_1, runtime_class="runv") for i in range(2)]
-    server = extender(items(k8s, cluster))
-    uids = [f"7e57a11e-0000-4000-8000-{i:012d}" for i in range(50)]
-    for i, uid in enumerate(uids):
-        assert filter_as(server, f"burst-{i}", uid, [SANDBOX_1])["NodeNames"] == [SANDBOX_1]
-
-    def bind(i: int) -> str:
-        args = {"PodName": f"burst-{i}", "PodNamespace": "batch-jobs", "PodUID": uids[i], "Node": SANDBOX_1}
-        return requests.post(f"{server.url}/bind", json=args, timeout=30).json()["Error"]
-
-    with ThreadPoolExecutor(max_workers=50) as pool:
-        errors = list(pool.map(bind, range(50)))
-    assert errors.count("") == 3
-    assert all("no free runv sandbox slot" in e for e in errors if e)
-    status = requests.get(f"{server.url}/readyz", timeout=5).json()
-    assert status["pods"] == 5
-    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
-    assert 'sandgate_extender_binds_total{result="bound"} 3.0' in metrics
-    assert 'sandgate_extender_binds_total{result="no_free_slot"} 47.0' in metrics
+    resp = server.post("bind", fixture("bind-runv-pod"))
+    assert resp.status_code == 404 and "/bind" in resp.json()["Error"]
 
 
 # -- preempt ---------------------------------------------------------------------------------------
 
 def test_preempt_drops_nodes_that_cannot_run_the_runtime(extender, k8s, cluster):
     request = fixture("preempt-ncc-true")
+    with_slot(request["Pod"], "runv")
     set_capacity(cluster["nodes"], SANDBOX_1, 1)
     victim_uid = request["NodeNameToMetaVictims"][SANDBOX_1]["Pods"][0]["UID"]
     cluster["pods"] = [k8s.pod("low-vm", node=SANDBOX_1, runtime_class="runv", uid=victim_uid)]
@@ -253,6 +246,23 @@ def test_preempt_for_a_plain_pod_keeps_every_candidate(extender, k8s, cluster):
     assert body == load_fixture("extender/response-preempt-ncc-false.json")
 
 
+def test_preempt_without_node_cache_judges_the_nodes_the_scheduler_sent(extender, k8s, cluster):
+    """nodeCacheCapable=false: the Node objects of the pod's filter call, not the cache, decide."""
+    server = extender(items(k8s, cluster))
+    sent = fixture("filter-ncc-false-runv-pod")
+    for node in sent["Nodes"]["items"]:
+        if node["metadata"]["name"] == SANDBOX_2:
+            del node["metadata"]["labels"][keys.runtime_label("runv")]
+    assert [n["metadata"]["name"] for n in server.post("filter", sent).json()["Nodes"]["items"]] == [SANDBOX_1]
+    request = fixture("preempt-ncc-false")
+    request["Pod"] = sent["Pod"]
+    victims = request["NodeNameToVictims"][SANDBOX_1]  # the captured victims, offered on both runv nodes
+    request["NodeNameToVictims"] = {SANDBOX_1: victims, SANDBOX_2: victims}
+    # The cache says pool-sandbox-2 runs runv; the Node the scheduler sent says it does not.
+    kept = server.post("preempt", request).json()["NodeNameToMetaVictims"]
+    assert set(kept) == {SANDBOX_1}
+
+
 # -- legacy clusters, observability, startup ------------------------------------------------------------
 
 def test_legacy_cluster_counts_sandbox_overhead_against_allocatable(extender, k8s, cluster):
@@ -266,17 +276,19 @@ def test_legacy_cluster_counts_sandbox_overhead_against_allocatable(extender, k8
     body = server.post("filter", request).json()
     assert body["NodeNames"] == [SANDBOX_2]
     assert "insufficient cpu" in body["FailedNodes"][SANDBOX_1]
-    assert requests.get(f"{server.url}/readyz", timeout=5).json()["mode"] == "legacy"
+    assert requests.get(f"{server.url}/readyz", timeout=5).json()["mode"] == "overhead_in_extender"
 
 
 def test_metrics_readyz_and_logs(extender, k8s, cluster):
     server = extender(items(k8s, cluster), cluster_version=None)  # version from the nodes' kubeletVersion
     request = fixture("filter-ncc-true-some-nodes-failed")
     request["Pod"]["spec"]["runtimeClassName"] = "runv"
+    with_slot(request["Pod"], "runv")
     server.post("filter", request)
     ready = requests.get(f"{server.url}/readyz", timeout=5)
     assert ready.status_code == 200
-    assert ready.json()["source"] == "snapshot" and ready.json()["mode"] == "runtimeclass"
+    assert ready.json()["source"] == "snapshot" and ready.json()["mode"] == "overhead_in_scheduler"
+    assert ready.json()["skippedObjects"] == 0
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     assert ('sandgate_extender_node_decisions_total{reason="runtime_not_advertised",verb="filter",'
             'verdict="unresolvable"} 2.0') in metrics
@@ -285,6 +297,31 @@ def test_metrics_readyz_and_logs(extender, k8s, cluster):
     filters = [line for line in server.logs() if line.get("msg") == "filter"]
     assert filters and filters[0]["namespace"] == "batch-jobs" and filters[0]["pod"] == "filter-demo-names"
     assert filters[0]["uid"] == request["Pod"]["metadata"]["uid"]
+
+
+def test_hostile_objects_in_a_snapshot_are_skipped_and_shown(extender, k8s, cluster):
+    """One unreadable Node, Pod or Lease must neither stop the extender nor hide the others."""
+    hostile = k8s.manifest_nodes()[0]
+    hostile["metadata"]["name"] = "hostile-node"
+    hostile["metadata"]["annotations"][keys.capacity_annotation("runv")] = "\u00b2"
+    hostile["status"]["allocatable"]["memory"] = "NaN"
+    bad_pod = k8s.pod("huge", node=SANDBOX_1, cpu="1e999990")
+    bad_pod["spec"]["containers"][0]["resources"]["requests"]["memory"] = "Inf"
+    bad_lease = k8s.lease(SANDBOX_2)
+    bad_lease["spec"]["renewTime"] = "\u00b2"
+    cluster["nodes"].append(hostile)
+    cluster["pods"] = [bad_pod]
+    cluster["leases"].append(bad_lease)
+    server = extender(items(k8s, cluster))
+    ready = requests.get(f"{server.url}/readyz", timeout=5).json()
+    assert ready["ready"] is True and ready["skippedObjects"] == 3
+    assert "hostile-node" in ready["skipped"]["nodes"]["objects"]
+    assert "batch-jobs/huge" in ready["skipped"]["pods"]["objects"]
+    assert ready["skipped"]["leases"]["count"] == 1
+    body = server.post("filter", fixture("filter-ncc-true-runv-pod")).json()
+    assert body["NodeNames"] == [SANDBOX_2, SANDBOX_1]
+    assert 'sandgate_extender_skipped_objects{resource="nodes"} 1.0' in \
+        requests.get(f"{server.url}/metrics", timeout=5).text
 
 
 def test_bad_snapshot_exits_with_a_message(extender, tmp_path, k8s):

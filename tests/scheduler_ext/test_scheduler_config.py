@@ -9,10 +9,10 @@ import re
 import pytest
 import yaml
 
+from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion
-from sandgate.core.policy import PolicyStore
-from scheduler_ext.app import Runtime, SoleReplica, create_app
-from scheduler_ext.binder import Binder, SnapshotPoster
+from sandgate.core.policy import PolicyStore, load_policy
+from scheduler_ext.app import Runtime, create_app
 from scheduler_ext.state import ClusterCache
 from support import EXAMPLE_POLICY, REPO
 
@@ -32,9 +32,13 @@ def served_verbs() -> set[str]:
     """The POST routes of the real extender app."""
     store = PolicyStore(EXAMPLE_POLICY)
     cache = ClusterCache(store.current, ClusterVersion(1, 24))
-    binder = Binder(cache, SnapshotPoster(cache), lambda: True, lambda: None)
-    app = create_app(Runtime(store, cache, binder, SoleReplica(), "snapshot"))
+    app = create_app(Runtime(store, cache, "snapshot"))
     return {path.lstrip("/") for method, path in app.routes if method == "POST"}
+
+
+def shipped_handlers() -> list[str]:
+    """The runtime handlers of the shipped policy (manifests/base/policy.yaml)."""
+    return sorted(load_policy(REPO / "manifests" / "base" / "policy.yaml").handlers)
 
 
 def check_extender(ext: dict, allowed: set[str]) -> None:
@@ -45,8 +49,13 @@ def check_extender(ext: dict, allowed: set[str]) -> None:
     assert ext["nodeCacheCapable"] is True
     assert ext["ignorable"] is False
     assert isinstance(ext["weight"], int) and ext["weight"] > 0
-    verbs = {ext[k] for k in ("filterVerb", "prioritizeVerb", "preemptVerb", "bindVerb")}
+    verbs = {ext[k] for k in ("filterVerb", "prioritizeVerb", "preemptVerb")}
     assert verbs == served_verbs()
+    # kube-scheduler binds (and counts the slots): an extender bind verb would take that over
+    assert "bindVerb" not in ext
+    # called only for pods that request a slot of some handler; the scheduler keeps counting them
+    assert sorted(ext["managedResources"], key=lambda r: r["name"]) == [{"name": keys.sandbox_resource(h), "ignoredByScheduler": False}
+                                       for h in shipped_handlers()]
 
 
 def test_legacy_policy_file():

@@ -128,14 +128,17 @@ class AgentSettings:
     reload_command: tuple[str, ...] = ()
     # "auto" (ask the node) or a release line such as "1.7" / "2.0": it decides containerd's merge rules.
     containerd_version: str = "auto"
-    cri_endpoint: str | None = None  # None: the runtime manager's own socket (containerd: DEFAULT_CRI_ENDPOINT)
+    # The CRI socket (a path is resolved under --root); with CRI-O, the default means CRI-O's own socket.
+    cri_endpoint: str = "unix:///run/containerd/containerd.sock"
     runtime_manager: str = "auto"  # auto | containerd | crio
     crio_config: str = "/etc/crio/crio.conf"
     crio_drop_in_dir: str = "/etc/crio/crio.conf.d"
     reload_timeout_seconds: int = 30  # after the reload, CRI Status must report RuntimeReady within this
+    # agent.metrics.allSandboxes: also export runc (non-policy handler) sandboxes, for comparison.
+    all_sandboxes: bool = False
 
 
-DEFAULT_CRI_ENDPOINT = "unix:///run/containerd/containerd.sock"
+DEFAULT_CRI_ENDPOINT = AgentSettings.cri_endpoint
 RUNTIME_MANAGERS = ("auto", "containerd", "crio")
 CONTAINERD_VERSION = re.compile(r"^(auto|[1-9][0-9]*\.(0|[1-9][0-9]*))$")
 

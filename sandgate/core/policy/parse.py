@@ -250,7 +250,7 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
     d = _mapping(doc, "agent", errs, ("namespace", "leaseDurationSeconds", "maxSandboxes", "reservedMemory",
                                       "containerdConfig", "dropInDir", "reloadCommand", "containerdVersion",
                                       "criEndpoint", "runtimeManager", "crioConfig", "crioDropInDir",
-                                      "reloadTimeoutSeconds"))
+                                      "reloadTimeoutSeconds", "metrics"))
     base = AgentSettings()
     reserved = base.reserved_memory
     if d.get("reservedMemory") is not None:
@@ -264,10 +264,10 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         errs.add("agent.containerdVersion", f'must be "auto" or a containerd release such as "1.7" or "2.0", '
                                             f'got "{containerd_version}"')
         containerd_version = base.containerd_version
-    cri_endpoint = _string(d.get("criEndpoint"), "agent.criEndpoint", errs)
-    if cri_endpoint is not None and not (cri_endpoint.startswith("unix:///") or cri_endpoint.startswith("/")):
+    cri_endpoint = _string(d.get("criEndpoint"), "agent.criEndpoint", errs, base.cri_endpoint)
+    if not (cri_endpoint.startswith("unix:///") or cri_endpoint.startswith("/")):
         errs.add("agent.criEndpoint", f'must be unix:///<absolute path> or an absolute socket path, got "{cri_endpoint}"')
-        cri_endpoint = None
+        cri_endpoint = base.cri_endpoint
     runtime_manager = _string(d.get("runtimeManager"), "agent.runtimeManager", errs, base.runtime_manager)
     if runtime_manager not in RUNTIME_MANAGERS:
         errs.add("agent.runtimeManager", f'must be one of {", ".join(RUNTIME_MANAGERS)}, got "{runtime_manager}"')
@@ -288,7 +288,10 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
         crio_drop_in_dir=_string(d.get("crioDropInDir"), "agent.crioDropInDir", errs, base.crio_drop_in_dir),
         reload_timeout_seconds=_int(d.get("reloadTimeoutSeconds"), "agent.reloadTimeoutSeconds", errs,
                                     base.reload_timeout_seconds, minimum=1),
+        all_sandboxes=_bool(_mapping(d.get("metrics"), "agent.metrics", errs, ("allSandboxes",)).get("allSandboxes"),
+                            "agent.metrics.allSandboxes", errs, base.all_sandboxes),
     )
+
 
 
 def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:

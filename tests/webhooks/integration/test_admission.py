@@ -16,7 +16,7 @@ import yaml
 
 from webhook_harness import ADMISSION_CASES, NAMESPACE, review
 from sandgate.core import keys
-from support import EXAMPLE_POLICY, load_fixture
+from support import EXAMPLE_POLICY, HANDMADE_FIXTURES, load_fixture
 
 VERSIONS = ["v1", "v1beta1"]
 POLICY = yaml.safe_load(EXAMPLE_POLICY.read_text())
@@ -164,3 +164,42 @@ def test_unknown_path_profile_is_denied_not_admitted(modern):
     response = answer(modern, "/mutate/no-such-profile", review("01-create-bare-pod"))
     assert response["allowed"] is False
     assert "no-such-profile" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_reinvocation_after_a_sidecar_was_injected_patches_only_the_padding_difference(modern, version):
+    doc = review("01-create-bare-pod", version)
+    first = patched(answer(modern, "/mutate/runv", doc), doc["request"]["object"])
+    # A mesh webhook adds its proxy sidecar after sandgate; the API server reinvokes sandgate.
+    meshed = copy.deepcopy(first)
+    meshed["spec"]["initContainers"] = [{"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                                         "resources": {"requests": {"memory": "4Gi"}}}]
+    response = answer(modern, "/mutate/runv", with_object(doc, meshed))
+    final = patched(response, meshed)
+    ops = jsonpatch.JsonPatch.from_string(base64.b64decode(response["patch"]).decode()).patch
+    assert [op["path"] for op in ops] == ["/spec/containers/0/resources/requests/memory",
+                                          "/metadata/annotations/sandgate.io~1overhead-padding"]
+    # 128Mi app + 4Gi sidecar = 4224Mi; 2% of it is 88583700.48 bytes (above memoryMin, beyond podFixed).
+    assert final["spec"]["containers"][0]["resources"]["requests"]["memory"] == str(128 * 2**20 + 88583701)
+    again = answer(modern, "/mutate/runv", with_object(doc, final))
+    assert again["allowed"] is True and "patch" not in again
+    assert answer(modern, "/validate/runv", with_object(doc, final))["allowed"] is True
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_kubectl_debug_with_a_privileged_container_is_refused(modern, version):
+    doc = load_fixture(f"admission/{version}-09-update-ephemeralcontainers-privileged.json", HANDMADE_FIXTURES)
+    response = answer(modern, "/validate/runv", doc)
+    assert response["allowed"] is False and response["status"]["code"] == 403
+    assert response["status"]["message"] == (
+        'spec.ephemeralContainers[0].securityContext.privileged is forbidden by sandbox profile "runv"')
+    del doc["request"]["object"]["spec"]["ephemeralContainers"][0]["securityContext"]
+    assert answer(modern, "/validate/runv", doc)["allowed"] is True
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_resize_the_padding_cannot_cover_is_refused(modern, version):
+    doc = load_fixture(f"admission/{version}-10-update-resize-memory.json", HANDMADE_FIXTURES)
+    response = answer(modern, "/validate/runv", doc)
+    assert response["allowed"] is False
+    assert response["status"]["message"].startswith("spec.containers[0].resources.requests.memory: this resize")

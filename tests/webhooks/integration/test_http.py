@@ -41,6 +41,8 @@ def test_malformed_json_is_400(hook):
     assert_400(hook.post("/mutate/runv", b'{"apiVersion": '), "not valid JSON")
     assert_400(hook.post("/mutate/runv", b"[1, 2]"), "must be a JSON object")
     assert_400(hook.post("/mutate/runv", b"[" * 100000 + b"]" * 100000), "not valid JSON")
+    # Deep objects too: a fast parser without a depth limit would crash the worker here.
+    assert_400(hook.post("/mutate/runv", b'{"a":' * 500000 + b"1" + b"}" * 500000), "not valid JSON")
     assert_400(hook.post("/mutate/runv", b"\xff\xfe"), "not valid JSON")
 
 

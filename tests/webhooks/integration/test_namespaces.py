@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import json
 
+import jsonpatch
 import pytest
 from kubernetes import client
 
+from sandgate.core import keys
 from webhook_harness import NAMESPACE, review, wait_for
 from webhooks.namespaces import NamespaceCache
 
@@ -112,3 +114,25 @@ def test_webhook_routes_mutate_by_watched_namespace_labels(start_webhook, fake_a
     assert {"op": "add", "path": "/spec/runtimeClassName", "value": "gvisor"} in relabelled
     guard = hook.post("/validate", trusted).json()["response"]
     assert guard["allowed"] is False  # the pod as sent has no runtimeClassName: the guard refuses it
+
+
+def test_on_1_15_a_pod_naming_a_missing_runtime_class_is_refused_like_the_builtin_plugin(start_webhook, fake_api,
+                                                                                       tmp_path):
+    kubeconfig = str(fake_api.kubeconfig(tmp_path / "kubeconfig"))
+    hook = start_webhook("--kubeconfig", kubeconfig, "--cluster-version", "1.15", "--workers", "1")
+    doc = review("01-create-bare-pod")
+    mutated = hook.post("/mutate/runv", doc).json()["response"]
+    doc["request"]["object"] = jsonpatch.apply_patch(doc["request"]["object"],
+                                                     json.loads(base64.b64decode(mutated["patch"])))
+    for _ in range(2):
+        assert hook.post("/validate/runv", doc).json()["response"]["allowed"] is True
+    assert fake_api.runtime_class_gets == 1  # seen to exist: remembered, not looked up for every pod
+
+    # An unrouted pod in an opt-in namespace naming a RuntimeClass nobody created.
+    plain = review("01-create-bare-pod")
+    plain["request"]["object"]["spec"]["runtimeClassName"] = "kata"
+    response = hook.post(f"/validate/{keys.OPT_IN_PATH_SEGMENT}", plain).json()["response"]
+    assert response["allowed"] is False and response["status"]["code"] == 403
+    assert response["status"]["message"] == 'pod rejected: RuntimeClass "kata" not found'
+    fake_api.runtime_classes.add("kata")  # created a moment ago: looked up live, admitted
+    assert hook.post(f"/validate/{keys.OPT_IN_PATH_SEGMENT}", plain).json()["response"]["allowed"] is True

@@ -143,6 +143,8 @@ class FakeKubeAPI:
         self.watch_idle_seconds = watch_idle_seconds
         self.lists = 0
         self.watches = 0
+        self.runtime_classes = {"runv", "gvisor"}  # node.k8s.io/v1beta1 RuntimeClasses that exist
+        self.runtime_class_gets = 0
         # GET /version of a real v1.24.1 API server (every field is required by the client's model).
         self.version = {"major": "1", "minor": "24", "gitVersion": "v1.24.1",
                         "gitCommit": "3ddd0f45aa91e2f30c70734b175631bec5b5825a", "gitTreeState": "clean",
@@ -158,6 +160,18 @@ class FakeKubeAPI:
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path.rstrip("/") == "/version":
                     return self.send_json(200, api.version, close=True)
+                prefix = "/apis/node.k8s.io/v1beta1/runtimeclasses/"
+                if url.path.startswith(prefix):
+                    name = url.path[len(prefix):]
+                    with api.lock:
+                        api.runtime_class_gets += 1
+                    if name in api.runtime_classes:
+                        return self.send_json(200, {"kind": "RuntimeClass", "apiVersion": "node.k8s.io/v1beta1",
+                                                    "metadata": {"name": name}, "handler": name}, close=True)
+                    return self.send_json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                "reason": "NotFound", "code": 404,
+                                                "message": f'runtimeclasses.node.k8s.io "{name}" not found'},
+                                          close=True)
                 if url.path != "/api/v1/namespaces":
                     return self.send_json(404, {"kind": "Status", "code": 404, "message": "not found"}, close=True)
                 if query.get("watch") in ("true", "1"):

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
@@ -14,6 +16,8 @@ from sandgate.core.quantity import QuantityError
 from webhooks.mutating import mutation_patch
 from webhooks.padding import PaddingRecord, format_quantity, required_padding, round_up
 
+from sandgate.core.policy import load_policy
+from support import EXAMPLE_POLICY
 from webhook_cases import fixture_request
 
 MI = 1024 * 1024
@@ -275,3 +279,46 @@ def test_invalid_limit_quantity_names_the_field(policy):
     with pytest.raises(QuantityError) as info:
         mutation_patch(pod([ctr("a", {"cpu": "1"}, {"cpu": "fast"})]), policy.profiles["runv"], Mode.WEBHOOK_MERGES)
     assert str(info.value) == 'spec.containers[0].resources.limits.cpu: invalid quantity "fast"'
+
+
+# ---- properties over generated pods ---------------------------------------------------------------------
+
+QUANTITIES = st.one_of(st.integers(0, 64 * 1024).map(lambda mi: f"{mi}Mi"), st.integers(0, 10**10).map(str),
+                       st.integers(0, 8000).map(lambda m: f"{m}m"), st.sampled_from(["0.5", "1.5Gi", "3k"]))
+
+
+@st.composite
+def pods(draw):
+    def container(name, sidecar=False):
+        requests = draw(st.dictionaries(st.sampled_from(["cpu", "memory"]), QUANTITIES, max_size=2))
+        limits = {r: q for r, q in requests.items() if draw(st.booleans())}
+        extra = {"restartPolicy": "Always"} if sidecar else {}
+        return ctr(name, requests, limits or None, **extra)
+
+    apps = [container(f"app{i}") for i in range(draw(st.integers(1, 3)))]
+    inits = [container(f"init{i}", sidecar=draw(st.booleans())) for i in range(draw(st.integers(0, 3)))]
+    extra = {}
+    if draw(st.booleans()):
+        extra["resources"] = {"requests": draw(st.dictionaries(st.sampled_from(["cpu", "memory"]), QUANTITIES,
+                                                               min_size=1, max_size=2))}
+    return pod(apps, inits, **extra)
+
+
+@settings(max_examples=150, deadline=None)
+@given(p=pods(), mode=st.sampled_from(list(Mode)), sidecar=st.sampled_from(["64Mi", "3Gi", "0"]))
+def test_padding_is_exact_idempotent_and_reinvocation_gives_the_same_pod(p, mode, sidecar):
+    runv = load_policy(EXAMPLE_POLICY).profiles["runv"]
+    once, _ = pad(p, runv, mode)
+    assert mutation_patch(once, runv, mode)[0] == []
+    rec = record(once)
+    for resource, amount in required_padding(p["spec"], runv, mode).items():
+        # The scheduler's total grows by exactly the padding, from the recorded basis.
+        assert effective(once, resource) == effective(p, resource) + amount
+        assert format_quantity(resource, effective(p, resource)) == rec["basis"][resource]
+    # A later webhook adds a sidecar: reinvoking sandgate gives the pod it would have made of the final pod.
+    late = {"name": "late", "image": "i", "restartPolicy": "Always", "resources": {"requests": {"memory": sidecar}}}
+    reinvoked = copy.deepcopy(once)
+    reinvoked["spec"].setdefault("initContainers", []).append(late)
+    direct = copy.deepcopy(p)
+    direct["spec"].setdefault("initContainers", []).append(copy.deepcopy(late))
+    assert pad(reinvoked, runv, mode)[0]["spec"] == pad(direct, runv, mode)[0]["spec"]

@@ -2,7 +2,8 @@
 
 import pytest
 
-from webhooks.scheduling import NodeSelectorConflict, is_superset, merge_node_selector, merge_tolerations
+from webhooks.scheduling import (NodeSelectorConflict, is_superset, merge_node_selector, merge_tolerations,
+                                 tolerates_no_execute_taint, with_edge_toleration_seconds)
 
 # The named tolerations of kubernetes/pkg/util/tolerations/tolerations_test.go.
 TOLERATIONS = {
@@ -115,3 +116,55 @@ def test_node_selector_conflict_has_the_builtin_text():
     assert str(info.value) == ("conflict: runtimeClass.scheduling.nodeSelector[runtime] = runv; "
                                "pod.spec.nodeSelector[runtime] = runc")
     assert isinstance(info.value, ValueError)
+
+
+# ---- edge grace: the taint manager evicts after the minimum tolerationSeconds of the matching tolerations ---
+
+NOT_READY = "node.kubernetes.io/not-ready"
+UNREACHABLE = "node.kubernetes.io/unreachable"
+
+
+def eviction_seconds(tolerations, taint_key):
+    """What the taint manager waits for a value-less NoExecute taint (getMinTolerationTime); None = forever."""
+    matching = [t for t in tolerations if tolerates_no_execute_taint(t, taint_key)]
+    assert matching, "not tolerated at all: evicted at once"
+    seconds = [t["tolerationSeconds"] for t in matching if t.get("tolerationSeconds") is not None]
+    return min(seconds) if seconds else None
+
+
+@pytest.mark.parametrize("tolerations", [
+    [],  # DefaultTolerationSeconds off
+    [{"key": NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+     {"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+    # A wildcard that used to shadow the edge tolerations appended after it.
+    [{"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+     {"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+    [{"key": UNREACHABLE, "operator": "Equal", "effect": "NoExecute", "tolerationSeconds": 0}],
+    [{"operator": "Exists", "tolerationSeconds": 10, "effect": "NoExecute"}, {"key": "other", "operator": "Exists"}],
+])
+def test_edge_tolerations_decide_the_eviction_of_both_taints(tolerations):
+    result = with_edge_toleration_seconds(tolerations, 86400)
+    for taint in (NOT_READY, UNREACHABLE):
+        assert eviction_seconds(result, taint) == 86400
+    assert with_edge_toleration_seconds(result, 86400) == result  # idempotent
+    assert [t for t in result if t.get("key") == "other"] == [t for t in tolerations if t.get("key") == "other"]
+
+
+def test_tolerating_longer_or_forever_is_kept():
+    forever = [{"operator": "Exists"}]
+    assert with_edge_toleration_seconds(forever, 86400) == forever
+    assert eviction_seconds(forever, NOT_READY) is None
+    longer = [{"key": NOT_READY, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 90000},
+              {"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]
+    assert with_edge_toleration_seconds(longer, 86400) == longer
+
+
+@pytest.mark.parametrize("toleration, tolerated", [
+    ({"operator": "Exists"}, True),
+    ({"operator": "Exists", "effect": "NoSchedule"}, False),
+    ({"key": NOT_READY, "operator": "Equal"}, True),
+    ({"key": NOT_READY, "operator": "Equal", "value": "x"}, False),
+    ({"key": "other", "operator": "Exists", "effect": "NoExecute"}, False),
+])
+def test_which_tolerations_match_the_edge_taints(toleration, tolerated):
+    assert tolerates_no_execute_taint(toleration, NOT_READY) is tolerated

@@ -194,3 +194,36 @@ def test_resize_within_what_the_padding_covers_is_allowed(policy, version):
         resized["spec"]["containers"][0]["resources"]["requests"]["memory"] = memory
         verdict = validate(with_object(req, resized), policy, Mode.APISERVER_MERGES, SANDBOXED)
         assert (verdict.allowed, verdict.reason) == (True, "routed"), memory
+
+
+# ---- RuntimeClass existence where no built-in plugin checks it (1.14-1.15) ------------------------------
+
+class StubLookup:
+    def __init__(self, existing):
+        self.existing, self.asked = existing, []
+
+    def exists(self, name):
+        self.asked.append(name)
+        return self.existing.get(name)
+
+
+@pytest.mark.parametrize("version, refused", [("1.14", True), ("1.15", True), ("1.16", False), ("1.32", False)])
+def test_missing_runtime_class_is_refused_only_where_no_builtin_plugin_does(policy, version, refused):
+    from sandgate.core.clusterversion import ClusterVersion
+    from webhooks.app import WebhookState
+    from webhooks.review import Verdict
+
+    lookup = StubLookup({"runv": True, "kata": False, "unknown": None})
+    state = WebhookState(policies=None, start_version=ClusterVersion.parse(version), metrics=None,
+                         runtime_classes=lookup)
+    req = fixture_request("v1-01-create-bare-pod")
+    allowed = Verdict(allowed=True, reason="not-routed")
+    for name, denied in (("runv", False), ("kata", refused), ("unknown", False)):
+        pod = copy.deepcopy(req.object)
+        pod["spec"]["runtimeClassName"] = name
+        verdict = state.runtime_class_check(with_object(req, pod), policy, allowed)
+        assert (not verdict.allowed) == denied
+        if denied:
+            assert (verdict.code, verdict.message) == (403, 'pod rejected: RuntimeClass "kata" not found')
+    assert state.runtime_class_check(req, policy, allowed) is allowed  # no runtimeClassName: nothing to look up
+    assert lookup.asked == ([] if not refused else ["runv", "kata", "unknown"])

@@ -1,11 +1,10 @@
-"""Serving over TLS (1.2 minimum), and what a follower replica does with a bind."""
+"""Serving over TLS (1.2 minimum)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
 import ssl
-import time
 import urllib.request
 
 import pytest
@@ -62,30 +61,3 @@ def test_tls_context_refuses_versions_before_1_2(tls_files):
 def test_cert_and_key_go_together(extender, k8s, tls_files):
     with pytest.raises(AssertionError, match="--cert-file and --key-file go together"):
         extender(k8s.snapshot_list(k8s.manifest_nodes()), "--cert-file", str(tls_files[0]))
-
-
-def test_a_follower_refuses_to_bind(extender, fake_api, k8s, tmp_path):
-    """Another replica holds the leader Lease: this one answers filter but never consumes a slot."""
-    for node in k8s.manifest_nodes():
-        fake_api.put("nodes", node)
-    fake_api.put("leases", k8s.lease("pool-sandbox-1"))
-    other = k8s.lease("x", duration=3600)
-    other["metadata"]["name"] = "sandgate-extender"
-    other["spec"]["holderIdentity"] = "extender-0_other"
-    fake_api.put("leases", other)
-    pod = fake_api.put("pods", k8s.pod("vm", runtime_class="runv"))
-    server = extender(None, "--kubeconfig", str(fake_api.kubeconfig(tmp_path / "kubeconfig")))
-    deadline = time.monotonic() + 10
-    while requests.get(f"{server.url}/readyz", timeout=5).json()["leaderIdentity"] is None:
-        assert time.monotonic() < deadline, "the elector never read the Lease"
-        time.sleep(0.1)
-    status = requests.get(f"{server.url}/readyz", timeout=5).json()
-    assert status["leader"] is False and status["leaderIdentity"] == "extender-0_other"
-    request = load_fixture("extender/filter-ncc-true-runv-pod.json")
-    request["Pod"] = pod
-    assert server.post("filter", request).json()["NodeNames"] == ["pool-sandbox-1"]
-    meta = pod["metadata"]
-    error = server.post("bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"],
-                                 "Node": "pool-sandbox-1"}).json()["Error"]
-    assert "not the leader (leader: extender-0_other)" in error
-    assert fake_api.bindings == []
