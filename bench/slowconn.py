@@ -342,8 +342,6 @@ def candidates(duration: float, connections: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sandgate-candidates-"))
     ctx = prepare(workdir)
     body = WEBHOOK_BODY.read_bytes()
-    body_file = workdir / "body.json"
-    body_file.write_bytes(body)
     rows = []
     try:
         with open(workdir / "servers.log", "wb") as log:
@@ -360,10 +358,10 @@ def candidates(duration: float, connections: int) -> None:
                                         cwd=REPO, stdout=log, stderr=log)
                 try:
                     wait_healthy(port, ctx, proc)
-                    url = f"https://127.0.0.1:{port}/mutate/runv"
-                    sat1 = webhook_bench.saturation(url, body_file, 1, duration, workdir, proc)
-                    sat64 = webhook_bench.saturation(url, body_file, 64, duration, workdir, proc)
-                    rate = webhook_bench.fixed_rate(url, body, ctx, 1, duration)
+                    base, calls = f"https://127.0.0.1:{port}", [("mutate", "/mutate/runv", body)]
+                    sat1 = webhook_bench.saturation(base, calls, 1, duration, workdir, proc)
+                    sat64 = webhook_bench.saturation(base, calls, 64, duration, workdir, proc)
+                    rate = webhook_bench.fixed_rate(base, calls, ctx, 1, duration)
                     slow = measure(name, port, "/mutate/runv", body, ctx, connections, duration, workdir)
                     rows.append((name, sat1, sat64, rate, slow))
                 finally:
