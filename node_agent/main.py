@@ -205,12 +205,12 @@ def run_agent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     publisher = None
     if not offline:
-        from sandgate.core.kube import KubeConfigError, load_api_client
+        from sandgate.core.rawapi import RawApi, RawApiConfigError, load_configuration
         from node_agent.publish import Publisher, Retry
 
         try:
-            api = load_api_client(args.kubeconfig)
-        except KubeConfigError as exc:
+            api = RawApi(load_configuration(args.kubeconfig))
+        except RawApiConfigError as exc:
             print(f"sandgate agent: {exc}", file=sys.stderr)
             return 2
         publisher = Publisher(api, args.node_name, Retry(attempts=args.api_attempts, stop=stop))
@@ -232,8 +232,7 @@ def _run_once(agent: Agent) -> int:
         from node_agent.sandboxes import inventory_once
 
         document = result.to_json()
-        sandboxes = inventory_once(agent.root.path, agent.store,
-                                   pod_reader=agent.publisher.read_pod if agent.publisher else None)
+        sandboxes = inventory_once(agent.root.path, agent.store)
         document["sandboxes"], document["sandboxesError"] = sandboxes.to_json(), sandboxes.error
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -252,8 +251,7 @@ def _run_loop(args: argparse.Namespace, store: PolicyStore, publisher: Any, stop
     from node_agent.sandbox_metrics import sandbox_watcher
 
     metrics = AgentMetrics()
-    sandboxes = sandbox_watcher(Path(args.root), store, args.interval, metrics.registry, stop,
-                                pod_reader=publisher.read_pod if publisher else None)
+    sandboxes = sandbox_watcher(Path(args.root), store, args.interval, metrics.registry, stop)
     try:
         server = MetricsServer(metrics, args.metrics_host, args.metrics_port, stale_after=max(60.0, 3 * args.interval),
                                sandboxes=lambda: sandboxes.inventory.current.document())

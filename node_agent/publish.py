@@ -3,10 +3,11 @@
 Every call is retried on transient failures (connection errors, 429, 5xx) with exponential backoff
 and full jitter, so a restarting API server is ridden out instead of crashing the agent.
 
-Requests go through the kubernetes client's ApiClient (kubeconfig or service-account auth, TLS,
-proxies) but not its typed API classes: importing CoreV1Api alone adds 22 MiB of resident memory
-(the whole core API with its pydantic validators) to an agent that makes four calls, and the typed
-Lease methods re-serialise renewTime from a datetime, losing the MicroTime form (see `_send`).
+Requests go through sandgate.core.rawapi: the kubernetes client's Configuration and REST layer
+(kubeconfig or service-account auth, TLS, proxies) without its ApiClient or typed API classes, which
+would add pydantic and the models to an agent that makes four kinds of call (about 15 MiB resident
+with the kubeconfig loader's OAuth stack), and whose typed Lease methods re-serialise renewTime from
+a datetime, losing the MicroTime form (see `_send`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import random
 import threading
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
-from urllib.parse import quote
 
 import orjson
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
+
+from sandgate.core.rawapi import JSON, RawApi
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,9 @@ T = TypeVar("T")
 # application/strategic-merge-patch+json, which treats labels/annotations the same; naming merge
 # patch keeps the semantics explicit and identical for every API server version.
 MERGE_PATCH = "application/merge-patch+json"
-JSON = "application/json"
 REQUEST_TIMEOUT = (5, 15)
 NODES = "/api/v1/nodes"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-PODS = "/api/v1/namespaces/{namespace}/pods/{name}"
 
 
 class PublishError(RuntimeError):
@@ -88,7 +88,7 @@ def _describe(exc: BaseException) -> str:
 class Publisher:
     """The agent's API calls for one node."""
 
-    def __init__(self, api: Any, node: str, retry: Retry):
+    def __init__(self, api: RawApi, node: str, retry: Retry):
         self.api = api
         self.node = node
         self.retry = retry
@@ -96,20 +96,6 @@ class Publisher:
     def read_node(self) -> dict[str, Any]:
         """The Node object as JSON."""
         return self.retry.call(f"get node {self.node}", lambda: self._send("GET", f"{NODES}/{self.node}"))
-
-    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Pod object as JSON, None when there is no such pod (its requests feed the overhead ratio)."""
-        path = PODS.format(namespace=quote(namespace, safe=""), name=quote(name, safe=""))
-
-        def get() -> dict[str, Any] | None:
-            try:
-                return self._send("GET", path)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-
-        return self.retry.call(f"get pod {namespace}/{name}", get)
 
     def patch_node(self, patch: dict[str, Any]) -> None:
         """Apply a merge patch to the Node."""
@@ -149,14 +135,4 @@ class Publisher:
         renewTime back into a datetime sent as `...+00:00`, or without a fraction at a whole second,
         which the API server's MicroTime parser refuses. Raw JSON keeps the contract's form.
         """
-        headers = {"Accept": JSON}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        method, url, headers, data, post = self.api.param_serialize(
-            method=method, resource_path=path, body=body, auth_settings=["BearerToken"], header_params=headers)
-        resp = self.api.call_api(method, url, header_params=headers, body=data, post_params=post,
-                                 _request_timeout=REQUEST_TIMEOUT)
-        raw = resp.read()
-        if not 200 <= resp.status <= 299:
-            raise ApiException.from_response(http_resp=resp, body=raw.decode(errors="replace"), data=None)
-        return orjson.loads(raw)
+        return orjson.loads(self.api.request(method, path, body, content_type, REQUEST_TIMEOUT))

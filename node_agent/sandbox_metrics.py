@@ -108,11 +108,11 @@ class SandboxCollector(Collector):
         return []
 
 
-def sandbox_watcher(root: Path, store: Any, interval: float, registry: CollectorRegistry, stop: threading.Event,
-                    pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> SandboxWatcher:
+def sandbox_watcher(root: Path, store: Any, interval: float, registry: CollectorRegistry,
+                    stop: threading.Event) -> SandboxWatcher:
     """The inventory thread (start() it), its sandboxes exported on `registry`: the agent loop's hook."""
     # The deadline follows the interval (a refresh should not outlast a cycle) but leaves CRI at least 2 s.
     deadline = min(DEFAULT_DEADLINE, max(2.0, interval))
-    watcher = SandboxWatcher(inventory_for(root, store, deadline, pod_reader), store, interval, stop)
+    watcher = SandboxWatcher(inventory_for(root, store, deadline), store, interval, stop)
     registry.register(SandboxCollector(watcher.snapshot))
     return watcher

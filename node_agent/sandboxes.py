@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import grpc
 
-from sandgate.core.jsonshape import ShapeError, as_list, as_object
-from sandgate.core.podrequests import pod_requests
+from sandgate.core import keys
+from sandgate.core.jsonshape import as_list, as_object
+from sandgate.core.paddingrecord import padded_resource
 from sandgate.core.policy import Policy
-from sandgate.core.quantity import QuantityError
 
 from node_agent import cgroups, host
 from node_agent.cgroups import CgroupFiles, CgroupLayout, CgroupUsage, NetDev
@@ -59,7 +59,10 @@ class SandboxFacts:
     netns: str | None = None  # None: the pod shares the node's network namespace
     cgroup: str | None = None  # runtimeSpec.linux.cgroupsPath of the sandbox (pause) container
     log_directory: str = ""
-    overhead_memory_bytes: int | None = None  # pod.spec.overhead memory, as the kubelet passed it
+    # The memory overhead the pod was admitted with: pod.spec.overhead as the kubelet passes it in
+    # CRI, plus what the webhook padded the requests by (its record, an annotation passed in CRI).
+    overhead_memory_bytes: int | None = None
+    memory_requests_bytes: int | None = None  # the pod's own memory requests: the padding record's basis
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,6 @@ class Sandbox:
     containers: tuple[Container, ...] = ()
     network: tuple[NetDev, ...] = ()
     usage: CgroupUsage = field(default_factory=CgroupUsage)
-    memory_requests_bytes: int | None = None  # the pod's memory requests, from the API server
 
     @property
     def overhead_ratio(self) -> float | None:
@@ -85,7 +87,7 @@ class Sandbox:
         1.0: the sandbox costs exactly its configured overhead; above: podFixed / memoryPercentOfRequests
         are too small for this workload; below: too generous. None when any input is unknown.
         """
-        used, requests = self.usage.memory_working_set_bytes, self.memory_requests_bytes
+        used, requests = self.usage.memory_working_set_bytes, self.facts.memory_requests_bytes
         overhead = self.facts.overhead_memory_bytes
         if used is None or requests is None or not overhead:
             return None
@@ -119,7 +121,7 @@ class Sandbox:
                            "readOps": b.read_ops, "writeOps": b.write_ops} for b in usage.block],
                 "memoryWorkingSetBytes": usage.memory_working_set_bytes,
                 "cpuSeconds": usage.cpu_seconds,
-                "memoryRequestsBytes": self.memory_requests_bytes,
+                "memoryRequestsBytes": self.facts.memory_requests_bytes,
                 "overheadMemoryBytes": self.facts.overhead_memory_bytes,
                 "overheadRatio": self.overhead_ratio,
             },
@@ -151,7 +153,7 @@ def exported(inventory: Inventory, policy: Policy) -> list[Sandbox]:
             if s.state == "SANDBOX_READY" and (policy.agent.all_sandboxes or s.handler in handlers)]
 
 
-def _spec_facts(info: Mapping[str, Any]) -> SandboxFacts:
+def _spec_facts(info: Mapping[str, Any], annotations: Mapping[str, str]) -> SandboxFacts:
     linux = as_object(as_object(info.get("runtimeSpec")).get("linux"))
     netns = None
     for namespace in as_list(linux.get("namespaces")):
@@ -159,19 +161,26 @@ def _spec_facts(info: Mapping[str, Any]) -> SandboxFacts:
             netns = namespace.get("path") or None
     config = as_object(info.get("config"))
     overhead = as_object(as_object(config.get("linux")).get("overhead")).get("memory_limit_in_bytes")
+    overhead = overhead if isinstance(overhead, int) and not isinstance(overhead, bool) and overhead > 0 else 0
+    requests = None
+    padded = padded_resource(annotations.get(keys.PADDING_ANNOTATION), "memory")
+    if padded is not None:
+        overhead += int(padded[0])
+        requests = int(padded[1])
     pid, cgroup, log_directory = info.get("pid"), linux.get("cgroupsPath"), config.get("log_directory")
     return SandboxFacts(
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
         netns=netns if isinstance(netns, str) else None,
         cgroup=cgroup if isinstance(cgroup, str) and cgroup else None,
         log_directory=log_directory if isinstance(log_directory, str) else "",
-        overhead_memory_bytes=overhead if isinstance(overhead, int) and not isinstance(overhead, bool)
-        and overhead > 0 else None,
+        overhead_memory_bytes=overhead or None,
+        memory_requests_bytes=requests,
     )
 
 
 def facts_from_status(response: Any) -> SandboxFacts:
-    """Facts from a verbose PodSandboxStatusResponse: containerd's info["info"] JSON (pid, runtimeSpec, config).
+    """Facts from a verbose PodSandboxStatusResponse: containerd's info["info"] JSON (pid, runtimeSpec,
+    config) and the pod's annotations (the padding record).
 
     A runtime without that JSON (or with a malformed one) yields facts without pid, netns and cgroup;
     the sandbox is still listed with its containers' log paths.
@@ -180,7 +189,7 @@ def facts_from_status(response: Any) -> SandboxFacts:
         info = json.loads(response.info.get("info", "{}"))
     except ValueError:
         info = {}
-    return _spec_facts(as_object(info))
+    return _spec_facts(as_object(info), response.status.annotations)
 
 
 def _state_name(enum: Any, value: int) -> str:
@@ -203,14 +212,14 @@ def sandbox_from(item: Any, facts: SandboxFacts, containers: Iterable[Container]
                    _state_name(api.PodSandboxState, item.state), facts, tuple(sorted(containers, key=lambda c: c.name)))
 
 
-def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None, requests: int | None = None) -> Sandbox:
-    """The sandbox with its current counters (none for a sandbox that is not ready) and its pod's requests.
+def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None) -> Sandbox:
+    """The sandbox with its current counters (none for a sandbox that is not ready).
 
     Network counters come from the sandbox process's own namespace; a host-network pod has none of
     its own, so it gets none rather than the node's. `files` are its pod cgroup's counter files.
     """
     if sandbox.state != "SANDBOX_READY":
-        return replace(sandbox, memory_requests_bytes=requests)
+        return sandbox
     network: tuple[NetDev, ...] = ()
     if sandbox.facts.netns and sandbox.facts.pid:
         found = cgroups.read_net_dev(root, sandbox.facts.pid) or []
@@ -218,7 +227,7 @@ def with_counters(sandbox: Sandbox, root: Path, files: CgroupFiles | None, reque
             found = sorted(found, key=lambda dev: (dev.interface != "eth0", dev.interface))[:MAX_INTERFACES]
         network = tuple(found)
     usage = cgroups.read_usage(files) if files else CgroupUsage()
-    return replace(sandbox, network=network, usage=usage, memory_requests_bytes=requests)
+    return replace(sandbox, network=network, usage=usage)
 
 
 class SandboxInventory:
@@ -228,10 +237,8 @@ class SandboxInventory:
     """
 
     def __init__(self, socket: Callable[[], Path], root: Path,
-                 deadline: float = DEFAULT_DEADLINE, clock: Callable[[], float] = time.monotonic,
-                 pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None):
+                 deadline: float = DEFAULT_DEADLINE, clock: Callable[[], float] = time.monotonic):
         self.socket = socket
-        self.pod_reader = pod_reader
         self.root = root
         self.deadline = deadline
         self.clock = clock
@@ -243,7 +250,6 @@ class SandboxInventory:
         self._default_handler: str | None = None
         self._layout: CgroupLayout | None = None
         self._files: dict[str, CgroupFiles | None] = {}
-        self._requests: dict[str, int | None] = {}
 
     def close(self) -> None:
         """Release the CRI channel."""
@@ -284,36 +290,9 @@ class SandboxInventory:
                 self._files[sandbox.id] = cgroups.cgroup_files(self._layout, rel) if rel else None
             files[sandbox.id] = self._files[sandbox.id]
         self._files = files  # resolved once per sandbox, kept while it is listed
-        requests = self._pod_requests(sandboxes)
-        counted = tuple(with_counters(s, self.root, files[s.id], requests.get(s.uid)) for s in sandboxes)
+        counted = tuple(with_counters(s, self.root, files[s.id]) for s in sandboxes)
         self.current = Inventory(counted, None, time.time(), self.failures)
         return self.current
-
-    def _pod_requests(self, sandboxes: list[Sandbox]) -> dict[str, int | None]:
-        """Memory requests of the pods that have an overhead, read once per pod UID from the API server.
-
-        Requests are not in CRI (the kubelet passes limits and the overhead only). A pod the API
-        server no longer has, or one whose UID differs (recreated under the same name), counts as
-        unknown; a failed read is retried on the next refresh.
-        """
-        found: dict[str, int | None] = {}
-        for sandbox in sandboxes:
-            if sandbox.uid in self._requests:
-                found[sandbox.uid] = self._requests[sandbox.uid]
-                continue
-            if self.pod_reader is None or not sandbox.facts.overhead_memory_bytes:
-                continue
-            try:
-                pod = self.pod_reader(sandbox.namespace, sandbox.pod)
-            except Exception as exc:  # the publisher's PublishError after its retries; try again next refresh
-                log.warning("cannot read a sandboxed pod's requests", extra={
-                    "namespace": sandbox.namespace, "pod": sandbox.pod, "uid": sandbox.uid, "error": str(exc)})
-                continue
-            pod = as_object(pod)
-            same = as_object(pod.get("metadata")).get("uid") == sandbox.uid
-            found[sandbox.uid] = pod_memory_requests(pod) if same else None
-        self._requests = found
-        return found
 
     def _list(self, client: CriClient, ends: float) -> list[Sandbox]:
         if self._default_handler is None:
@@ -397,18 +376,16 @@ class SandboxWatcher:
             self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
-def inventory_once(root: Path, store: Any, deadline: float = DEFAULT_DEADLINE,
-                   pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> Inventory:
+def inventory_once(root: Path, store: Any, deadline: float = DEFAULT_DEADLINE) -> Inventory:
     """One inventory (for --once --dry-run); a CRI failure is in its `error`, never raised."""
-    inventory = inventory_for(root, store, deadline, pod_reader)
+    inventory = inventory_for(root, store, deadline)
     try:
         return inventory.refresh()
     finally:
         inventory.close()
 
 
-def inventory_for(root: Path, store: Any, deadline: float,
-                  pod_reader: Callable[[str, str], dict[str, Any] | None] | None = None) -> SandboxInventory:
+def inventory_for(root: Path, store: Any, deadline: float) -> SandboxInventory:
     """A SandboxInventory on the runtime's CRI socket: agent.criEndpoint or the runtime manager's own, as the
     current policy says at each refresh."""
 
@@ -416,14 +393,4 @@ def inventory_for(root: Path, store: Any, deadline: float,
         policy = store.current
         return socket_path(host.cri_endpoint(policy.agent, host.detect_manager(Root(root), policy)), root)
 
-    return SandboxInventory(socket, root, deadline, pod_reader=pod_reader)
-
-
-
-def pod_memory_requests(pod: Mapping[str, Any]) -> int | None:
-    """A pod's memory request as the scheduler counts it (sidecars, init steps, pod-level resources), without
-    the overhead; None when the object is not shaped like a Pod (the API server sent something else)."""
-    try:
-        return int(pod_requests(as_object(pod.get("spec")), include_overhead=False).get("memory", 0))
-    except (ShapeError, QuantityError):
-        return None
+    return SandboxInventory(socket, root, deadline)

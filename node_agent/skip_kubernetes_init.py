@@ -1,11 +1,13 @@
-"""Keep the agent's resident memory small on edge nodes: skip the `kubernetes` package's eager __init__.
+"""Keep the agent's resident memory small on edge nodes: skip two eager `__init__`s of the `kubernetes` package.
 
 `import kubernetes.<anything>` first runs kubernetes/__init__.py, which imports client, config,
 dynamic, watch, stream, utils, leaderelection and informer; the dynamic client alone pulls in
-kubernetes_validate and jsonschema. The agent uses three submodules (utils.quantity through the
-policy, config to load the kubeconfig, client.ApiClient to send requests), so it registers the
-package as a bare module on its real path: submodules then import normally, the rest never loads.
-Measured by bench/agent.py; it saves about 4 MiB of the agent's ~50 MiB.
+kubernetes_validate and jsonschema. `import kubernetes.config.<anything>` first runs
+kubernetes/config/__init__.py, which imports the kubeconfig loader and with it requests, oauthlib
+and the typed ApiClient (pydantic). The agent needs the client's Configuration and REST layer and,
+in a pod, the in-cluster loader (sandgate.core.rawapi), so it registers both packages as bare modules
+on their real paths: submodules then import normally, the rest never loads. A kubeconfig that needs
+the full loader still imports it (as a submodule). Measured by bench/agent.py (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -14,19 +16,23 @@ import importlib.util
 import sys
 import types
 
-PACKAGE = "kubernetes"
+PACKAGES = ("kubernetes", "kubernetes.config")
 
 
 def skip_kubernetes_package_init() -> bool:
-    """Register `kubernetes` without running its __init__; False when it is already imported or absent."""
-    if PACKAGE in sys.modules:
+    """Register the PACKAGES without running their __init__; False when already imported or absent."""
+    if PACKAGES[0] in sys.modules:
         return False
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.submodule_search_locations is None:
-        return False
-    package = types.ModuleType(PACKAGE)
-    package.__spec__ = spec
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__file__ = spec.origin
-    sys.modules[PACKAGE] = package
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        package = types.ModuleType(name)
+        package.__spec__ = spec
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__file__ = spec.origin
+        sys.modules[name] = package
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, package)
     return True

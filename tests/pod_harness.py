@@ -200,10 +200,11 @@ class PodHost:
         return self.ctd.cri(timeout)
 
     def run_pod(self, name: str, host_network: bool = False, handler: str = "", command: list[str] | None = None,
-                namespace: str = "team-a", overhead_memory: int = 0) -> Pod:
+                namespace: str = "team-a", overhead_memory: int = 0, annotations: dict[str, str] | None = None) -> Pod:
         """RunPodSandbox + CreateContainer + StartContainer, as the kubelet does; logs under the pod's dir.
 
-        `overhead_memory` is passed as the kubelet passes pod.spec.overhead (linux.overhead).
+        `overhead_memory` is passed as the kubelet passes pod.spec.overhead (linux.overhead), and
+        `annotations` as it passes the pod's annotations.
         """
         from node_agent.cri.client import api
 
@@ -211,7 +212,7 @@ class PodHost:
         mode = api.NODE if host_network else api.POD
         config = api.PodSandboxConfig(
             metadata=api.PodSandboxMetadata(name=name, uid=uid, namespace=namespace, attempt=0),
-            hostname="" if host_network else name, log_directory=str(self.ctd.dir / "logs" / f"{namespace}_{name}_{uid}"),
+            annotations=annotations or {}, hostname="" if host_network else name, log_directory=str(self.ctd.dir / "logs" / f"{namespace}_{name}_{uid}"),
             linux=api.LinuxPodSandboxConfig(
                 cgroup_parent=f"{self.cgroup_parent}/pod{uid}",
                 overhead=api.LinuxContainerResources(memory_limit_in_bytes=overhead_memory) if overhead_memory else None,

@@ -17,6 +17,8 @@ def block_style_policy(extra_profile: bool) -> str:
     `- privileged` is still a valid policy, the dangerous kind of half-written file."""
     doc = yaml.safe_load(EXAMPLE_POLICY.read_text())
     doc["clusterVersion"] = "1.24"
+    for profile in doc["profiles"].values():
+        profile["forbid"] = [f for f in profile.get("forbid", []) if f != "privileged"] + ["privileged"]
     if extra_profile:
         doc["profiles"]["kata"] = {"runtimeClassName": "kata", "forbid": ["hostNetwork", "privileged"]}
     text = yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)

@@ -34,7 +34,7 @@ from sandgate.core.policy import Policy, Profile
 from sandgate.core.quantity import QuantityError, check_pod_resources
 from webhooks.forbidden import forbidden_message
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
-from webhooks.padding import POD, PaddingPlan, ResourceEdit, format_quantity, plan_padding
+from webhooks.padding import POD, PaddingError, PaddingPlan, ResourceEdit, format_quantity, plan_padding
 from webhooks.routing import Decision, Outcome, pod_annotations, resolve
 from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations, \
     with_edge_toleration_seconds
@@ -196,6 +196,8 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFac
         return denied("node-selector-conflict", str(exc))
     except (QuantityError, ShapeError) as exc:
         return denied("invalid-pod", str(exc), code=400)
+    except PaddingError as exc:
+        return denied("padding-not-expressible", str(exc))
     warnings = [routed_warning(profile)]
     if plan.annotation is not None and any(op["path"].startswith("/metadata") for op in patch):
         amounts = ", ".join(f"{r} +{format_quantity(r, a)}" for r, a in sorted(plan.amounts.items()))

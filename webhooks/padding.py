@@ -33,8 +33,8 @@ from typing import Any, Mapping
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
 from sandgate.core.jsonshape import ShapeError, list_at, object_at
-from sandgate.core.podrequests import (is_pod_level_resource, is_sidecar,
-                                       pod_level_requests, pod_requests, resource_list)
+from sandgate.core.podrequests import (combine, is_pod_level_resource, is_sidecar,
+                                       pod_requests, resource_list)
 from sandgate.core.policy import Profile
 from webhooks.routing import pod_annotations
 
@@ -55,13 +55,21 @@ def format_quantity(resource: str, value: Decimal) -> str:
     """`value` exactly, in Kubernetes form: cpu in millicores, the rest in Mi when exact, else in units.
 
     Exact (never rounded) so that taking a recorded amount back out restores the pod's own value.
+    A value beyond what Kubernetes counts (only ever shown in a message) keeps its exponent form:
+    turning "1e999990" into digits would take the worker for seconds.
     """
+    if value.is_finite() and value.adjusted() > 18:
+        return str(value)
     if resource == "cpu" and (value * 1000) == (value * 1000).to_integral_value():
         return f"{int(value * 1000)}m"
     if value == value.to_integral_value():
         whole = int(value)
         return f"{whole // (1024 * 1024)}Mi" if whole and whole % (1024 * 1024) == 0 else str(whole)
     return format(value.normalize(), "f")
+
+
+class PaddingError(ValueError):
+    """The padding the pod needs cannot be written without changing what the pod asked for; names the field."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +123,19 @@ class PaddingRecord:
 
 
 def required_padding(spec: Mapping[str, Any], profile: Profile, mode: Mode) -> dict[str, Decimal]:
-    """How much each resource must be padded for `profile` in `mode`, for an unpadded pod `spec`.
+    """How much each resource must be padded for `profile` in `mode`, for an unpadded pod `spec`."""
+    return _required(pod_requests(spec, include_overhead=False), resource_list(spec.get("overhead"), "spec.overhead"),
+                     profile, mode)
+
+
+def _required(requests: Mapping[str, Decimal], accounted: Mapping[str, Decimal], profile: Profile,
+              mode: Mode) -> dict[str, Decimal]:
+    """The padding for a pod whose effective requests (without overhead) are `requests`.
 
     RuntimeClass mode: the API server sets spec.overhead to podFixed, so only the memory the
     request-dependent rule adds beyond podFixed is padded. Legacy mode: the whole overhead, less
-    any spec.overhead the pod already carries (the API server accounted for that part). Amounts
-    are rounded up to whole units and only positive ones are returned.
+    the spec.overhead the pod already carries (`accounted`: the API server accounted for that part).
+    Amounts are rounded up to whole units and only positive ones are returned.
     """
     overhead = profile.overhead
     if overhead is None:
@@ -130,14 +145,13 @@ def required_padding(spec: Mapping[str, Any], profile: Profile, mode: Mode) -> d
                  or overhead.memory_max is not None)
     memory_total = None
     if dependent:
-        memory_total = overhead.memory_total(pod_requests(spec, include_overhead=False).get("memory", Decimal(0)))
+        memory_total = overhead.memory_total(requests.get("memory", Decimal(0)))
     if mode is Mode.APISERVER_MERGES:
         wanted = {} if memory_total is None else {"memory": memory_total - fixed.get("memory", Decimal(0))}
     else:
         wanted = dict(fixed)
         if memory_total is not None:
             wanted["memory"] = memory_total
-        accounted = resource_list(spec.get("overhead"), "spec.overhead")
         for resource in wanted:
             wanted[resource] -= accounted.get(resource, Decimal(0))
     return {resource: round_up(resource, amount) for resource, amount in wanted.items() if amount > 0}
@@ -166,6 +180,8 @@ class PaddingPlan:
 
 
 def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """The requests and limits of `holder`; QuantityError names a value that is not a quantity, or one
+    beyond what Kubernetes can count (the one parser's bound, `sandgate.core.quantity`)."""
     resources = object_at(holder.get("resources"), f"{path}.resources")
     return (resource_list(resources.get("requests"), f"{path}.resources.requests"),
             resource_list(resources.get("limits"), f"{path}.resources.limits"))
@@ -174,7 +190,8 @@ def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal]
 def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> PaddingPlan:
     """What to write so that the pod carries exactly the padding it needs, whatever it carries now.
 
-    Raises QuantityError or ShapeError naming the field when a value it must read is invalid.
+    Raises QuantityError or ShapeError naming the field when a value it must read is invalid, and
+    PaddingError when the padding cannot be expressed.
     """
     spec = object_at(pod.get("spec"), "spec")
     previous = PaddingRecord.from_annotation(pod_annotations(pod).get(keys.PADDING_ANNOTATION))
@@ -200,13 +217,27 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
                     base_limits[resource] = limits[resource] - amount
         unpadded[kind, i] = (base_requests, base_limits)
 
-    amounts = required_padding(_with_requests(spec, unpadded), profile, mode)
-    pod_level = pod_level_requests(_with_requests(spec, unpadded)) if amounts else {}
+    containers = [unpadded[kind, i][0] for kind, i, _, _ in places if kind == "containers"]
+    inits = [(unpadded[kind, i][0], is_sidecar(spec[kind][i])) for kind, i, _, _ in places if kind != "containers"]
+    before = combine(containers, inits)
+    pod_level = {r: v for r, v in unpadded[POD, 0][0].items() if is_pod_level_resource(r)}
+    before.update(pod_level)  # what the scheduler sums without any padding (podrequests.pod_requests)
+    amounts = _required(before, resource_list(spec.get("overhead"), "spec.overhead"), profile, mode)
     targets: dict[tuple[str, int], dict[str, Decimal]] = {}
     for resource, amount in amounts.items():
         if resource in pod_level and is_pod_level_resource(resource):
             targets.setdefault((POD, 0), {})[resource] = amount
             continue
+        pod_limit = unpadded[POD, 0][1].get(resource)
+        if pod_limit is not None and is_pod_level_resource(resource) and before.get(resource, 0) + amount > pod_limit:
+            # The containers' sum may not exceed a pod-level limit; raising the limit unasked would change
+            # what the pod may use, and padding less would under-reserve: refuse, saying what to set.
+            raise PaddingError(
+                f"spec.resources.limits.{resource}: the sandbox overhead padding of {format_quantity(resource, amount)} "
+                f"would take the containers' {resource} requests to "
+                f"{format_quantity(resource, before.get(resource, Decimal(0)) + amount)}, above this pod-level "
+                f"limit of {format_quantity(resource, pod_limit)}; set spec.resources.requests.{resource} "
+                f"(sandgate then pads the pod-level request and limit) or raise the limit")
         for kind, i, _name, _path in places:
             if kind == "containers" and i == 0 or kind == "initContainers" and not is_sidecar(spec[kind][i]):
                 targets.setdefault((kind, i), {})[resource] = amount
@@ -234,25 +265,7 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
         return PaddingPlan(edits, None, None)
     padded_kinds = {kind: tuple(str(name) for k, i, name, _ in places if (k, i) in targets and k == kind)
                     for kind in ("containers", "initContainers")}
-    before = pod_requests(_with_requests(spec, unpadded), include_overhead=False)
     basis = {r: before.get(r, Decimal(0)) for r in amounts}
     record = PaddingRecord(amounts, basis, padded_kinds["containers"], padded_kinds["initContainers"],
                            tuple(sorted(r for r in amounts if (POD, 0) in targets and r in targets[POD, 0])))
     return PaddingPlan(edits, record, record.to_annotation())
-
-
-def _with_requests(spec: Mapping[str, Any], values: Mapping[tuple[str, int], tuple[dict, dict]]) -> dict:
-    """A shallow copy of `spec` whose requests (of containers, init containers, pod level) are `values`."""
-    def holder(original: Mapping[str, Any], requests: Mapping[str, Decimal]) -> dict:
-        resources = dict(object_at(original.get("resources"), "resources"))
-        resources["requests"] = {r: format(v, "f") for r, v in requests.items()}
-        return {**original, "resources": resources}
-
-    out = dict(spec)
-    for kind in ("containers", "initContainers"):
-        if kind in spec:
-            out[kind] = [holder(c, values[kind, i][0]) for i, c in enumerate(list_at(spec[kind], f"spec.{kind}"))]
-    if spec.get("resources") is not None:
-        out = holder(out, values[POD, 0][0])
-    return out
-

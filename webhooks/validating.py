@@ -35,7 +35,7 @@ from sandgate.core.quantity import QuantityError
 from webhooks.forbidden import forbidden_fields, forbidden_message
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import audit_annotations, unrouted_verdict
-from webhooks.padding import PaddingRecord, format_quantity, plan_padding
+from webhooks.padding import PaddingError, PaddingRecord, format_quantity, plan_padding
 from webhooks.routing import Outcome, applies_to, pod_annotations, pod_spec, resolve
 
 # Updates of these pod subresources are checked for sandboxed pods.
@@ -111,6 +111,8 @@ def _validate_update(req: AdmissionRequest, policy: Policy, mode: Mode) -> Verdi
         plan = plan_padding(pod, profile, mode)
     except (QuantityError, ShapeError) as exc:
         return denied("invalid-pod", str(exc), code=400)
+    except PaddingError as exc:
+        return denied("resize-padding-short", str(exc))
     previous = PaddingRecord.from_annotation(pod_annotations(pod).get(keys.PADDING_ANNOTATION))
     carried = previous.amounts if previous else {}
     for resource, needed in sorted(plan.amounts.items()):

@@ -19,7 +19,7 @@ quantities that do not parse raise `QuantityError`, each naming the field.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from sandgate.core.jsonshape import list_at, object_at
 from sandgate.core.quantity import parse_field
@@ -30,7 +30,7 @@ _HUGEPAGES_PREFIX = "hugepages-"
 
 def is_sidecar(container: Mapping[str, Any]) -> bool:
     """A restartable init container (restartPolicy Always): it keeps running beside the app containers."""
-    return container.get("restartPolicy") == "Always"
+    return isinstance(container, dict) and container.get("restartPolicy") == "Always"
 
 
 def is_pod_level_resource(resource: str) -> bool:
@@ -60,16 +60,16 @@ def _max(total: dict[str, Decimal], other: Mapping[str, Decimal]) -> None:
             total[name] = amount
 
 
-def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") -> dict[str, Decimal]:
-    """AggregateContainerRequests: max(app containers + sidecars, each init step), per resource."""
+def combine(containers: Iterable[Mapping[str, Decimal]],
+            init_containers: Iterable[tuple[Mapping[str, Decimal], bool]]) -> dict[str, Decimal]:
+    """The aggregate of parsed requests: app containers, then (requests, is_sidecar) per init container."""
     result: dict[str, Decimal] = {}
-    for i, container in enumerate(list_at(spec.get("containers"), f"{path}.containers")):
-        _add(result, container_requests(container, f"{path}.containers[{i}]"))
+    for requests in containers:
+        _add(result, requests)
     sidecars: dict[str, Decimal] = {}
     init_peak: dict[str, Decimal] = {}
-    for i, container in enumerate(list_at(spec.get("initContainers"), f"{path}.initContainers")):
-        requests = container_requests(container, f"{path}.initContainers[{i}]")
-        if is_sidecar(object_at(container, f"{path}.initContainers[{i}]")):
+    for requests, sidecar in init_containers:
+        if sidecar:
             _add(result, requests)
             _add(sidecars, requests)
             step = dict(sidecars)
@@ -79,6 +79,15 @@ def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") ->
         _max(init_peak, step)
     _max(result, init_peak)
     return result
+
+
+def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") -> dict[str, Decimal]:
+    """AggregateContainerRequests: max(app containers + sidecars, each init step), per resource."""
+    containers = list_at(spec.get("containers"), f"{path}.containers")
+    inits = list_at(spec.get("initContainers"), f"{path}.initContainers")
+    return combine((container_requests(c, f"{path}.containers[{i}]") for i, c in enumerate(containers)),
+                   ((container_requests(c, f"{path}.initContainers[{i}]"),
+                     is_sidecar(object_at(c, f"{path}.initContainers[{i}]"))) for i, c in enumerate(inits)))
 
 
 def pod_level_requests(spec: Mapping[str, Any], path: str = "spec") -> dict[str, Decimal]:

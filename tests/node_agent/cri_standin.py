@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -34,6 +34,7 @@ class FakeSandbox:
     containers: tuple[str, ...] = ("main",)
     ready: bool = True
     overhead_memory: int = 0  # PodSandboxConfig.linux.overhead.memory_limit_in_bytes (pod.spec.overhead)
+    annotations: dict[str, str] = field(default_factory=dict)  # the pod's annotations, as the kubelet passes them
 
 
 class CriStandIn:
@@ -97,7 +98,8 @@ class CriStandIn:
 
     def _ListPodSandbox(self, request, context):
         return api.ListPodSandboxResponse(items=[
-            api.PodSandbox(id=s.id, metadata=self._meta(s), state=self._state(s), runtime_handler=s.handler)
+            api.PodSandbox(id=s.id, metadata=self._meta(s), state=self._state(s), runtime_handler=s.handler,
+                           annotations=s.annotations)
             for s in self.sandboxes])
 
     def _PodSandboxStatus(self, request, context):
@@ -110,7 +112,8 @@ class CriStandIn:
                            "log_directory": s.log_directory,
                            "linux": {"overhead": {"memory_limit_in_bytes": s.overhead_memory}}},
                 "runtimeSpec": {"linux": {"namespaces": namespaces, "cgroupsPath": s.cgroups_path}}}
-        status = api.PodSandboxStatus(id=s.id, metadata=self._meta(s), state=self._state(s), runtime_handler=s.handler)
+        status = api.PodSandboxStatus(id=s.id, metadata=self._meta(s), state=self._state(s), runtime_handler=s.handler,
+                                      annotations=s.annotations)
         return api.PodSandboxStatusResponse(status=status, info={"info": json.dumps(info)} if request.verbose else {})
 
     def _containers(self):

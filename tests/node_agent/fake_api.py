@@ -29,7 +29,6 @@ class FakeApi:
     with injected error statuses."""
 
     def __init__(self, node: dict):
-        self.pods: dict[str, dict] = {}  # "/api/v1/namespaces/NS/pods/NAME" -> Pod served on GET
         self.node = node
         self.leases: dict[str, dict] = {}
         self.requests: list[dict] = []
@@ -65,8 +64,6 @@ class FakeApi:
         not_found = {"kind": "Status", "code": 404, "reason": "NotFound"}
         if path == node_path and method == "GET":
             return 200, self.node
-        if method == "GET" and path in self.pods:
-            return 200, self.pods[path]
         if path == node_path and method == "PATCH":
             self.node = merge_patch(self.node, body)
             return 200, self.node

@@ -18,8 +18,8 @@ from node_agent.cgroups import BlockIO, CgroupUsage, NetDev
 from node_agent.metrics import AgentMetrics, MetricsServer
 from node_agent.sandbox_metrics import SandboxCollector, families
 from node_agent.sandboxes import (Container, Inventory, Sandbox, SandboxFacts, SandboxInventory, exported,
-                                  facts_from_status, pod_memory_requests, with_counters,
-                                  MAX_INTERFACES)
+                                  facts_from_status, with_counters, MAX_INTERFACES)
+from sandgate.core import keys
 from sandgate.core.policy import PolicyError, parse_policy
 
 POLICY = {"apiVersion": "sandgate.io/v1alpha1", "kind": "SandboxPolicy", "defaultProfile": "kata",
@@ -42,8 +42,9 @@ def policy(**agent):
     return parse_policy({**POLICY, "agent": agent} if agent else POLICY)
 
 
-def status_response(info) -> SimpleNamespace:
-    return SimpleNamespace(info={"info": info if isinstance(info, str) else json.dumps(info)})
+def status_response(info, annotations=None) -> SimpleNamespace:
+    return SimpleNamespace(info={"info": info if isinstance(info, str) else json.dumps(info)},
+                           status=SimpleNamespace(annotations=annotations or {}))
 
 
 def test_facts_from_containerd_verbose_status():
@@ -270,71 +271,64 @@ MI = 1024 * 1024
 
 
 def test_overhead_ratio_is_memory_beyond_requests_over_the_admitted_overhead():
-    facts = SandboxFacts(pid=1, netns=None, cgroup="/kubepods/podu/id", overhead_memory_bytes=160 * MI)
-    measured = Sandbox("id", "team-a", "p", "u", "kata", "SANDBOX_READY", facts,
-                       usage=CgroupUsage(300 * MI, 1.0, ()), memory_requests_bytes=64 * MI)
+    facts = SandboxFacts(pid=1, netns=None, cgroup="/kubepods/podu/id", overhead_memory_bytes=160 * MI,
+                         memory_requests_bytes=64 * MI)
+    measured = Sandbox("id", "team-a", "p", "u", "kata", "SANDBOX_READY", facts, usage=CgroupUsage(300 * MI, 1.0, ()))
     assert measured.overhead_ratio == (300 - 64) / 160
     found = samples(scrape(Inventory((measured,), None, 1.0), policy()))
     labels = frozenset({"namespace": "team-a", "pod": "p", "uid": "u", "handler": "kata"}.items())
     assert found[("sandgate_sandbox_overhead_ratio", labels)] == (300 - 64) / 160
-    for unknown in (Sandbox("id", "n", "p", "u", "kata", "SANDBOX_READY", facts, usage=CgroupUsage(300 * MI)),
-                    Sandbox("id", "n", "p", "u", "kata", "SANDBOX_READY", SandboxFacts(),
-                            usage=CgroupUsage(300 * MI), memory_requests_bytes=64 * MI)):
-        assert unknown.overhead_ratio is None
-        assert not [k for k in samples(scrape(Inventory((unknown,)), policy())) if k[0] == "sandgate_sandbox_overhead_ratio"]
+    no_requests = SandboxFacts(overhead_memory_bytes=160 * MI)
+    no_overhead = SandboxFacts(memory_requests_bytes=64 * MI)
+    for unknown in (no_requests, no_overhead):
+        sandbox = Sandbox("id", "n", "p", "u", "kata", "SANDBOX_READY", unknown, usage=CgroupUsage(300 * MI))
+        assert sandbox.overhead_ratio is None
+        assert not [k for k in samples(scrape(Inventory((sandbox,)), policy())) if k[0] == "sandgate_sandbox_overhead_ratio"]
 
 
-def test_pod_memory_requests_as_the_scheduler_counts_them():
-    pod = {"spec": {"containers": [{"resources": {"requests": {"memory": "64Mi"}}},
-                                   {"resources": {"requests": {"memory": "32Mi", "cpu": "1"}}}, {}],
-                    "initContainers": [{"resources": {"requests": {"memory": "80Mi"}}}]}}
-    assert pod_memory_requests(pod) == 96 * MI
-    pod["spec"]["initContainers"][0]["resources"]["requests"]["memory"] = "128Mi"
-    assert pod_memory_requests(pod) == 128 * MI
-    pod["spec"]["overhead"] = {"memory": "160Mi"}
-    assert pod_memory_requests(pod) == 128 * MI  # the overhead is what the ratio divides by, not requests
-    assert pod_memory_requests({"spec": {"containers": [{"resources": {"requests": {"memory": "12x"}}}]}}) is None
-    assert pod_memory_requests({"spec": {"containers": "bad"}}) is None
-    assert pod_memory_requests({}) == 0
+def padding(record) -> dict[str, str]:
+    return {keys.PADDING_ANNOTATION: record if isinstance(record, str) else json.dumps(record)}
 
 
-def test_requests_are_read_once_per_pod_uid_and_only_for_pods_with_an_overhead(short_tmp):
-    sandboxes = [fake(1, short_tmp, overhead_memory=160 * MI), fake(2, short_tmp),
-                 fake(3, short_tmp, overhead_memory=160 * MI), fake(4, short_tmp, overhead_memory=160 * MI)]
-    reads, fail = [], {"pod4"}
+def test_requests_and_padded_overhead_come_from_the_webhooks_record_in_cri():
+    # RuntimeClass mode with a request-dependent rule: spec.overhead (podFixed, in CRI linux.overhead)
+    # plus the memory the webhook padded; the record's basis is the pod's own request.
+    record = {"memory": "32Mi", "basis": {"memory": "512Mi"}, "containers": ["app"]}
+    facts = facts_from_status(status_response(BRIDGED_INFO, padding(record)))
+    assert (facts.overhead_memory_bytes, facts.memory_requests_bytes) == (160 * MI + 32 * MI, 512 * MI)
+    # Legacy mode: no spec.overhead, the whole overhead is padding.
+    legacy = json.loads(json.dumps(BRIDGED_INFO))
+    del legacy["config"]["linux"]["overhead"]
+    record = {"cpu": "250m", "memory": "160Mi", "basis": {"cpu": "1", "memory": "64Mi"}, "containers": ["app"]}
+    facts = facts_from_status(status_response(legacy, padding(record)))
+    assert (facts.overhead_memory_bytes, facts.memory_requests_bytes) == (160 * MI, 64 * MI)
 
-    def reader(namespace: str, name: str):
-        reads.append(name)
-        if name in fail:
-            raise RuntimeError("get pod: HTTP 503 (after 5 attempts)")
-        uid = {"pod1": "uid-1", "pod3": "recreated-uid"}[name]
-        return {"metadata": {"uid": uid}, "spec": {"containers": [{"resources": {"requests": {"memory": "64Mi"}}}]}}
 
+@pytest.mark.parametrize("record", [
+    None, "not json", "[]", {"cpu": "250m", "basis": {"cpu": "1"}}, {"memory": "32Mi"},
+    {"memory": "32Mi", "basis": {"cpu": "1"}}, {"memory": "1e999990", "basis": {"memory": "64Mi"}},
+    {"memory": "32Mi", "basis": {"memory": "-64Mi"}}, {"memory": "32Mi", "basis": "64Mi"},
+    {"memory": ["32Mi"], "basis": {"memory": "64Mi"}}])
+def test_without_a_usable_memory_record_the_requests_are_unknown_and_no_ratio(record):
+    facts = facts_from_status(status_response(BRIDGED_INFO, padding(record) if record is not None else {}))
+    assert facts.memory_requests_bytes is None
+    assert facts.overhead_memory_bytes == 160 * MI  # spec.overhead alone
+    sandbox = Sandbox("id", "n", "p", "u", "kata", "SANDBOX_READY", facts, usage=CgroupUsage(300 * MI))
+    assert sandbox.overhead_ratio is None
+
+
+def test_the_record_reaches_the_inventory_over_cri(short_tmp):
+    record = {"memory": "96Mi", "basis": {"memory": "64Mi"}, "containers": ["main"]}
+    sandboxes = [fake(1, short_tmp, overhead_memory=64 * MI, annotations=padding(record)), fake(2, short_tmp)]
     server = CriStandIn(short_tmp / "cri.sock", sandboxes)
-    inventory = SandboxInventory(lambda: short_tmp / "cri.sock", Path("/"), deadline=5, pod_reader=reader)
+    inventory = SandboxInventory(lambda: short_tmp / "cri.sock", Path("/"), deadline=5)
     try:
-        got = {s.pod: s for s in inventory.refresh().sandboxes}
-        assert got["pod1"].memory_requests_bytes == 64 * MI and got["pod1"].facts.overhead_memory_bytes == 160 * MI
-        assert got["pod2"].memory_requests_bytes is None  # no overhead: not asked
-        assert got["pod3"].memory_requests_bytes is None  # same name, another pod
-        assert got["pod4"].memory_requests_bytes is None  # failed: asked again next time
-        fail.clear()
-        reads.clear()
-        inventory.refresh()
-        assert reads == ["pod4"]
+        got = {s.pod: s.to_json()["counters"] for s in inventory.refresh().sandboxes}
+        assert (got["pod1"]["memoryRequestsBytes"], got["pod1"]["overheadMemoryBytes"]) == (64 * MI, 160 * MI)
+        assert (got["pod2"]["memoryRequestsBytes"], got["pod2"]["overheadMemoryBytes"]) == (None, None)
     finally:
         inventory.close()
         server.close()
-
-
-def test_publisher_reads_a_pod_or_none(fake_api, tmp_path):
-    from node_agent.publish import Publisher, Retry
-    from sandgate.core.kube import load_api_client
-
-    fake_api.pods["/api/v1/namespaces/team-a/pods/web-1"] = {"metadata": {"name": "web-1", "uid": "u1"}}
-    publisher = Publisher(load_api_client(str(fake_api.kubeconfig(tmp_path))), "n1", Retry(attempts=1))
-    assert publisher.read_pod("team-a", "web-1")["metadata"]["uid"] == "u1"
-    assert publisher.read_pod("team-a", "gone") is None
 
 
 def test_a_pod_with_many_interfaces_cannot_grow_the_labels_without_bound(tmp_path):

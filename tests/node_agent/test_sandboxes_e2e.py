@@ -111,7 +111,10 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path, fake_api
     with PodHost.start(handlers=("kata",)) as host:
         hostnet = host.run_pod("hostnet", host_network=True,
                                command=["/bin/sh", "-c", "echo hello-from-hostnet; exec sleep 2147483647"])
-        bridged = host.run_pod("bridged", handler="kata", overhead_memory=160 * 1024 * 1024,
+        # RuntimeClass overhead 128 MiB (linux.overhead) + 32 MiB the webhook padded, over a 64 MiB request.
+        record = '{"memory":"32Mi","basis":{"memory":"64Mi"},"containers":["main"]}'
+        bridged = host.run_pod("bridged", handler="kata", overhead_memory=128 * 1024 * 1024,
+                               annotations={"sandgate.io/overhead-padding": record},
                                command=["/bin/sh", "-c", "echo hello-from-bridged; exec sleep 2147483647"])
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY % (host.ctd.socket, "true"))
@@ -143,15 +146,14 @@ def test_two_real_pods_dry_run_metrics_and_sandboxes_endpoint(tmp_path, fake_api
         assert Path(listed["bridged"]["netns"]).exists() and listed["bridged"]["handler"] == "kata"
         assert [n["interface"] for n in listed["bridged"]["counters"]["network"]] == ["eth0"]
         assert listed["hostnet"]["counters"]["network"] == []  # the node's traffic is not the pod's
-        # The pod's overhead as the kubelet passes it reaches the inventory through containerd's verbose status
-        # (the ratio itself needs the pod's requests from the API server; this run is offline).
-        assert listed["bridged"]["counters"]["overheadMemoryBytes"] == 160 * 1024 * 1024
-        assert listed["bridged"]["counters"]["overheadRatio"] is None
+        # The pod's overhead and its padding record reach the inventory through containerd's verbose
+        # status, so the ratio needs no API access (this dry run is offline).
+        counters = listed["bridged"]["counters"]
+        assert (counters["overheadMemoryBytes"], counters["memoryRequestsBytes"]) == (160 * 1024 * 1024, 64 * 1024 * 1024)
+        assert counters["overheadRatio"] == pytest.approx(
+            (counters["memoryWorkingSetBytes"] - 64 * 1024 * 1024) / (160 * 1024 * 1024))
+        assert listed["hostnet"]["counters"]["overheadRatio"] is None
 
-        # The loop publishes to an API stand-in, which also serves the bridged pod (64 MiB requested).
-        fake_api.pods["/api/v1/namespaces/team-a/pods/bridged"] = {
-            "metadata": {"name": "bridged", "namespace": "team-a", "uid": bridged.uid},
-            "spec": {"containers": [{"name": "main", "resources": {"requests": {"memory": "64Mi"}}}]}}
         port = free_port()
         proc = agent(*common, "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.3",
                      "--metrics-host", "127.0.0.1", "--metrics-port", str(port),

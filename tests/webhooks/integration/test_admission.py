@@ -94,6 +94,12 @@ def test_mutate_profile_path_routes_every_captured_pod(request, generation, case
         assert "spec.hostNetwork" in response["status"]["message"]
         assert "patch" not in response and "patchType" not in response
         return
+    if case.startswith("03b"):
+        # runtimeClassName gvisor in a runv namespace: the namespace's profile is locked.
+        assert response["allowed"] is False
+        assert 'is locked to sandbox profile "runv"' in response["status"]["message"]
+        assert "patch" not in response
+        return
 
     assert response["allowed"] is True
     profile = POLICY["profiles"][expected_profile(case)]
@@ -203,3 +209,45 @@ def test_a_resize_the_padding_cannot_cover_is_refused(modern, version):
     response = answer(modern, "/validate/runv", doc)
     assert response["allowed"] is False
     assert response["status"]["message"].startswith("spec.containers[0].resources.requests.memory: this resize")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pod_level_requests_are_padded_at_pod_level(modern, version):
+    doc = review("01-create-bare-pod", version)
+    doc["request"]["object"]["spec"]["resources"] = {"requests": {"memory": "4Gi"}}
+    after = patched(answer(modern, "/mutate/runv", doc), doc["request"]["object"])
+    # 2% of 4Gi = 81.92Mi, above memoryMin: 85899346 bytes beyond podFixed, on the pod-level request.
+    assert after["spec"]["resources"] == {"requests": {"memory": str(4 * 2**30 + 85899346)}}
+    assert after["spec"]["containers"][0]["resources"]["requests"]["memory"] == "128Mi"
+    assert answer(modern, "/validate/runv", with_object(doc, after))["allowed"] is True
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_wildcard_toleration_cannot_shorten_the_edge_grace(modern, version):
+    doc = review("01-create-bare-pod", version)
+    doc["request"]["object"]["spec"]["tolerations"].insert(
+        0, {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60})
+    after = patched(answer(modern, "/mutate/runv", doc), doc["request"]["object"])
+    assert [t.get("tolerationSeconds") for t in after["spec"]["tolerations"]] == [86400, 86400, 86400]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_routed_pod_without_its_sandbox_slot_is_refused(modern, version):
+    doc = review("01-create-bare-pod", version)
+    after = patched(answer(modern, "/mutate/runv", doc), doc["request"]["object"])
+    assert after["spec"]["containers"][0]["resources"]["limits"] == {keys.sandbox_resource("runv"): "1"}
+    del after["spec"]["containers"][0]["resources"]["requests"][keys.sandbox_resource("runv")]
+    del after["spec"]["containers"][0]["resources"]["limits"]
+    response = answer(modern, "/validate/runv", with_object(doc, after))
+    assert response["allowed"] is False and "exactly one sandbox slot" in response["status"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/mutate/runv", "/validate/runv"])
+def test_an_absurd_quantity_the_api_server_accepts_gets_a_clear_denial_not_an_internal_error(modern, path):
+    doc = review("01-create-bare-pod")
+    doc["request"]["object"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = "1e999990"
+    doc["request"]["object"]["spec"]["runtimeClassName"] = "runv"
+    response = answer(modern, path, doc)
+    assert response["allowed"] is False and response["status"]["code"] in (400, 403)
+    assert response["status"]["message"].startswith("spec.containers[0].resources.")
+    assert "internal error" not in response["status"]["message"]

@@ -18,7 +18,9 @@ from webhooks.padding import PaddingRecord, format_quantity, required_padding, r
 
 from sandgate.core.policy import load_policy
 from support import EXAMPLE_POLICY
-from webhook_cases import fixture_request
+from webhook_cases import fixture_request, pod_request
+from webhooks.mutating import admit
+from webhooks.review import NamespaceFacts
 
 MI = 1024 * 1024
 SLOT = keys.sandbox_resource("runv")
@@ -259,6 +261,22 @@ def test_pod_level_cpu_only_leaves_memory_padding_on_the_containers(policy):
     assert after["spec"]["containers"][0]["resources"]["requests"]["memory"] == "142Mi"
 
 
+def test_a_pod_level_limit_the_padded_containers_would_exceed_is_refused_not_under_reserved(policy):
+    runv = policy.profiles["runv"]
+    p = pod([ctr("a", {"memory": "1Gi"})], resources={"limits": {"memory": "1Gi"}})
+    req = pod_request(p)
+    verdict = admit(req, policy, Mode.APISERVER_MERGES, NamespaceFacts(path_profile="runv"))
+    assert (verdict.allowed, verdict.reason, verdict.patch) == (False, "padding-not-expressible", [])
+    assert verdict.message == (
+        "spec.resources.limits.memory: the sandbox overhead padding of 21474837 would take the containers' memory "
+        "requests to 1095216661, above this pod-level limit of 1024Mi; set spec.resources.requests.memory (sandgate "
+        "then pads the pod-level request and limit) or raise the limit")
+    roomy = pod([ctr("a", {"memory": "1Gi"})], resources={"limits": {"memory": "2Gi"}})
+    after, _ = pad(roomy, runv, Mode.APISERVER_MERGES)
+    assert after["spec"]["resources"] == {"limits": {"memory": "2Gi"}}
+    assert effective(after, "memory") == 1024 * MI + 21474837
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where, field", [
@@ -273,6 +291,17 @@ def test_invalid_request_quantities_name_the_field(policy, where, field):
     with pytest.raises(QuantityError) as info:
         mutation_patch({"metadata": {}, "spec": where}, policy.profiles["runv"], Mode.APISERVER_MERGES)
     assert str(info.value).startswith(f"{field}: invalid quantity ")
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("quantity", ["1e999990", "8Ei"])
+def test_a_quantity_no_node_can_hold_is_refused_at_once_naming_the_field(policy, mode, quantity):
+    """The API server accepts memory: 1e999990; written out as digits it would stall the worker."""
+    p = pod([ctr("a", {"cpu": "1"}), ctr("b", {"memory": quantity})])
+    verdict = admit(pod_request(p), policy, mode, NamespaceFacts(path_profile="runv"))
+    assert (verdict.allowed, verdict.code, verdict.reason) == (False, 400, "invalid-pod")
+    assert verdict.message == (f'spec.containers[1].resources.requests.memory: quantity "{quantity}" is out of '
+                               f"range (magnitude above 9223372036854775)")
 
 
 def test_invalid_limit_quantity_names_the_field(policy):
