@@ -3,13 +3,16 @@
 # runAsNonRoot, readOnlyRootFilesystem and all capabilities dropped.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# Every dependency at the exact version and file hash of requirements.lock (pip-compile
+# --generate-hashes from pyproject.toml): a changed or substituted package fails the build.
+RUN pip install --no-cache-dir --prefix=/install --require-hashes -r requirements.lock
 COPY sandgate ./sandgate
 COPY webhooks ./webhooks
 COPY scheduler_ext ./scheduler_ext
 COPY node_agent ./node_agent
 COPY certs ./certs
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install --no-deps .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

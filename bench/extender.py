@@ -6,10 +6,11 @@ in-process cost of parsing a request (orjson, with the standard library's json a
 measured in the same run) and of the decisions alone.
 
 The synthetic cluster: half the nodes advertise runv (capacity 16, fresh agent heartbeat, some
-sandboxes already bound), half run no sandbox runtime. The runv pod is offered every node (the
-worst case: a scheduler whose in-tree filters removed nothing) and, for nodeCacheCapable, also only
-the runv nodes (what the scheduler sends once the RuntimeClass nodeSelector has filtered); prioritize
-gets the nodes that passed filter, as kube-scheduler does.
+sandboxes already bound), half run no sandbox runtime. The runv pod (requesting its slot, as the
+webhook routes it) is offered every node (the worst case: a scheduler whose in-tree filters removed
+nothing) and, for nodeCacheCapable, also only the runv nodes (the realistic case: what the scheduler
+sends once NodeResourcesFit has counted the sandgate.io/sandbox-runv slots and the RuntimeClass
+nodeSelector has filtered); prioritize gets the nodes that passed filter, as kube-scheduler does.
 
     python3 bench/extender.py            # full run: 100 / 1,000 / 5,000 nodes
     python3 bench/extender.py --quick    # smoke run: 100 / 1,000 nodes, few iterations
@@ -61,6 +62,8 @@ def node(i: int) -> dict:
         labels["runtime"] = "runv"
         annotations[keys.capacity_annotation("runv")] = "16"
     resources = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "95Gi"}
+    if i % 2 == 0:
+        resources[keys.sandbox_resource("runv")] = "16"  # the agent's device plugin, through the kubelet
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "uid": str(uuid.UUID(int=i)), "resourceVersion": str(1000 + i),
                          "labels": labels, "annotations": annotations},
@@ -81,15 +84,15 @@ def snapshot(nodes: list[dict]) -> dict:
     for n in nodes[::2]:
         name = n["metadata"]["name"]
         items.append({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                      "metadata": {"name": keys.agent_lease_name(name), "namespace": "sandgate-system"},
+                      "metadata": {"name": keys.agent_lease_name(name), "namespace": keys.DEFAULT_AGENT_NAMESPACE},
                       "spec": {"holderIdentity": name, "leaseDurationSeconds": 3600, "renewTime": now}})
         for j in range(4):
             items.append({"apiVersion": "v1", "kind": "Pod",
                           "metadata": {"name": f"vm-{name}-{j}", "namespace": "batch", "uid": str(uuid.uuid4())},
                           "spec": {"nodeName": name, "runtimeClassName": "runv",
                                    "overhead": {"cpu": "100m", "memory": "50Mi"},
-                                   "containers": [{"name": "c", "resources": {"requests": {"cpu": "250m",
-                                                                                           "memory": "512Mi"}}}]},
+                                   "containers": [{"name": "c", "resources": {"requests": {
+                                       "cpu": "250m", "memory": "512Mi", keys.sandbox_resource("runv"): "1"}}}]},
                           "status": {"phase": "Running"}})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
@@ -97,7 +100,11 @@ def snapshot(nodes: list[dict]) -> dict:
 def runv_pod() -> dict:
     """The captured v1.24 runv pod (what kube-scheduler really sends)."""
     path = REPO / "tests" / "fixtures" / "k8s-1.24" / "extender" / "filter-ncc-true-runv-pod.json"
-    return json.loads(path.read_text())["Pod"]
+    pod = json.loads(path.read_text())["Pod"]
+    resources = pod["spec"]["containers"][0].setdefault("resources", {})
+    for kind in ("requests", "limits"):  # captured before the slot resource existed; the webhook now adds it
+        resources.setdefault(kind, {})[keys.sandbox_resource("runv")] = "1"
+    return pod
 
 
 def args_body(pod: dict, nodes: list[dict], ncc: bool) -> bytes:

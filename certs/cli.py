@@ -16,8 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--out", required=True, metavar="DIR", help="output directory")
     gen.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS SAN (repeatable)")
     gen.add_argument("--ip", action="append", default=[], metavar="ADDR", help="extra IP SAN (repeatable)")
+    gen.add_argument("--ca-dir", metavar="DIR", help="sign with the CA kept in DIR/ca.crt + DIR/ca.key instead of a "
+                     "new one (renewal: caBundle and the scheduler's caData stay as they are)")
     bundle = sub.add_parser("ca-bundle", help="print the base64 caBundle of DIR/ca.crt")
     bundle.add_argument("dir", metavar="DIR")
+    install = sub.add_parser("install", help="in a cluster: keep the CA, the webhooks' caBundle and the serving "
+                                             "certificates valid (the certgen Job and the renewal CronJob)")
+    from certs.install import add_arguments as install_arguments
+
+    install_arguments(install)
+    install.add_argument("--kubeconfig", help="kubeconfig (default: the in-cluster service account)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from certs.generate import CA_FILE, CertError, generate, write
+from certs.generate import CA_FILE, CertError, generate, read_ca, write
 
 
 def ca_bundle(directory: str) -> str:
@@ -29,11 +29,37 @@ def ca_bundle(directory: str) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def run_install(args: argparse.Namespace) -> int:
+    """`certs install`: one JSON log line with what was kept, issued and patched; exit 1 with the reason."""
+    import datetime as dt
+    import logging
+
+    from kubernetes.client.rest import ApiException
+    from kubernetes.dynamic.exceptions import DynamicApiError
+
+    from certs.install import Cluster, InstallError, install
+    from sandgate.core import jsonlog
+    from sandgate.core.kube import KubeConfigError, load_api_client
+
+    jsonlog.configure("INFO")
+    log = logging.getLogger("sandgate.certs")
+    try:
+        summary = install(Cluster(load_api_client(args.kubeconfig)), args, dt.datetime.now(dt.timezone.utc))
+    except (ApiException, DynamicApiError, InstallError, CertError, KubeConfigError) as exc:
+        log.error("certificate install failed", extra={"error": getattr(exc, "body", None) or str(exc)})
+        return 1
+    log.info("certificates installed", extra=summary)
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """Run `certs generate` or `certs ca-bundle`; errors print one clear line and return 1."""
+    """Run `certs generate`, `certs ca-bundle` or `certs install`; errors print one clear line and return 1."""
+    if args.certs_command == "install":
+        return run_install(args)
     try:
         if args.certs_command == "generate":
-            generated = generate(args.service, args.namespace, args.dns, args.ip)
+            ca = read_ca(args.ca_dir) if args.ca_dir else None
+            generated = generate(args.service, args.namespace, args.dns, args.ip, ca=ca)
             paths = write(generated, args.out)
             for path in paths.values():
                 print(f"wrote {path}")

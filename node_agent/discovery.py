@@ -1,7 +1,7 @@
 """Which runtime handlers on this node really work, and how many sandboxes each can hold.
 
 A handler is advertised only when a policy profile uses it, containerd has it configured, its shim
-binary exists and is executable, VM-based runtimes find /dev/kvm, and every probe of its profiles
+binary exists and is executable, VM-based runtimes find KVM (/sys/class/misc/kvm), and every probe of its profiles
 succeeds. A configured handler whose shim is missing would leave pods stuck in ContainerCreating, so
 each failed check is kept as the reason the handler is not advertised.
 """
@@ -23,7 +23,7 @@ from node_agent.host import KVM_DEVICE, SHIM_DIRS, HostFacts
 __all__ = ["shim_name", "discover", "RuntimeStatus", "capacities", "node_patch", "patch_is_empty", "capacity",
            "is_vm_runtime", "find_shim"]
 
-# Words in a shim name that mean the sandbox is a virtual machine, which needs /dev/kvm.
+# Words in a shim name that mean the sandbox is a virtual machine, which needs KVM.
 VM_WORDS = ("kata", "fc", "firecracker", "clh", "cloud-hypervisor", "qemu", "runv")
 STANDARD_HANDLERS = ("runc", "crun")
 
@@ -45,7 +45,7 @@ class RuntimeStatus:
 
 
 def is_vm_runtime(shim: str) -> bool:
-    """Whether the shim runs sandboxes as virtual machines (needs /dev/kvm)."""
+    """Whether the shim runs sandboxes as virtual machines (needs KVM)."""
     name = PurePosixPath(shim).name.removeprefix("containerd-shim-")
     words = set(name.split("-"))
     return any(word in words or ("-" in word and word in name) for word in VM_WORDS)

@@ -2,7 +2,7 @@
 
 The host filesystem is seen under --root (the DaemonSet mounts it at /host). Facts are plain
 values: config file texts, the CRI runtime's answers, which binaries exist and are executable,
-whether /dev/kvm exists, and the probes' results, so that node_agent.decide stays pure.
+whether KVM is there (/sys/class/misc/kvm), and the probes' results, so that node_agent.decide stays pure.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from node_agent.cri.client import CriClient, CriError, RuntimeStatus, RuntimeVer
 CONTAINERD_BINARIES = ("/usr/bin/containerd", "/usr/local/bin/containerd")
 # Host directories searched for shims, in containerd's PATH order plus Kata's install location.
 SHIM_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/opt/kata/bin")
-KVM_DEVICE = "/dev/kvm"
+# The kvm module's sysfs entry, a symlink into /sys/devices: seen through a read-only hostPath of
+# /sys/class/misc, without mounting /dev (where a device node could be opened).
+KVM_DEVICE = "/sys/class/misc/kvm"
 PROBE_TIMEOUT = 10.0
 BINARY_TIMEOUT = 10.0
 CRI_TIMEOUT = 5.0
@@ -274,7 +276,7 @@ def gather(root: Root, policy: Policy) -> HostFacts:
     candidates = shim_candidates(tables, runtime_types)
     probes = {p.probe: run_probe(p.probe) for p in policy.profiles.values() if p.probe}
     return HostFacts(manager, snapshot, snapshot_error, cri, version, crio_files, _executables(root, candidates),
-                     root.host(KVM_DEVICE).exists(), probes)
+                     os.path.lexists(root.host(KVM_DEVICE)), probes)
 
 
 def _list_dir(root: Root, host_dir: str) -> list[str] | None:

@@ -75,9 +75,10 @@ class ExtenderApp:
 # FailedAndUnresolvableNodes is read by kube-scheduler from 1.20 on (k8s.io/kube-scheduler/extender/v1).
 UNRESOLVABLE_SINCE = ClusterVersion(1, 20)
 # Node objects of recent nodeCacheCapable=false filter calls, by pod UID, for that pod's /preempt
-# (ExtenderPreemptionArgs carries no Nodes). Bounded: a replica that never saw the filter falls
-# back to its cache.
-RECENT_FILTERS = 256
+# (ExtenderPreemptionArgs carries no Nodes). kube-scheduler preempts for a pod right after its
+# failed filter, one pod at a time, so a few suffice; each can hold thousands of Nodes. A replica
+# that never saw the filter falls back to its cache.
+RECENT_FILTERS = 8
 
 
 @dataclass

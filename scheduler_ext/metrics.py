@@ -6,6 +6,8 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sandgate.core.certinfo import EXPIRY_HELP, EXPIRY_METRIC, file_not_after
+
 # Filter+prioritize should stay within a few ms at 5,000 nodes; buckets resolve that range finely.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -36,3 +38,8 @@ class Metrics:
             ["resource"], registry=self.registry)
         for resource in ("nodes", "pods", "leases"):
             skips.labels(resource).set_function(lambda r=resource: float(skipped(r)))
+
+    def watch_certificate(self, cert_file: str) -> None:
+        """Export the serving certificate's notAfter, read at each scrape (NaN while unreadable)."""
+        Gauge(EXPIRY_METRIC, EXPIRY_HELP, registry=self.registry).set_function(
+            lambda: file_not_after(cert_file) or float("nan"))

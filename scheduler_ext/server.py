@@ -102,7 +102,10 @@ def build(args: argparse.Namespace) -> Built:
     log.info("extender configured", extra={"policy": args.config, "source": runtime.source,
                                            "clusterVersion": str(version),
                                            "mode": "overhead_in_extender" if cache.legacy else "overhead_in_scheduler"})
-    return Built(create_app(runtime), start_background)
+    app = create_app(runtime)
+    if args.cert_file:
+        app.metrics.watch_certificate(args.cert_file)
+    return Built(app, start_background)
 
 
 def start_informers(api: client.ApiClient, cache: ClusterCache, stop: threading.Event) -> list[Informer]:

@@ -29,7 +29,7 @@ def test_documented_example_loads_with_every_field():
     assert policy.cluster_version is None
     assert policy.default_profile == "runv"
     assert policy.allow_pod_opt_in is True
-    assert policy.exempt_namespaces == {"kube-system", "sandgate-system"}
+    assert policy.exempt_namespaces == {"kube-system", "sandgate-system", "sandgate-agent"}
     runv = policy.profiles["runv"]
     assert runv.handler == "runv"
     assert runv.overhead.pod_fixed == {"cpu": "100m", "memory": "50Mi"}
@@ -121,6 +121,42 @@ def test_profile_named_resolves_label_and_annotation_values():
     assert policy.profile_named(None) is None
 
 
+def test_forbid_defaults_to_every_host_feature_and_an_explicit_empty_list_allows_them():
+    from sandgate.core.policy.model import FORBIDDABLE
+    doc = example_doc()
+    del doc["profiles"]["gvisor"]["forbid"]
+    doc["profiles"]["runv"]["forbid"] = []
+    policy = parse_policy(doc)
+    assert policy.profiles["gvisor"].forbid == set(FORBIDDABLE)
+    assert policy.profiles["runv"].forbid == set()
+
+
+def test_every_shipped_profile_forbids_all_six_host_features():
+    from sandgate.core.policy.model import FORBIDDABLE
+    from support import REPO
+    for path in ("manifests/base/policy.yaml", "manifests/overlays/legacy/policy.yaml", "examples/policy.yaml"):
+        policy = load_policy(REPO / path)
+        for profile in policy.profiles.values():
+            assert profile.forbid == set(FORBIDDABLE), (path, profile.name)
+
+
+def test_security_switches_parse_with_safe_defaults():
+    policy = load_policy(EXAMPLE_POLICY)
+    assert (policy.unlabelled_namespaces, policy.allow_profile_override) == ("trusted", False)
+    assert policy.namespace_admin_groups == ("system:masters", "sandgate.io:namespace-admins")
+    assert policy.scheduling.allowed_scheduler_names == {"default-scheduler"}
+    assert policy.agent.namespace == "sandgate-agent"
+    doc = example_doc()
+    doc.update(unlabelledNamespaces="sandboxed", allowProfileOverride=True, namespaceAdminGroups=["platform"])
+    doc["scheduling"] = {"allowedSchedulerNames": ["default-scheduler", "edge"]}
+    policy = parse_policy(doc)
+    assert (policy.unlabelled_namespaces, policy.allow_profile_override) == ("sandboxed", True)
+    assert policy.namespace_admin_groups == ("platform",)
+    assert policy.scheduling.allowed_scheduler_names == {"default-scheduler", "edge"}
+    doc["unlabelledNamespaces"] = "open"
+    assert errors_of(doc) == ['unlabelledNamespaces: must be one of trusted, sandboxed, got "open"']
+
+
 @pytest.mark.parametrize("name, reason", [
     ("opt-in", "the webhook path segment of the pod opt-in entry (/mutate/opt-in)"),
     ("sandboxed", "selects defaultProfile"),
@@ -178,3 +214,23 @@ def test_invalid_agent_runtime_settings_are_refused_by_key(key, value, reason):
     doc.setdefault("agent", {})[key] = value
     errors = errors_of(doc)
     assert any(e.startswith(f"agent.{key}:") and reason in e for e in errors), errors
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml",
+      "SystemdCgroup": True}, None),
+    ({"runtime_path": "/usr/bin/kata-runtime", "runtime_config_path": "/etc/kata/configuration.toml"}, None),
+    ({"BinaryName": "/tmp/evil"}, "runtimeOptions.BinaryName: not an allowed runtime option"),
+    ({"privileged_without_host_devices": True}, "not an allowed runtime option"),
+    ({"runtime_path": "/tmp/evil"}, "runtimeOptions.runtime_path: names a program: it must be in /usr/bin/"),
+    ({"runtime_path": "/usr/bin/../../tmp/evil"}, 'without "." or ".." segments'),
+    ({"ConfigPath": "relative.toml"}, "must be an absolute path"),
+    ({"SystemdCgroup": "yes"}, "must be true or false"),
+])
+def test_runtime_options_are_an_allow_list(options, error):
+    doc = example_doc()
+    doc["profiles"]["gvisor"]["runtimeOptions"] = options
+    if error is None:
+        assert parse_policy(doc).profiles["gvisor"].runtime_options == options
+    else:
+        assert any(error in e for e in errors_of(doc)), errors_of(doc)

@@ -149,3 +149,21 @@ def test_hostile_slot_values_are_errors_naming_the_field(policy, value):
     for read in (sandbox_facts, lambda p: disagreement(p, policy, None), lambda p: profile_of(p, policy)):
         with pytest.raises(SandboxingError, match=r"^spec.containers\[0\].resources.requests.sandgate.io/sandbox-runv"):
             read(pod)
+
+
+def test_the_validating_webhook_refuses_an_unrouted_pod_that_looks_sandboxed():
+    """Opt-in off, unlabelled namespace: the webhook leaves the pod alone, so it must not carry a slot."""
+    policy = replace(load_policy(EXAMPLE_POLICY), allow_pod_opt_in=False)
+    facts = NAMESPACES["unlabelled"][1]
+    looks_sandboxed = request(make_pod(None, "runv", {"runv": "1"}), "team-c")
+    verdict = validate(looks_sandboxed, policy, Mode.APISERVER_MERGES, facts)
+    assert (verdict.allowed, verdict.reason) == (False, "unrouted-sandbox-slot")
+    assert verdict.message.startswith("spec.containers[*].resources: the pod requests sandbox slots "
+                                      "(sandgate.io/sandbox-runv: 1)")
+    # the same pod without the slot is simply not sandboxed, for both
+    plain = request(make_pod(None, "runv", {}), "team-c")
+    assert validate(plain, policy, Mode.APISERVER_MERGES, facts).allowed
+    assert profile_of(plain.object, policy) is None
+    # an update of a running pod is not re-judged (its runtime class and resources are immutable)
+    update = replace(looks_sandboxed, operation="UPDATE")
+    assert validate(update, policy, Mode.APISERVER_MERGES, facts).allowed

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from sandgate.core.clusterversion import ClusterVersion, Mode
 from sandgate.core.policy import Policy, PolicyStore
-from webhooks import wire
+from webhooks import guards, wire
 from webhooks.metrics import Metrics
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import admit
@@ -56,6 +56,7 @@ class WebhookState:
     tls: ReloadingContext | None = None
     lookup_wait: float = 1.0
     runtime_classes: RuntimeClassLookup | None = None
+    pod_nodes: guards.PodNodes | None = None
 
     def mode(self, policy: Policy) -> Mode:
         """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
@@ -235,6 +236,48 @@ def create_app(state: WebhookState) -> Flask:
                                 request.stream, request.path, request.remote_addr)
         return Response(body, status=status, mimetype="application/json")
 
+    def guard(kind: str) -> Response:
+        """/guard/agent and /guard/namespaces: the rules RBAC cannot express (webhooks.guards)."""
+        started = time.perf_counter()
+        endpoint = f"guard-{kind}"
+        try:
+            wire.check_content_type(request.headers.get("Content-Type"))
+            req = wire.parse_review(_read_body(request.content_length, request.stream))
+        except wire.WireError as exc:
+            state.metrics.observe(endpoint, "invalid", exc.kind, None, time.perf_counter() - started)
+            return _json({"error": exc.reason}, 400)
+        policy = state.policies.current
+        try:
+            if kind == "namespaces":
+                verdict = guards.guard_namespace(req, policy)
+            elif not guards.is_agent(req.user, policy):
+                verdict = guards.guard_agent(req, policy, None)
+            else:
+                try:
+                    node = guards.agent_node(req.user, policy, state.pod_nodes)
+                except guards.PodNodeUnknown as exc:
+                    verdict = Verdict(allowed=False, code=503, reason="agent-node-lookup",
+                                      message=f"cannot tell which node the sandgate agent's request comes from: {exc}")
+                else:
+                    version = state.cluster_version or policy.cluster_version or state.start_version
+                    bound = (version.major, version.minor) >= guards.POD_BOUND_TOKENS_SINCE
+                    verdict = guards.guard_agent(req, policy, node, tokens_are_pod_bound=bound)
+        except Exception:  # a bug must not let a guarded write through
+            log.exception("guard failed; denying the request", extra={"uid": req.uid, "endpoint": request.path})
+            verdict = _internal_error(req.uid)
+        elapsed = time.perf_counter() - started
+        outcome = "allowed" if verdict.allowed else "denied"
+        state.metrics.observe(endpoint, outcome, verdict.reason, None, elapsed)
+        facts = {"uid": req.uid, "kind": req.kind, "namespace": req.namespace, "object": req.name,
+                 "operation": req.operation, "user": req.user.username, "endpoint": request.path,
+                 "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3)}
+        if not verdict.allowed:
+            facts["denial"] = verdict.message
+        log.log(logging.WARNING if not verdict.allowed else logging.INFO, "guard", extra=facts)
+        return _json(wire.review_response(req.api_version, req.uid, verdict))
+
+    app.add_url_rule("/guard/<any(agent, namespaces):kind>", "guard", guard, methods=["POST"])
+
     # /mutate, /validate (namespace labels from the cache) and /mutate/<profile>, /validate/<profile>.
     endpoint = f"<any({', '.join(DECIDERS)}):endpoint>"
     app.add_url_rule(f"/{endpoint}", "review", review, methods=["POST"], defaults={"profile": None})
@@ -267,8 +310,13 @@ def create_app(state: WebhookState) -> Flask:
             body["notReady"] = not_ready
         return _json(body, 200 if ready else 503)
 
+    if state.tls is not None:  # every worker reports from its start (livemin would see 0 otherwise)
+        state.metrics.record_certificate(state.tls.cert_file)
+
     @app.get("/metrics")
     def metrics() -> Response:
+        if state.tls is not None:
+            state.metrics.record_certificate(state.tls.cert_file)
         body, content_type = state.metrics.exposition()
         return Response(body, mimetype=None, content_type=content_type)
 

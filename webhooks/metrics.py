@@ -15,6 +15,8 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+from sandgate.core.certinfo import EXPIRY_HELP, EXPIRY_METRIC, file_not_after
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Admission answers take well under a millisecond to a few ms; the API server's own timeout
 # (timeoutSeconds, default 10 s) bounds the top.
@@ -42,6 +44,9 @@ class Metrics:
             "sandgate_webhook_namespace_cache_synced",
             "1 when the watched namespace-label cache is synced with the API server, else 0.",
             registry=self.registry, multiprocess_mode="livemin")
+        # livemin: the soonest expiry any live worker serves (one may not have reloaded a renewal yet).
+        self.certificate_expiry = Gauge(EXPIRY_METRIC, EXPIRY_HELP, registry=self.registry,
+                                        multiprocess_mode="livemin")
 
         # The labelled children, looked up once: labels() validates and locks on every call, which
         # was a tenth of an allowed request's CPU. Keys are bounded like the series themselves.
@@ -59,6 +64,12 @@ class Metrics:
         if latency is None:
             latency = self._latencies[endpoint] = self.latency.labels(endpoint)
         latency.observe(seconds)
+
+    def record_certificate(self, cert_file: str) -> None:
+        """Set the expiry gauge from the serving certificate file (left as it was while unreadable)."""
+        expires = file_not_after(cert_file)
+        if expires is not None:
+            self.certificate_expiry.set(expires)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition (body, content type), summed over every worker in multiprocess mode."""

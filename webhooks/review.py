@@ -13,6 +13,20 @@ from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
+class UserInfo:
+    """request.userInfo: who sent the request (the guards decide on it; pod routing does not)."""
+
+    username: str = ""
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def extra_value(self, key: str) -> str | None:
+        """The single value of an extra key, or None when it is absent or not exactly one value."""
+        values = self.extra.get(key) or ()
+        return values[0] if len(values) == 1 and values[0] else None
+
+
+@dataclass(frozen=True)
 class AdmissionRequest:
     """The parts of AdmissionReview.request the decisions use (identical in v1 and v1beta1)."""
 
@@ -27,6 +41,7 @@ class AdmissionRequest:
     object: dict[str, Any] | None
     old_object: dict[str, Any] | None = None
     sub_resource: str | None = None
+    user: UserInfo = field(default_factory=UserInfo)
 
     @property
     def pod_name(self) -> str:

@@ -34,6 +34,7 @@ class Rule(str, enum.Enum):
     POD_ANNOTATION = "pod-annotation"
     RUNTIME_CLASS = "runtime-class"
     OPT_IN = "opt-in"
+    UNLABELLED = "unlabelled-namespace"  # unlabelledNamespaces: sandboxed routed it to defaultProfile
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _namespace_profile(req: AdmissionRequest, policy: Policy, facts: NamespaceFa
     if facts.path_profile is not None:
         segment = facts.path_profile
         if segment == keys.OPT_IN_PATH_SEGMENT:
-            return None
+            return _unlabelled(policy)
         # /mutate/sandboxed follows defaultProfile without rewriting the webhook configuration.
         profile = policy.profile_named(segment)
         if profile is not None:
@@ -107,14 +108,46 @@ def _namespace_profile(req: AdmissionRequest, policy: Policy, facts: NamespaceFa
                     f"refusing the pod rather than guessing whether it must be sandboxed", code=503)
     value = facts.namespace_labels.get(policy.namespace_label)
     if value is None:
-        return None
+        return _unlabelled(policy)
+    if value == keys.OPT_OUT_VALUE:
+        return None  # an admin marked the namespace trusted (the label is guarded, docs/install.md)
     profile = policy.profile_named(value)
     if profile is not None:
         return profile
     return deny("invalid-namespace-label",
                 f'namespace "{req.namespace}" has label {policy.namespace_label}="{value}", which is not a '
-                f"sandbox profile (valid values: {_valid_values(policy, keys.SANDBOXED_VALUE)}); "
+                f"sandbox profile (valid values: {_valid_values(policy, keys.SANDBOXED_VALUE, keys.OPT_OUT_VALUE)}); "
                 f"refusing to admit the pod unsandboxed")
+
+
+def _unlabelled(policy: Policy) -> Profile | None:
+    """What a namespace without the isolation label routes to: nothing, or defaultProfile when sandboxed."""
+    if policy.unlabelled_namespaces == "sandboxed":
+        return policy.profiles[policy.default_profile]
+    return None
+
+
+def _locked(ns_profile: Profile, chosen: Profile, field: str, req: AdmissionRequest, policy: Policy) -> Decision:
+    return deny("profile-locked",
+                f'{field}: namespace "{req.namespace}" is locked to sandbox profile "{ns_profile.name}"; a pod '
+                f'cannot choose "{chosen.name}" (policy allowProfileOverride: false)')
+
+
+def _placement(decision: Decision, pod: Mapping[str, Any], policy: Policy) -> Decision:
+    """Refuse a routed pod that would skip the extender's checks: a preset node or another scheduler."""
+    spec = pod_spec(pod)
+    node = spec.get("nodeName")
+    if node:
+        return deny("node-name-preset",
+                    f'spec.nodeName: "{node}" is preset; a sandboxed pod must be placed by the scheduler and '
+                    f"the sandgate extender, which check the node's runtime and heartbeat")
+    scheduler = spec.get("schedulerName")
+    allowed = policy.scheduling.allowed_scheduler_names
+    if scheduler is not None and scheduler not in allowed:
+        return deny("scheduler-name-refused",
+                    f'spec.schedulerName: "{scheduler}" is not allowed for sandboxed pods (allowed: '
+                    f'{", ".join(sorted(allowed))}; policy scheduling.allowedSchedulerNames)')
+    return decision
 
 
 def _by_runtime_class(profile: Profile, rule: Rule, policy: Policy, pod: Mapping[str, Any],
@@ -136,6 +169,13 @@ def _by_runtime_class(profile: Profile, rule: Rule, policy: Policy, pod: Mapping
 
 def resolve(req: AdmissionRequest, policy: Policy, facts: NamespaceFacts) -> Decision:
     """Route the pod of `req`: to a profile, to nothing (skip), or to a denial naming the input at fault."""
+    decision = _resolve(req, policy, facts)
+    if decision.outcome is Outcome.ROUTE:
+        return _placement(decision, req.object or {}, policy)
+    return decision
+
+
+def _resolve(req: AdmissionRequest, policy: Policy, facts: NamespaceFacts) -> Decision:
     if not applies_to(req):
         return skip("not-applicable")
     if req.namespace in policy.exempt_namespaces:
@@ -155,15 +195,24 @@ def resolve(req: AdmissionRequest, policy: Policy, facts: NamespaceFacts) -> Dec
         value = str(value)
 
     if ns_profile is not None:
+        labelled = (facts.namespace_labels or {}).get(policy.namespace_label) is not None or (
+            facts.path_profile not in (None, keys.OPT_IN_PATH_SEGMENT))
+        ns_rule = Rule.NAMESPACE_LABEL if labelled else Rule.UNLABELLED
         if value is None or value == keys.SANDBOXED_VALUE:
-            return _by_runtime_class(ns_profile, Rule.NAMESPACE_LABEL, policy, pod, annotation_chose=False)
+            decision = _by_runtime_class(ns_profile, ns_rule, policy, pod, annotation_chose=False)
+            if (decision.outcome is Outcome.ROUTE and decision.profile is not ns_profile
+                    and not policy.allow_profile_override):
+                return _locked(ns_profile, decision.profile, "spec.runtimeClassName", req, policy)
+            return decision
         if value == keys.OPT_OUT_VALUE:
             return deny("opt-out-refused",
                         f'{field}: "{keys.OPT_OUT_VALUE}": opt-out is not allowed in a sandboxed namespace '
                         f'(namespace "{req.namespace}" routes pods to sandbox profile "{ns_profile.name}")')
         if value in policy.profiles:
-            return _by_runtime_class(policy.profiles[value], Rule.POD_ANNOTATION, policy, pod,
-                                     annotation_chose=True)
+            chosen = policy.profiles[value]
+            if chosen is not ns_profile and not policy.allow_profile_override:
+                return _locked(ns_profile, chosen, field, req, policy)
+            return _by_runtime_class(chosen, Rule.POD_ANNOTATION, policy, pod, annotation_chose=True)
         return deny("invalid-annotation",
                     f'{field}: unknown sandbox profile "{value}" (valid values: '
                     f"{_valid_values(policy, keys.SANDBOXED_VALUE)})")

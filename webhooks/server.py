@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import glob
+import json
 import logging
 import os
 import shutil
@@ -148,6 +149,22 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _pod_reader(kubeconfig: str | None):
+    """GET one pod as wire JSON, with a deadline (the agent guard's lookup for pod-bound tokens)."""
+    from kubernetes import client
+
+    api = None
+
+    def get_pod(namespace: str, name: str) -> dict:
+        nonlocal api
+        if api is None:
+            api = client.CoreV1Api(load_api_client(kubeconfig))
+        resp = api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=(3, 5))
+        return json.loads(resp.data)
+
+    return get_pod
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the webhook until stopped; returns (or exits with) the process exit code."""
     jsonlog.configure(args.log_level)
@@ -229,9 +246,13 @@ def serve(args: argparse.Namespace) -> int:
         # Without API access (or an explicit --no-namespace-watch) the webhook makes no API calls at all.
         runtime_classes = RuntimeClassLookup(lambda: load_api_client(args.kubeconfig)) \
             if namespaces_off is None else None
+        pod_nodes = None
+        if api_available:
+            from webhooks.guards import PodNodes
+            pod_nodes = PodNodes(_pod_reader(args.kubeconfig))
         state = WebhookState(policies=policies, start_version=version, metrics=metrics, cluster_version=override,
                              namespaces=cache, namespaces_off=namespaces_off or "", tls=tls,
-                             runtime_classes=runtime_classes)
+                             runtime_classes=runtime_classes, pod_nodes=pod_nodes)
         return create_app(state)
 
     options = gunicorn_options(args.host, args.port, args.workers, args.threads, tls, args.log_level)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from webhooks.review import AdmissionRequest, Verdict
+from webhooks.review import AdmissionRequest, UserInfo, Verdict
 
 V1 = "admission.k8s.io/v1"
 V1BETA1 = "admission.k8s.io/v1beta1"
@@ -126,7 +126,22 @@ def parse_review(body: bytes) -> AdmissionRequest:
         object=_field(request, "object", "request", dict, required=False),
         old_object=_field(request, "oldObject", "request", dict, required=False),
         sub_resource=_field(request, "subResource", "request", str, required=False) or None,
+        user=_user_info(request.get("userInfo")),
     )
+
+
+def _user_info(doc: Any) -> UserInfo:
+    """request.userInfo; malformed parts read as absent, which the guards treat as "not allowed"."""
+    if not isinstance(doc, dict):
+        return UserInfo()
+    username = doc.get("username") if isinstance(doc.get("username"), str) else ""
+    groups = tuple(g for g in doc.get("groups") or () if isinstance(g, str)) if isinstance(doc.get("groups"), list) else ()
+    extra: dict[str, tuple[str, ...]] = {}
+    if isinstance(doc.get("extra"), dict):
+        for key, values in doc["extra"].items():
+            if isinstance(values, list):
+                extra[key] = tuple(v for v in values if isinstance(v, str))
+    return UserInfo(username, groups, extra)
 
 
 def review_response(api_version: str, uid: str, verdict: Verdict) -> dict:

@@ -33,6 +33,23 @@ SANDBOX_RESOURCE_PREFIX = f"{DOMAIN}/sandbox-"
 # Pod annotation written by the webhook when it pads container resources to emulate pod overhead.
 PADDING_ANNOTATION = f"{DOMAIN}/overhead-padding"
 
+# Namespace and ServiceAccount of the node agent; its heartbeat Leases live in that namespace.
+DEFAULT_AGENT_NAMESPACE = "sandgate-agent"
+AGENT_SERVICE_ACCOUNT = "sandgate-agent"
+# Groups that may set, change or remove the isolation and ignore labels of a namespace by default
+# (policy namespaceAdminGroups; the shipped ValidatingAdmissionPolicy names the same groups).
+DEFAULT_NAMESPACE_ADMIN_GROUPS = ("system:masters", f"{DOMAIN}:namespace-admins")
+# userInfo.extra keys the API server sets from a service-account token (k8s.io/apiserver
+# pkg/authentication/serviceaccount/util.go): pod-name/pod-uid for pod-bound tokens, node-name
+# from 1.30 on (ServiceAccountTokenPodNodeInfo, beta and on by default in 1.30, GA in 1.32).
+EXTRA_NODE_NAME = "authentication.kubernetes.io/node-name"
+EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
+EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
+# Namespace label (any value) that sends Lease writes in the namespace to the webhook's heartbeat guard.
+AGENT_NAMESPACE_LABEL = f"{DOMAIN}/agent-namespace"
+# Prefix of every Node label/annotation key the agent may write.
+AGENT_KEY_PREFIX = f"{DOMAIN}/"
+
 # Heartbeat Lease (coordination.k8s.io/v1) the agent renews for its node.
 AGENT_LEASE_PREFIX = "sandgate-agent-"
 

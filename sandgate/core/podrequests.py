@@ -30,7 +30,7 @@ _HUGEPAGES_PREFIX = "hugepages-"
 
 def is_sidecar(container: Mapping[str, Any]) -> bool:
     """A restartable init container (restartPolicy Always): it keeps running beside the app containers."""
-    return container.get("restartPolicy") == "Always"
+    return isinstance(container, dict) and container.get("restartPolicy") == "Always"
 
 
 def is_pod_level_resource(resource: str) -> bool:

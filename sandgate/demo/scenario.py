@@ -135,7 +135,7 @@ def demo_policy_document(cluster_version: str) -> dict[str, Any]:
         "podAnnotation": keys.DEFAULT_POD_ANNOTATION,
         "defaultProfile": "runv",
         "allowPodOptIn": True,
-        "exemptNamespaces": ["kube-system", "sandgate-system"],
+        "exemptNamespaces": ["kube-system", "sandgate-agent", "sandgate-system"],
         "profiles": {
             "runv": {
                 "runtimeClassName": "runv",
@@ -149,14 +149,14 @@ def demo_policy_document(cluster_version: str) -> dict[str, Any]:
                 "nodeSelector": {RUNV_NODE_LABEL[0]: RUNV_NODE_LABEL[1]},
                 "tolerations": [{"key": RUNV_TAINT_KEY, "operator": "Equal", "value": "runv",
                                  "effect": "NoSchedule"}],
-                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged"],
+                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort"],
                 "edgeTolerationSeconds": 86400,
             },
             "gvisor": {
                 "runtimeClassName": "gvisor",
                 "handler": GVISOR_HANDLER,
                 "nodeSelector": {GVISOR_NODE_LABEL[0]: GVISOR_NODE_LABEL[1]},
-                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged"],
+                "forbid": ["hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "hostPort"],
             },
         },
     }
@@ -225,7 +225,7 @@ def builtin() -> Scenario:
         DemoPod("web", "tenant-a", "pod in a sandboxed namespace gets the default profile"),
         DemoPod("worker", "tenant-a", "larger pod: the request-dependent overhead shows as padding",
                 cpu="500m", memory="2Gi"),
-        DemoPod("headless-browser", "tenant-a", "annotation picks another profile inside a sandboxed namespace",
+        DemoPod("headless-browser", "tenant-a", "annotation asks for another profile: refused, the namespace's profile is locked",
                 annotations={ann: "gvisor"}),
         DemoPod("debug-shell", "tenant-a", "privileged container in a sandboxed namespace",
                 image="busybox:1.36", privileged=True),

@@ -86,3 +86,26 @@ def test_generate_rejects_a_bad_ip_and_an_unwritable_dir(tmp_path):
     blocker.write_text("")
     unwritable = sandgate("generate", "--service", "wh", "--namespace", "ns", "--out", str(blocker / "sub"))
     assert unwritable.returncode == 1 and "cannot write" in unwritable.stderr and "Traceback" not in unwritable.stderr
+
+
+def test_renewal_with_ca_dir_keeps_the_ca_that_clients_trust(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert sandgate("generate", "--service", "s", "--namespace", "n", "--out", str(first)).returncode == 0
+    assert stat.S_IMODE((first / "ca.key").stat().st_mode) == 0o600
+    res = sandgate("generate", "--service", "s", "--namespace", "n", "--out", str(second), "--ca-dir", str(first))
+    assert res.returncode == 0, res.stderr
+    assert (second / "ca.crt").read_bytes() == (first / "ca.crt").read_bytes()
+    assert sandgate("ca-bundle", str(second)).stdout == sandgate("ca-bundle", str(first)).stdout
+    ca = x509.load_pem_x509_certificate((first / "ca.crt").read_bytes())
+    old = x509.load_pem_x509_certificate((first / "tls.crt").read_bytes())
+    new = x509.load_pem_x509_certificate((second / "tls.crt").read_bytes())
+    assert new.serial_number != old.serial_number
+    new.verify_directly_issued_by(ca)
+    assert (second / "tls.key").read_bytes() != (first / "tls.key").read_bytes()
+
+
+def test_ca_dir_without_a_key_is_a_clear_error(tmp_path):
+    (tmp_path / "ca.crt").write_bytes(b"x")
+    res = sandgate("generate", "--service", "s", "--namespace", "n", "--out", str(tmp_path / "o"),
+                   "--ca-dir", str(tmp_path))
+    assert res.returncode == 1 and "cannot read the CA" in res.stderr and "ca.key" in res.stderr

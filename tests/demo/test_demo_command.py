@@ -112,7 +112,7 @@ def test_every_builtin_pod_has_its_decision(demo):
         "shop/plugin-runner": "routed: runv",
         "tenant-a/web": "routed: runv",
         "tenant-a/worker": "routed: runv",
-        "tenant-a/headless-browser": "routed: gvisor",
+        "tenant-a/headless-browser": "denied",
         "tenant-a/debug-shell": "denied",
         "tenant-a/escape-hatch": "denied",
         "tenant-a/pinned-runc": "denied",

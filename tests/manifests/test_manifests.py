@@ -3,9 +3,6 @@ and check that every key, path, flag and name in the manifests is the one the co
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,7 +11,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
 
 import apiserver_validation
 import k8s_schemas
@@ -38,6 +34,7 @@ INTERMEDIATE_VERSIONS = ["1.16", "1.18", "1.20", "1.21"]
 INSTALLS = {
     "install/modern": ("modern", MODERN_VERSIONS),
     "install/modern-cert-manager": ("modern", MODERN_VERSIONS),
+    "install/modern-1.30": ("modern", ["1.30", NEWEST]),
     "install/legacy": ("legacy", LEGACY_VERSIONS),
     "install/intermediate": ("intermediate", INTERMEDIATE_VERSIONS),
     "overlays/intermediate": ("intermediate", INTERMEDIATE_VERSIONS),
@@ -76,7 +73,9 @@ def one(docs: list[dict], kind: str, name: str) -> dict:
 
 def policy_of(docs: list[dict]):
     cms = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("sandgate-policy")]
-    assert len(cms) == 1
+    # One copy for the webhook and extender, one for the agent in its own namespace: the same policy.
+    assert sorted(c["metadata"]["namespace"] for c in cms) == ["sandgate-agent", "sandgate-system"]
+    assert cms[0]["data"] == cms[1]["data"]
     return parse_policy(yaml.safe_load(cms[0]["data"]["policy.yaml"]), "ConfigMap sandgate-policy")
 
 
@@ -84,6 +83,8 @@ def pod_templates(docs: list[dict]):
     for d in docs:
         if d["kind"] in ("Deployment", "DaemonSet", "Job"):
             yield d, d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            yield d, d["spec"]["jobTemplate"]["spec"]["template"]
 
 
 # ---- schema validation ----------------------------------------------------------------------
@@ -128,7 +129,9 @@ def test_webhook_configurations_pass_the_api_servers_own_validation(rendered):
     target, docs = rendered
     generation, _ = INSTALLS[target]
     configs = [d for d in docs if d["kind"] in WEBHOOK_CONFIGURATION_KINDS]
-    assert len(configs) == 2
+    names = {(d["kind"], d["metadata"]["name"]) for d in configs}
+    assert names - {("ValidatingWebhookConfiguration", "sandgate-guards")} == {
+        ("MutatingWebhookConfiguration", "sandgate"), ("ValidatingWebhookConfiguration", "sandgate")}
     for version in API_SERVER_VERSIONS[generation]:
         for config in configs:
             errors = apiserver_validation.validate_webhook_configuration(config, version)
@@ -238,24 +241,36 @@ def test_intermediate_is_the_modern_install_in_the_api_versions_1_16_to_1_21_ser
     assert [strip(d) for d in find(intermediate, "RuntimeClass")] == [strip(d) for d in find(modern, "RuntimeClass")]
 
 
+def _tls_secret(docs, deployment: str) -> str:
+    volumes = {v["name"]: v for v in one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["volumes"]}
+    return volumes["tls"]["secret"]["secretName"]
+
+
+def test_webhook_and_extender_serve_separate_certificates(rendered):
+    _, docs = rendered
+    assert _tls_secret(docs, "sandgate-webhook") == "sandgate-webhook-tls"
+    assert _tls_secret(docs, "sandgate-extender") == "sandgate-extender-tls"
+
+
 def test_cert_manager_objects_are_well_formed():
     docs = render("install/modern-cert-manager")
-    assert not find(docs, "Job"), "cert-manager replaces the certificate Job"
+    assert not find(docs, "Job") and not find(docs, "CronJob"), "cert-manager replaces the certificate jobs"
     issuers = {d["metadata"]["name"]: d for d in find(docs, "Issuer")}
     certs = {d["metadata"]["name"]: d for d in find(docs, "Certificate")}
-    assert certs["sandgate-ca"]["spec"]["isCA"] is True
-    assert certs["sandgate-ca"]["spec"]["issuerRef"]["name"] in issuers
-    assert issuers["sandgate-ca"]["spec"]["ca"]["secretName"] == certs["sandgate-ca"]["spec"]["secretName"]
-    serving = certs["sandgate-webhook"]["spec"]
-    assert serving["issuerRef"] == {"kind": "Issuer", "name": "sandgate-ca"}
-    webhook = one(docs, "Deployment", "sandgate-webhook")
-    secret = {v["name"]: v for v in webhook["spec"]["template"]["spec"]["volumes"]}["tls"]["secret"]["secretName"]
-    assert serving["secretName"] == secret
+    ca = certs["sandgate-ca"]["spec"]
+    assert ca["isCA"] is True and ca["issuerRef"]["name"] in issuers
+    assert ca["privateKey"]["rotationPolicy"] == "Never", "the CA key is kept: caData never changes"
+    assert issuers["sandgate-ca"]["spec"]["ca"]["secretName"] == ca["secretName"]
     for name in ("sandgate-webhook", "sandgate-extender"):
-        assert f"{name}.sandgate-system.svc" in serving["dnsNames"]
+        serving = certs[name]["spec"]
+        assert serving["issuerRef"] == {"kind": "Issuer", "name": "sandgate-ca"}
+        assert serving["secretName"] == _tls_secret(docs, name)
+        assert serving["dnsNames"] == [name, f"{name}.sandgate-system", f"{name}.sandgate-system.svc",
+                                       f"{name}.sandgate-system.svc.cluster.local"]
     cert_ref = f"{certs['sandgate-webhook']['metadata']['namespace']}/sandgate-webhook"
-    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        assert one(docs, kind, "sandgate")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == cert_ref
+    for kind, name in (("MutatingWebhookConfiguration", "sandgate"), ("ValidatingWebhookConfiguration", "sandgate"),
+                       ("ValidatingWebhookConfiguration", "sandgate-guards")):
+        assert one(docs, kind, name)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == cert_ref
 
 
 # ---- contracts with the code ---------------------------------------------------------------
@@ -317,7 +332,8 @@ def test_webhook_entries_match_the_policy(rendered):
             label_exprs = by_key.pop(policy.namespace_label)
             segment = path.rsplit("/", 1)[1] if path.count("/") == 2 else None
             if segment == keys.OPT_IN_PATH_SEGMENT:
-                assert w["failurePolicy"] == "Ignore"
+                # Fail closed only where matchConditions (1.28+) keep every other pod away from it.
+                assert w["failurePolicy"] == ("Fail" if w.get("matchConditions") else "Ignore")
                 assert label_exprs == [{"key": policy.namespace_label, "operator": "DoesNotExist"}]
                 assert by_key.pop(keys.IGNORE_NAMESPACE_LABEL) == [
                     {"key": keys.IGNORE_NAMESPACE_LABEL, "operator": "DoesNotExist"}]
@@ -342,11 +358,25 @@ def test_webhook_entries_match_the_policy(rendered):
             assert not by_key, f"{path}: unexpected selector keys {sorted(by_key)}"
 
 
-def test_sandgate_namespace_is_kept_out_of_the_opt_in_entry(rendered):
+@pytest.mark.parametrize("name, level", [("sandgate-system", "restricted"), ("sandgate-agent", "privileged")])
+def test_sandgate_namespaces_are_kept_out_of_the_opt_in_entry_and_carry_psa_labels(rendered, name, level):
     _, docs = rendered
-    ns = one(docs, "Namespace", "sandgate-system")
+    ns = one(docs, "Namespace", name)
     assert keys.IGNORE_NAMESPACE_LABEL in ns["metadata"]["labels"]
     assert policy_of(docs).namespace_label not in ns["metadata"]["labels"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == level
+    assert name in policy_of(docs).exempt_namespaces
+
+
+def test_the_agent_lives_alone_in_its_namespace(rendered):
+    _, docs = rendered
+    ns = policy_of(docs).agent.namespace
+    assert ns == keys.DEFAULT_AGENT_NAMESPACE
+    kinds = sorted(d["kind"] for d in docs if d["metadata"].get("namespace") == ns)
+    # No Secret, no Service, no other workload: the agent's token can reach only its own Leases there.
+    assert kinds == ["ConfigMap", "DaemonSet", "ResourceQuota", "Role", "Role", "Role", "RoleBinding", "RoleBinding",
+                     "RoleBinding", "ServiceAccount"]
+    assert one(docs, "DaemonSet", "sandgate-agent")["metadata"]["namespace"] == ns
 
 
 def test_runtimeclasses_equal_the_policy_profiles(rendered):
@@ -426,12 +456,33 @@ def test_every_container_is_non_root_and_read_only(rendered):
         for c in spec.get("initContainers", []) + spec["containers"]:
             sc = c["securityContext"]
             where = f"{obj['metadata']['name']}/{c['name']}"
+            # The kubelet refuses a container whose effective runAsNonRoot is true and runAsUser 0.
+            pod_sc = spec["securityContext"]
+            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+                assert sc.get("runAsUser", pod_sc.get("runAsUser")) != 0, where
             assert sc["readOnlyRootFilesystem"] is True, where
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
             assert "limits" in c["resources"] and "requests" in c["resources"], where
-        if obj["kind"] != "Job":
-            assert spec["priorityClassName"] == one(docs, "PriorityClass", "sandgate-critical")["metadata"]["name"]
+        if obj["kind"] not in ("Job", "CronJob"):
+            assert spec["priorityClassName"] == _priority_class(docs, obj), obj["metadata"]["name"]
+
+
+def _priority_class(docs, obj) -> str:
+    """1.17+: the system classes; legacy: our own, which the quota scope keeps to sandgate's namespaces."""
+    if find(docs, "PriorityClass"):
+        return one(docs, "PriorityClass", "sandgate-critical")["metadata"]["name"]
+    return "system-node-critical" if obj["kind"] == "DaemonSet" else "system-cluster-critical"
+
+
+def test_only_sandgates_namespaces_have_a_quota_for_its_priority(rendered):
+    target, docs = rendered
+    classes = sorted({_priority_class(docs, d) for d, _ in pod_templates(docs) if d["kind"] in ("Deployment", "DaemonSet")})
+    quotas = find(docs, "ResourceQuota")
+    assert sorted(q["metadata"]["namespace"] for q in quotas) == ["sandgate-agent", "sandgate-system"]
+    for q in quotas:
+        (expr,) = q["spec"]["scopeSelector"]["matchExpressions"]
+        assert (expr["scopeName"], expr["operator"]) == ("PriorityClass", "In") and sorted(expr["values"]) == classes
 
 
 def test_agent_daemonset_host_access(rendered):
@@ -457,8 +508,13 @@ def test_agent_daemonset_host_access(rendered):
             host_mounts[volumes[m["name"]]["hostPath"]["path"]] = m
     policy = policy_of(docs)
     assert any(policy.agent.containerd_config.startswith(p + "/") for p in host_mounts)
-    for needed in ("/dev", "/usr/local/bin", "/usr/bin", "/opt", "/proc", "/sys/fs/cgroup"):
+    for needed in ("/sys/class/misc", "/usr/local/bin", "/usr/bin", "/opt", "/proc", "/sys/fs/cgroup"):
         assert needed in host_mounts
+    assert "/dev" not in host_mounts, "KVM is detected through /sys/class/misc/kvm"
+    from node_agent.host import KVM_DEVICE
+    assert any(KVM_DEVICE.startswith(p + "/") for p in host_mounts)
+    # Never create a directory on the node.
+    assert {v["hostPath"].get("type") for v in volumes.values() if "hostPath" in v} == {"Directory"}
     # The sandbox inventory reaches the default CRI socket through a host mount.
     assert any(policy.agent.cri_endpoint.removeprefix("unix://").startswith(p + "/") for p in host_mounts)
     assert not spec.get("hostNetwork") and not spec.get("hostPID")
@@ -483,6 +539,9 @@ def test_rbac_is_least_privilege(rendered):
     assert agent_role["metadata"]["namespace"] == ns
     assert agent_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                                     "verbs": ["create", "get", "update"]}]
+    agent_pods = one(docs, "Role", "sandgate-webhook-agent-pods")
+    assert agent_pods["metadata"]["namespace"] == ns
+    assert agent_pods["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
     # The extender only reads: kube-scheduler binds, so no pods/binding and no Lease writes.
     assert _rules(docs, "ClusterRole", "sandgate-extender") == [
         {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
@@ -495,8 +554,11 @@ def test_rbac_is_least_privilege(rendered):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], d["metadata"]["name"]
     for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
         for subject in binding["subjects"]:
-            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "sandgate-system"
-            one(docs, "ServiceAccount", subject["name"])
+            assert subject["kind"] == "ServiceAccount"
+            sa = one(docs, "ServiceAccount", subject["name"])
+            assert subject["namespace"] == sa["metadata"]["namespace"]
+            assert sa["metadata"]["namespace"] == (ns if subject["name"] == keys.AGENT_SERVICE_ACCOUNT
+                                                   else "sandgate-system")
 
 
 def test_scheduler_configs_point_at_the_extender_service():
@@ -518,66 +580,46 @@ def test_scheduler_configs_point_at_the_extender_service():
 
 # ---- the certificate Job ---------------------------------------------------------------------
 
-def _installer():
-    spec = importlib.util.spec_from_file_location("install_certs", MANIFESTS / "components/certgen/install_certs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_certgen_job_wires_the_generated_files_to_the_installer():
-    docs = render("install/modern")
-    job = one(docs, "Job", "sandgate-certgen")
-    spec = job["spec"]["template"]["spec"]
-    gen = build_parser().parse_args(spec["initContainers"][0]["args"])
-    webhook_svc = one(docs, "Service", "sandgate-webhook")["metadata"]
-    assert (gen.certs_command, gen.service, gen.namespace) == ("generate", webhook_svc["name"], webhook_svc["namespace"])
-    assert "sandgate-extender.sandgate-system.svc" in gen.dns
-    install = spec["containers"][0]
-    inst = _installer().build_parser().parse_args(install["args"])
-    assert inst.dir == gen.out
-    tls_volume = {v["name"]: v for v in one(docs, "Deployment", "sandgate-webhook")["spec"]["template"]["spec"]["volumes"]}
-    assert inst.secret == tls_volume["tls"]["secret"]["secretName"]
-    assert inst.mutating == one(docs, "MutatingWebhookConfiguration", "sandgate")["metadata"]["name"]
-    assert inst.validating == one(docs, "ValidatingWebhookConfiguration", "sandgate")["metadata"]["name"]
-    script = install["command"][-1]
-    mount = {m["name"]: m["mountPath"] for m in install["volumeMounts"]}["scripts"]
-    cm = {v["name"]: v for v in spec["volumes"]}["scripts"]["configMap"]["name"]
-    assert script == f"{mount}/install_certs.py" and "install_certs.py" in one(docs, "ConfigMap", cm)["data"]
-    role = one(docs, "ClusterRole", "sandgate-certgen")["rules"][0]
-    assert role["resourceNames"] == ["sandgate"] and role["verbs"] == ["get", "patch"]
-
-
-def _generated(tmp_path):
-    subprocess.run(["python3", "-m", "sandgate", "certs", "generate", "--service", "s", "--namespace", "n",
-                    "--out", str(tmp_path)], check=True, capture_output=True, cwd=REPO, timeout=60)
-    return {n: (tmp_path / n).read_bytes() for n in ("ca.crt", "tls.crt", "tls.key")}
-
-
-def test_installer_keeps_a_valid_secret_and_renews_an_expiring_one(tmp_path):
-    mod = _installer()
-    files = _generated(tmp_path)
-    data = {k: base64.b64encode(v).decode() for k, v in files.items()}
-    expires = x509.load_pem_x509_certificate(files["tls.crt"]).not_valid_after_utc
-    assert mod.keep_existing(data, expires - dt.timedelta(days=31), 30)
-    assert not mod.keep_existing(data, expires - dt.timedelta(days=29), 30)
-    assert not mod.keep_existing({**data, "tls.key": ""}, expires - dt.timedelta(days=90), 30)
-    assert not mod.keep_existing(None, expires, 30)
-
-
-def test_installer_patch_sets_every_ca_bundle_and_rolls_old_ca():
-    mod = _installer()
-    obj = {"metadata": {"name": "sandgate", "resourceVersion": "7"},
-           "webhooks": [{"name": "a", "clientConfig": {"service": {"name": "s"}}},
-                        {"name": "b", "clientConfig": {"service": {"name": "s"}, "caBundle": "b2xk"}}]}
-    ca = mod.bundle(b"NEW\n", b"OLD\n", b"NEW")
-    assert base64.b64decode(ca) == b"NEW\nOLD\n"
-    ops = mod.ca_bundle_patch(obj, ca)
-    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"}
-    import jsonpatch
-    patched = jsonpatch.apply_patch(obj, ops)
-    assert [w["clientConfig"]["caBundle"] for w in patched["webhooks"]] == [ca, ca]
-    assert mod.ca_bundle_patch(patched, ca) == []
+@pytest.mark.parametrize("target", ["install/modern", "install/intermediate", "install/legacy", "install/modern-1.30"])
+def test_certificate_jobs_keep_every_served_certificate_and_caBundle(target):
+    docs = render(target)
+    secrets = {d["metadata"]["name"]: d for d in find(docs, "Secret")}
+    # Pre-created and empty: no job may create a Secret.
+    assert secrets["sandgate-ca"]["type"] == "Opaque" and "data" not in secrets["sandgate-ca"]
+    for name in ("sandgate-webhook-tls", "sandgate-extender-tls"):
+        assert secrets[name]["type"] == "kubernetes.io/tls" and secrets[name]["data"] == {"tls.crt": "", "tls.key": ""}
+    job = one(docs, "Job", "sandgate-certgen")["spec"]["template"]["spec"]
+    (install,) = job["containers"]
+    args = build_parser().parse_args(install["args"])
+    assert (args.certs_command, args.namespace, args.create_ca) == ("install", "sandgate-system", True)
+    served = {(leaf.secret, leaf.service) for leaf in args.leaf}
+    assert served == {(_tls_secret(docs, "sandgate-webhook"), one(docs, "Service", "sandgate-webhook")["metadata"]["name"]),
+                      (_tls_secret(docs, "sandgate-extender"), one(docs, "Service", "sandgate-extender")["metadata"]["name"])}
+    configs = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("WebhookConfiguration")}
+    named = {("MutatingWebhookConfiguration", n) for n in args.mutating} | \
+            {("ValidatingWebhookConfiguration", n) for n in args.validating}
+    assert named == configs, "every webhook configuration gets the caBundle, and only those that ship"
+    # The job's own bindings go, the ClusterRoleBinding (which grants deleting itself) last.
+    assert args.drop_binding == ["rolebinding/sandgate-system/sandgate-certgen", "clusterrolebinding/sandgate-certgen"]
+    one(docs, "RoleBinding", "sandgate-certgen")
+    one(docs, "ClusterRoleBinding", "sandgate-certgen")
+    role = one(docs, "Role", "sandgate-certgen")["rules"]
+    assert role[0] == {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"],
+                       "resourceNames": ["sandgate-ca", "sandgate-webhook-tls", "sandgate-extender-tls"]}
+    cluster_role = one(docs, "ClusterRole", "sandgate-certgen")["rules"]
+    assert set(cluster_role[0]["resourceNames"]) >= {name for _, name in configs}
+    for d in docs:
+        for rule in d.get("rules", []) if d["kind"] in ("Role", "ClusterRole") else []:
+            assert not ("secrets" in rule["resources"] and "create" in rule["verbs"]), d["metadata"]["name"]
+    # The CronJob renews leaves only: no CA creation, no caBundle, no RBAC beyond the leaf Secrets.
+    cron = one(docs, "CronJob", "sandgate-cert-renewal")
+    assert cron["apiVersion"] == ("batch/v1beta1" if target in ("install/legacy", "install/intermediate") else "batch/v1")
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    renew = build_parser().parse_args(spec["containers"][0]["args"])
+    assert not renew.create_ca and not renew.mutating and not renew.validating and not renew.drop_binding
+    assert {(leaf.secret, leaf.service) for leaf in renew.leaf} == served
+    assert spec["serviceAccountName"] == "sandgate-cert-renewal"
+    assert [r["verbs"] for r in one(docs, "Role", "sandgate-cert-renewal")["rules"]] == [["get"], ["get", "update"]]
 
 
 # ---- docs ------------------------------------------------------------------------------------
@@ -606,6 +648,23 @@ def test_dockerfile_matches_the_manifests():
     assert images == {f"ghcr.io/sandgate/sandgate:{__version__}"}, "the image tag follows the package version"
     for package in ("sandgate", "webhooks", "scheduler_ext", "node_agent", "certs"):
         assert f"COPY {package} ./{package}" in lines, f"the image must contain {package}/"
+
+
+def test_image_dependencies_are_hash_locked():
+    """The Dockerfile installs requirements.lock with --require-hashes, then the project without deps."""
+    import re
+
+    import tomllib
+    text = (REPO / "Dockerfile").read_text()
+    assert "--require-hashes" in text and "-r requirements.lock" in text and "--no-deps ." in text
+    lock = (REPO / "requirements.lock").read_text()
+    pinned = {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, re.M)}
+    entries = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.split("\n\n", 1)[1])
+    assert all("--hash=sha256:" in e for e in entries if "==" in e), "every pinned package carries its hashes"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower().replace("_", "-")
+        assert name in pinned, f"{name} (pyproject dependency) is not in requirements.lock: re-run pip-compile"
 
 
 def test_agent_liveness_probe_hits_its_metrics_port(rendered):

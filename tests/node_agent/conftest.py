@@ -1,4 +1,4 @@
-"""Fake host roots (containerd config, shims, /dev/kvm) and policies for the agent tests."""
+"""Fake host roots (containerd config, shims, /sys/class/misc/kvm) and policies for the agent tests."""
 
 from __future__ import annotations
 
@@ -69,7 +69,11 @@ class FakeRoot:
         return target
 
     def kvm(self) -> Path:
-        return self.write("dev/kvm", "")
+        # As sysfs shows it: a symlink whose target is outside the mounted /sys/class/misc.
+        link = self.path / "sys/class/misc/kvm"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("../../devices/virtual/misc/kvm")
+        return link
 
 
 @pytest.fixture

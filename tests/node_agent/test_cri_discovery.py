@@ -1,7 +1,7 @@
 """Discovery through CRI Status(verbose): the handlers containerd really runs, cross-checked with its files.
 
 A real containerd runs with its own config; the agent's host root holds the config files it would
-read on the node (etc/containerd/config.toml), the shims and /dev/kvm, and the socket at the
+read on the node (etc/containerd/config.toml), the shims and /sys/class/misc/kvm, and the socket at the
 default endpoint (a link to the daemon's socket).
 """
 

@@ -85,7 +85,7 @@ def test_crio_vm_runtime_needs_kvm_and_its_binary(root, tmp_path, dry_run):
     policy = tmp_path / "crio-policy.yaml"
     policy.write_text(POLICY % "  runtimeManager: crio")
     kata = {r["handler"]: r for r in dry_run(policy=policy)["runtimes"]}["kata"]
-    assert kata["advertised"] is False and kata["reason"] == "VM-based runtime but /dev/kvm is missing"
+    assert kata["advertised"] is False and kata["reason"] == "VM-based runtime but /sys/class/misc/kvm is missing"
     runsc = {r["handler"]: r for r in dry_run(policy=policy)["runtimes"]}["runsc"]
     assert runsc["reason"] == "not configured in CRI-O"
 

@@ -171,3 +171,43 @@ def test_committed_stubs_match_the_proto(tmp_path):
         fresh = (tmp_path / "node_agent/deviceplugin_v1beta1" / name).read_bytes()
         committed = (regenerate.REPO / "node_agent/deviceplugin_v1beta1" / name).read_bytes()
         assert fresh == committed, "run: python3 -m node_agent.deviceplugin_v1beta1.regenerate"
+
+
+def test_the_agent_loop_advertises_its_capacities_and_follows_the_runtime(root, tables, policy_file, fake_api,
+                                                                          tmp_path, plugin_dir):
+    """The real `sandgate agent` loop: slots = the published capacity; a runtime that goes turns its devices unhealthy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    root.config(tables.V2_HEAD + tables.runtime(tables.V2, "runc", "io.containerd.runc.v2")
+                + tables.runtime(tables.V2, "kata", "io.containerd.kata.v2"))
+    shim = root.shim("containerd-shim-kata-v2")
+    root.kvm()
+    kubelet = StandInKubelet(plugin_dir)
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
+             "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.3",
+             "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--device-plugin-dir", str(plugin_dir)],
+            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    kata = "sandgate.io/sandbox-kata"
+    try:
+        # the capacity the agent publishes for kata on this node (44, as in test_loop) is its slot count
+        kubelet.wait(lambda: kubelet.devices.get(kata) == [(f"kata-{i}", "Healthy") for i in range(44)],
+                     "44 healthy kata slots", timeout=30)
+        kubelet.wait(lambda: len(kubelet.registrations) == 2, "both handlers registered")
+        assert {r.resource_name for r in kubelet.registrations} == {kata, "sandgate.io/sandbox-runsc"}
+        shim.unlink()  # the shim is gone: kata is not usable any more
+        kubelet.wait(lambda: kubelet.devices.get(kata) == [(f"kata-{i}", "Unhealthy") for i in range(44)],
+                     "unhealthy kata slots", timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+        kubelet.stop()
+    assert code == 0, log_path.read_text()
+    assert not (plugin_dir / "sandgate-kata.sock").exists()  # the agent removes its sockets when it stops

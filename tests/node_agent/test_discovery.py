@@ -138,7 +138,7 @@ def test_vm_runtime_without_kvm_is_not_advertised(root, tables, dry_run):
     root.shim("containerd-shim-runsc-v1")
     doc = dry_run()
     assert doc["nodePatch"]["metadata"]["labels"] == {RUNSC_LABEL: "true"}
-    assert by_handler(doc)["kata"]["reason"] == "VM-based runtime but /dev/kvm is missing"
+    assert by_handler(doc)["kata"]["reason"] == "VM-based runtime but /sys/class/misc/kvm is missing"
 
 
 def test_config_version_3(root, tables, dry_run):

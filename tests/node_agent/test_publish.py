@@ -121,10 +121,10 @@ def test_lease_created_meanwhile_is_read_and_replaced(root, tables, policy_file,
 
     two_runtimes(root, tables)
     name = keys.agent_lease_name("n1")
-    path = f"/apis/coordination.k8s.io/v1/namespaces/sandgate-system/leases/{name}"
-    fake_api.leases[f"sandgate-system/{name}"] = {
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{keys.DEFAULT_AGENT_NAMESPACE}/leases/{name}"
+    fake_api.leases[f"{keys.DEFAULT_AGENT_NAMESPACE}/{name}"] = {
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": name, "namespace": "sandgate-system", "resourceVersion": "5"},
+        "metadata": {"name": name, "namespace": keys.DEFAULT_AGENT_NAMESPACE, "resourceVersion": "5"},
         "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 90, "renewTime": "2020-01-01T00:00:00.000000Z"}}
     fake_api.fail = {f"GET {path}": [404]}  # the first read misses it: the create then gets 409
     done = once(agent_cmd, policy_file(), root, fake_api.kubeconfig(tmp_path))

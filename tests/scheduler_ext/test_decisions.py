@@ -259,7 +259,7 @@ def test_unreadable_objects_are_skipped_counted_and_logged_once(policy, k8s, cap
     skipped = cache.status()["skipped"]
     assert {k: v["count"] for k, v in skipped.items()} == {"nodes": 2, "pods": 1, "leases": 1}
     assert "status.allocatable.memory" in skipped["nodes"]["objects"]["bad"]
-    assert "renewTime" in skipped["leases"]["objects"]["sandgate-system/sandgate-agent-n1"]
+    assert "renewTime" in skipped["leases"]["objects"][f"{keys.DEFAULT_AGENT_NAMESPACE}/sandgate-agent-n1"]
     warnings = [r for r in caplog.records if r.getMessage() == "skipping an object that cannot be read"]
     assert len(warnings) == 4
     load(cache, [make_node("n1"), bad_node])  # relisted, still bad: not logged again
@@ -321,7 +321,7 @@ def test_precomputed_filter_and_scores_agree_with_the_pure_checks(policy, k8s, v
             info = cache.nodes.get(name)
             usage = cache.usage.get(name, NodeUsage.empty())
             expected = (decisions.evaluate(info, usage, pod, cache.leases.get(name), now, not cache.legacy,
-                                           "sandgate-system") if info else decisions.unknown_node(name))
+                                           policy.agent.namespace) if info else decisions.unknown_node(name))
             got = (Fit.PASS if name in out.passed else Fit.UNRESOLVABLE if name in out.unresolvable
                    else Fit.FAIL)
             assert got is expected.fit, (name, expected)

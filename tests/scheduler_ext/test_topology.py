@@ -2,7 +2,8 @@
 
 The Service is played by a TCP proxy that, like kube-proxy with the endpoints controller, sends
 each new connection to the next ready replica (round robin) and takes a replica out of rotation
-when its readiness probe (/readyz) fails. kube-scheduler's calls for a burst of sandboxed pods go
+when its readiness probe (/readyz over HTTPS, as the shipped probe) fails. The replicas serve TLS
+with one certificate, as the Deployment does; kube-scheduler's side verifies it. kube-scheduler's calls for a burst of sandboxed pods go
 through it; no replica may answer with an error, and once one replica is SIGKILLed the other
 answers alone.
 """
@@ -26,8 +27,9 @@ SANDBOX_1, SANDBOX_2 = "pool-sandbox-1", "pool-sandbox-2"
 class ServiceProxy:
     """Round robin over ready backends, per connection; readiness from GET /readyz every 0.2 s."""
 
-    def __init__(self, backends: list[tuple[str, int]]):
+    def __init__(self, backends: list[tuple[str, int]], ca: str):
         self.backends = backends
+        self.ca = ca
         self.ready: list[tuple[str, int]] = []
         self.connections = {b: 0 for b in backends}
         self.lock = threading.Lock()
@@ -43,7 +45,7 @@ class ServiceProxy:
             ready = []
             for host, port in self.backends:
                 try:
-                    if requests.get(f"http://{host}:{port}/readyz", timeout=1).status_code == 200:
+                    if requests.get(f"https://{host}:{port}/readyz", timeout=1, verify=self.ca).status_code == 200:
                         ready.append((host, port))
                 except requests.RequestException:
                     pass
@@ -116,9 +118,9 @@ def scheduler_calls(k8s, i: int) -> list[tuple[str, dict]]:
             ("preempt", preempt)]
 
 
-def call(url: str, verb: str, body: dict) -> tuple[int, dict]:
+def call(url: str, ca: str, verb: str, body: dict) -> tuple[int, dict]:
     # A new connection per call (Connection: close) so that the proxy balances every call.
-    resp = requests.post(f"{url}/{verb}", data=json.dumps(body), timeout=20,
+    resp = requests.post(f"{url}/{verb}", data=json.dumps(body), timeout=20, verify=ca,
                          headers={"Content-Type": "application/json", "Connection": "close"})
     return resp.status_code, resp.json()
 
@@ -133,24 +135,26 @@ def check(verb: str, status: int, body) -> None:
         assert set(body["NodeNameToMetaVictims"]) <= {SANDBOX_1, SANDBOX_2}
 
 
-def burst(url: str, k8s, pods: int) -> None:
+def burst(url: str, ca: str, k8s, pods: int) -> None:
     calls = [c for i in range(pods) for c in scheduler_calls(k8s, i)]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for (verb, _), (status, body) in zip(calls, pool.map(lambda c: call(url, *c), calls)):
+        for (verb, _), (status, body) in zip(calls, pool.map(lambda c: call(url, ca, *c), calls)):
             check(verb, status, body)
 
 
-def test_two_replicas_behind_a_service_answer_a_burst_and_survive_sigkill(extender, k8s):
+def test_two_replicas_behind_a_service_answer_a_burst_and_survive_sigkill(extender, k8s, tls_files):
+    crt, key = tls_files
+    ca = str(crt)
     nodes = k8s.manifest_nodes()
     snapshot = k8s.snapshot_list(nodes, k8s.fresh_leases(nodes),
                                  [k8s.pod(f"vm-{i}", node=SANDBOX_1, runtime_class="runv") for i in range(3)])
-    replicas = [extender(snapshot), extender(snapshot)]
+    replicas = [extender(snapshot, "--cert-file", ca, "--key-file", str(key), tls=crt) for _ in range(2)]
     backends = [("127.0.0.1", int(r.url.rsplit(":", 1)[1])) for r in replicas]
-    proxy = ServiceProxy(backends)
+    proxy = ServiceProxy(backends, ca)
     try:
         proxy.wait_ready(2)
-        url = f"http://127.0.0.1:{proxy.port}"
-        burst(url, k8s, 40)
+        url = f"https://127.0.0.1:{proxy.port}"
+        burst(url, ca, k8s, 40)
         assert all(n > 10 for n in proxy.connections.values()), proxy.connections  # both replicas served
         for replica in replicas:
             errors = [line for line in replica.logs() if line.get("level") in ("error", "critical")]
@@ -160,7 +164,7 @@ def test_two_replicas_behind_a_service_answer_a_burst_and_survive_sigkill(extend
         replicas[0].proc.wait(10)
         proxy.wait_ready(1)  # the readiness probe takes the dead replica out of the Service
         before = dict(proxy.connections)
-        burst(url, k8s, 20)
+        burst(url, ca, k8s, 20)
         assert proxy.connections[backends[0]] == before[backends[0]]
         assert proxy.connections[backends[1]] == before[backends[1]] + 60
     finally:

@@ -20,6 +20,16 @@ FORBIDDABLE = ("hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath", "h
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 STRATEGIES = ("spread", "binpack")
+# The runtimeOptions a profile may set (the policy ConfigMap configures code on every node, so it
+# names data, never a program of its choosing): containerd's runc/kata/runsc `options` keys and
+# CRI-O's table keys. BinaryName, CriuPath, Root, privileged_without_host_devices and the like are
+# refused. Keys naming a program must point into the directories shims are installed in.
+RUNTIME_OPTION_KEYS = ("ConfigPath", "TypeUrl", "SystemdCgroup", "runtime_path", "runtime_config_path",
+                       "runtime_root", "monitor_path")
+RUNTIME_OPTION_PROGRAMS = ("runtime_path", "monitor_path")
+RUNTIME_PROGRAM_DIRS = ("/usr/bin/", "/usr/local/bin/", "/opt/kata/bin/")
+# What a namespace without the isolation label means (policy key unlabelledNamespaces).
+UNLABELLED_MODES = ("trusted", "sandboxed")
 # Names no profile may take, with why: values of the namespace label / pod annotation with a fixed
 # meaning, and the webhook path segment of the pod opt-in entry (/mutate/<profile> vs /mutate/opt-in).
 RESERVED_PROFILE_NAMES = {
@@ -108,7 +118,7 @@ class Profile:
     overhead: Overhead | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
-    forbid: frozenset[str] = frozenset()
+    forbid: frozenset[str] = frozenset(FORBIDDABLE)
     edge_toleration_seconds: int | None = None
     # Node-side facts for the agent: containerd runtime_type to configure, its options, an extra probe.
     runtime_type: str | None = None
@@ -120,7 +130,9 @@ class Profile:
 class AgentSettings:
     """Settings of the node agent (policy key `agent`)."""
 
-    namespace: str = "sandgate-system"
+    # A namespace of its own: the agent's token (on every node) can then write only its heartbeat
+    # Leases, never the extender's objects or the TLS Secrets in sandgate-system.
+    namespace: str = keys.DEFAULT_AGENT_NAMESPACE
     lease_duration_seconds: int = 90
     max_sandboxes: int = 110
     reserved_memory: Decimal = parse_quantity("512Mi")
@@ -151,6 +163,8 @@ class SchedulingSettings:
     strategy: str = "spread"
     prefer_non_sandbox_nodes: bool = True
     reservation_timeout_seconds: int = 30
+    # spec.schedulerName values a routed pod may carry: any other scheduler would skip the extender.
+    allowed_scheduler_names: frozenset[str] = frozenset({"default-scheduler"})
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,12 @@ class Policy:
     agent: AgentSettings = field(default_factory=AgentSettings)
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     source: str = "policy"
+    # "sandboxed": a namespace without the isolation label routes to defaultProfile (secure by default).
+    unlabelled_namespaces: str = "trusted"
+    # False: in a labelled namespace a pod cannot pick another profile than the namespace's.
+    allow_profile_override: bool = False
+    # Groups allowed to set, change or remove the isolation and ignore namespace labels.
+    namespace_admin_groups: tuple[str, ...] = keys.DEFAULT_NAMESPACE_ADMIN_GROUPS
 
     def profile_for_runtime_class(self, runtime_class_name: str | None) -> Profile | None:
         """The profile whose runtimeClassName is `runtime_class_name`, if any."""

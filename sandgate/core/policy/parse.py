@@ -14,8 +14,9 @@ from kubernetes.utils import parse_quantity
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, VersionError
-from sandgate.core.policy.model import (API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
-                                        TAINT_EFFECTS, TOLERATION_OPERATORS, DNS_LABEL, DNS_SUBDOMAIN,
+from sandgate.core.policy.model import (RUNTIME_OPTION_KEYS, RUNTIME_OPTION_PROGRAMS, RUNTIME_PROGRAM_DIRS,
+                                        API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
+                                        TAINT_EFFECTS, TOLERATION_OPERATORS, UNLABELLED_MODES, DNS_LABEL, DNS_SUBDOMAIN,
                                         QUALIFIED_NAME, CONTAINERD_VERSION, RUNTIME_MANAGERS, AgentSettings, Overhead, Policy, PolicyError, Profile,
                                         SchedulingSettings, Toleration)
 
@@ -223,13 +224,28 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
         tol = _parse_toleration(t, f"{path}.tolerations[{i}]", errs)
         if tol:
             tolerations.append(tol)
-    forbid = _string_list(d.get("forbid"), f"{path}.forbid", errs)
+    # Omitted means every host feature: each one reaches around the sandbox (Kata shares a hostPath
+    # into the VM, gVisor's gofer serves it), so a profile must say `forbid: []` to allow them.
+    forbid = FORBIDDABLE if d.get("forbid") is None else _string_list(d.get("forbid"), f"{path}.forbid", errs)
     for i, item in enumerate(forbid):
         if item not in FORBIDDABLE:
             errs.add(f"{path}.forbid[{i}]", f'unknown feature "{item}" (known: {", ".join(FORBIDDABLE)})')
     options = d.get("runtimeOptions")
     if options is not None and not isinstance(options, dict):
         errs.add(f"{path}.runtimeOptions", "must be a mapping")
+    for key, value in (options or {}).items() if isinstance(options, dict) else ():
+        where = f"{path}.runtimeOptions.{key}"
+        if key not in RUNTIME_OPTION_KEYS:
+            errs.add(where, f"not an allowed runtime option (allowed: {', '.join(RUNTIME_OPTION_KEYS)})")
+        elif key == "SystemdCgroup":
+            if not isinstance(value, bool):
+                errs.add(where, f"must be true or false, got {value!r}")
+        elif not isinstance(value, str) or not value:
+            errs.add(where, f"must be a non-empty string, got {value!r}")
+        elif key != "TypeUrl" and (not value.startswith("/") or "/../" in value + "/" or "/./" in value + "/"):
+            errs.add(where, f'must be an absolute path without "." or ".." segments, got "{value}"')
+        elif key in RUNTIME_OPTION_PROGRAMS and not value.startswith(RUNTIME_PROGRAM_DIRS):
+            errs.add(where, f"names a program: it must be in {', '.join(RUNTIME_PROGRAM_DIRS)}, got \"{value}\"")
     probe = _string_list(d.get("probe"), f"{path}.probe", errs)
     return Profile(
         name=name,
@@ -295,7 +311,8 @@ def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
 
 
 def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
-    d = _mapping(doc, "scheduling", errs, ("strategy", "preferNonSandboxNodes", "reservationTimeoutSeconds"))
+    d = _mapping(doc, "scheduling", errs, ("strategy", "preferNonSandboxNodes", "reservationTimeoutSeconds",
+                                           "allowedSchedulerNames"))
     base = SchedulingSettings()
     strategy = _string(d.get("strategy"), "scheduling.strategy", errs, base.strategy)
     if strategy not in STRATEGIES:
@@ -307,11 +324,15 @@ def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
                                        base.prefer_non_sandbox_nodes),
         reservation_timeout_seconds=_int(d.get("reservationTimeoutSeconds"), "scheduling.reservationTimeoutSeconds",
                                          errs, base.reservation_timeout_seconds, minimum=1),
+        allowed_scheduler_names=(frozenset(_string_list(d["allowedSchedulerNames"], "scheduling.allowedSchedulerNames",
+                                                        errs))
+                                 if d.get("allowedSchedulerNames") is not None else base.allowed_scheduler_names),
     )
 
 
 _TOP_KEYS = ("apiVersion", "kind", "clusterVersion", "podOverhead", "namespaceLabel", "podAnnotation",
-             "defaultProfile", "allowPodOptIn", "exemptNamespaces", "profiles", "agent", "scheduling")
+             "defaultProfile", "allowPodOptIn", "exemptNamespaces", "profiles", "agent", "scheduling",
+             "unlabelledNamespaces", "allowProfileOverride", "namespaceAdminGroups")
 
 
 def parse_policy(doc: Any, source: str = "policy") -> Policy:
@@ -352,6 +373,11 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
     elif default not in raw_profiles:
         errs.add("defaultProfile", f'unknown profile "{default}" (profiles: {", ".join(map(str, raw_profiles))})')
     exempt = _string_list(doc.get("exemptNamespaces"), "exemptNamespaces", errs)
+    unlabelled = _string(doc.get("unlabelledNamespaces"), "unlabelledNamespaces", errs, "trusted")
+    if unlabelled not in UNLABELLED_MODES:
+        errs.add("unlabelledNamespaces", f'must be one of {", ".join(UNLABELLED_MODES)}, got "{unlabelled}"')
+    admin_groups = (_string_list(doc["namespaceAdminGroups"], "namespaceAdminGroups", errs)
+                    if doc.get("namespaceAdminGroups") is not None else keys.DEFAULT_NAMESPACE_ADMIN_GROUPS)
     policy = Policy(
         cluster_version=version,
         pod_overhead=pod_overhead,
@@ -364,6 +390,9 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
         agent=_parse_agent(doc.get("agent"), errs),
         scheduling=_parse_scheduling(doc.get("scheduling"), errs),
         source=source,
+        unlabelled_namespaces=unlabelled if unlabelled in UNLABELLED_MODES else "trusted",
+        allow_profile_override=_bool(doc.get("allowProfileOverride"), "allowProfileOverride", errs, False),
+        namespace_admin_groups=admin_groups,
     )
     if errs.items:
         raise PolicyError(errs.items, source)

@@ -94,6 +94,12 @@ def test_mutate_profile_path_routes_every_captured_pod(request, generation, case
         assert "spec.hostNetwork" in response["status"]["message"]
         assert "patch" not in response and "patchType" not in response
         return
+    if case.startswith("03b"):
+        # runtimeClassName gvisor in a runv namespace: the namespace's profile is locked.
+        assert response["allowed"] is False
+        assert 'is locked to sandbox profile "runv"' in response["status"]["message"]
+        assert "patch" not in response
+        return
 
     assert response["allowed"] is True
     profile = POLICY["profiles"][expected_profile(case)]

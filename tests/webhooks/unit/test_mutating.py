@@ -56,6 +56,9 @@ def test_every_create_fixture_is_decided_and_the_patch_applies(policy, mode, nam
         assert (verdict.allowed, verdict.reason, verdict.patch) == (False, "forbidden", [])
         assert verdict.message.startswith('spec.hostNetwork is forbidden by sandbox profile "runv"')
         return
+    if "03b-create-runtimeclass-gvisor" in name:
+        assert (verdict.allowed, verdict.reason, verdict.patch) == (False, "profile-locked", [])
+        return
     assert verdict.allowed and verdict.reason == "routed"
     result = patched(req.object, verdict)
     profile = policy.profiles[verdict.profile]
@@ -246,6 +249,7 @@ def test_json_pointer_escaping_with_slash_and_tilde_keys(policy, mode, case):
 def test_json_pointer_escaping_in_node_selector_keys():
     doc = example_doc()
     doc["profiles"]["gvisor"]["nodeSelector"] = {"sandbox.io/gvisor": "true", "example.com/tier": "a~b"}
+    doc["allowProfileOverride"] = True
     pol = policy_from(doc)
     pod = {"metadata": {"name": "p", "annotations": {"a/b~c": "x", keys.DEFAULT_POD_ANNOTATION: "gvisor"}},
            "spec": {"containers": [{"name": "c", "image": "i"}], "nodeSelector": {"x~1y/z~0": "keep"}}}

@@ -52,7 +52,7 @@ def test_unknown_namespace_label_value_fails_closed(policy):
     assert decision.outcome is Outcome.DENY
     assert decision.reason == "invalid-namespace-label"
     assert f'{LABEL}="kata"' in decision.message
-    assert "valid values: sandboxed, runv, gvisor" in decision.message
+    assert "valid values: sandboxed, none, runv, gvisor" in decision.message
     assert '"payments-sandbox"' in decision.message
 
 
@@ -60,6 +60,7 @@ def test_policy_label_and_annotation_names_are_honoured():
     doc = example_doc()
     doc["namespaceLabel"] = "example.com/sandbox"
     doc["podAnnotation"] = "example.com/runtime"
+    doc["allowProfileOverride"] = True
     custom = policy_from(doc)
     labels = NamespaceFacts(namespace_labels={"example.com/sandbox": "sandboxed"})
     assert routed(resolve(pod_request(pod()), custom, labels), "runv", Rule.NAMESPACE_LABEL)
@@ -70,8 +71,16 @@ def test_policy_label_and_annotation_names_are_honoured():
     assert routed(resolve(pod_request(chooser), custom, labels), "gvisor", Rule.POD_ANNOTATION)
 
 
-def test_annotation_chooses_another_profile_in_a_routed_namespace(policy):
-    assert routed(resolve(pod_request(pod("gvisor")), policy, SANDBOXED), "gvisor", Rule.POD_ANNOTATION)
+def test_annotation_chooses_another_profile_in_a_routed_namespace_only_when_the_policy_allows(policy):
+    locked = resolve(pod_request(pod("gvisor")), policy, SANDBOXED)
+    assert (locked.outcome, locked.reason) == (Outcome.DENY, "profile-locked")
+    assert locked.message == (f'metadata.annotations[{ANNOTATION}]: namespace "payments-sandbox" is locked to '
+                              f'sandbox profile "runv"; a pod cannot choose "gvisor" (policy allowProfileOverride: '
+                              f'false)')
+    # Naming the namespace's own profile is no override.
+    assert routed(resolve(pod_request(pod("runv")), policy, SANDBOXED), "runv", Rule.POD_ANNOTATION)
+    open_policy = replace(policy, allow_profile_override=True)
+    assert routed(resolve(pod_request(pod("gvisor")), open_policy, SANDBOXED), "gvisor", Rule.POD_ANNOTATION)
 
 
 def test_annotation_sandboxed_keeps_the_namespace_profile(policy):
@@ -114,6 +123,7 @@ def test_unknown_opt_in_value_is_refused(policy):
 def test_opt_in_disabled_leaves_the_pod_with_a_warning():
     doc = example_doc()
     doc["allowPodOptIn"] = False
+    doc["allowProfileOverride"] = True
     strict = policy_from(doc)
     decision = resolve(pod_request(pod("gvisor")), strict, UNLABELLED)
     assert (decision.outcome, decision.reason) == (Outcome.SKIP, "opt-in-disabled")
@@ -182,6 +192,10 @@ def test_update_fixtures_are_not_applicable(policy):
 
 
 def test_runtime_class_of_a_profile_picks_that_profile(policy):
+    locked = resolve(fixture_request("v1-03b-create-runtimeclass-gvisor"), policy, SANDBOXED)
+    assert (locked.outcome, locked.reason) == (Outcome.DENY, "profile-locked")
+    assert locked.message.startswith("spec.runtimeClassName: ")
+    policy = replace(policy, allow_profile_override=True)
     decision = resolve(fixture_request("v1-03b-create-runtimeclass-gvisor"), policy, SANDBOXED)
     assert routed(decision, "gvisor", Rule.RUNTIME_CLASS)
     assert routed(resolve(pod_request(pod(runtime_class="runv")), policy, NamespaceFacts(namespace_labels={LABEL: "gvisor"})),
@@ -202,6 +216,7 @@ def test_foreign_runtime_class_is_refused_in_a_routed_namespace(policy):
 
 
 def test_annotation_and_runtime_class_must_agree(policy):
+    policy = replace(policy, allow_profile_override=True)
     decision = resolve(pod_request(pod("gvisor", runtime_class="runv")), policy, SANDBOXED)
     assert decision.outcome is Outcome.DENY
     assert 'spec.runtimeClassName: "runv"' in decision.message and '"gvisor"' in decision.message
@@ -224,3 +239,50 @@ def test_non_string_annotation_value_is_an_unknown_value_not_a_crash(policy):
     decision = resolve(pod_request(odd), policy, SANDBOXED)
     assert (decision.outcome, decision.reason) == (Outcome.DENY, "invalid-annotation")
     assert "['runv']" in decision.message
+
+
+# ---- secure-by-default namespaces, trusted label, placement ----------------------------------
+
+@pytest.mark.parametrize("routing", [UNLABELLED, NamespaceFacts(path_profile=keys.OPT_IN_PATH_SEGMENT)])
+def test_unlabelled_namespaces_sandboxed_routes_to_the_default_profile(policy, routing):
+    secure = replace(policy, unlabelled_namespaces="sandboxed")
+    assert routed(resolve(pod_request(pod()), secure, routing), "runv", Rule.UNLABELLED)
+    # The opt-out annotation is a tenant's choice: refused, as in any sandboxed namespace.
+    assert resolve(pod_request(pod("none")), secure, routing).reason == "opt-out-refused"
+    # The default mode keeps today's behaviour: unlabelled = trusted.
+    assert resolve(pod_request(pod()), policy, routing).outcome is Outcome.SKIP
+
+
+def test_namespace_label_none_marks_a_namespace_trusted_in_both_modes(policy):
+    trusted = NamespaceFacts(namespace_labels={LABEL: "none"})
+    for mode in ("trusted", "sandboxed"):
+        pol = replace(policy, unlabelled_namespaces=mode)
+        assert resolve(pod_request(pod()), pol, trusted).reason == "not-routed"
+        # Pods there may still opt in.
+        assert routed(resolve(pod_request(pod("gvisor")), pol, trusted), "gvisor", Rule.OPT_IN)
+
+
+def test_routed_pod_with_a_preset_node_name_is_refused(policy):
+    preset = pod()
+    preset["spec"]["nodeName"] = "edge-1"
+    decision = resolve(pod_request(preset), policy, SANDBOXED)
+    assert (decision.outcome, decision.reason) == (Outcome.DENY, "node-name-preset")
+    assert decision.message.startswith('spec.nodeName: "edge-1" is preset')
+    # An unrouted pod may still name its node.
+    assert resolve(pod_request(preset), policy, UNLABELLED).outcome is Outcome.SKIP
+
+
+@pytest.mark.parametrize("scheduler, allowed", [(None, True), ("default-scheduler", True), ("my-scheduler", False)])
+def test_routed_pod_scheduler_name_must_be_allowed(policy, scheduler, allowed):
+    p = pod("gvisor")
+    if scheduler is not None:
+        p["spec"]["schedulerName"] = scheduler
+    decision = resolve(pod_request(p), policy, UNLABELLED)
+    if allowed:
+        assert routed(decision, "gvisor", Rule.OPT_IN)
+    else:
+        assert (decision.outcome, decision.reason) == (Outcome.DENY, "scheduler-name-refused")
+        assert decision.message.startswith('spec.schedulerName: "my-scheduler" is not allowed for sandboxed pods')
+        extended = replace(policy, scheduling=replace(policy.scheduling,
+                                                      allowed_scheduler_names=frozenset({"my-scheduler"})))
+        assert routed(resolve(pod_request(p), extended, UNLABELLED), "gvisor", Rule.OPT_IN)

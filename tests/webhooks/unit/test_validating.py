@@ -51,8 +51,10 @@ def test_runtime_class_changed_after_mutation_is_refused(policy):
     assert verdict.message.startswith('spec.runtimeClassName: "runc" does not match sandbox profile "runv"')
 
 
-def test_another_profiles_runtime_class_is_accepted_as_the_users_choice(policy):
+def test_another_profiles_runtime_class_is_accepted_as_the_users_choice_only_when_the_policy_allows(policy):
     req = fixture_request("v1beta1-03b-create-runtimeclass-gvisor")
+    assert validate(req, policy, Mode.APISERVER_MERGES, SANDBOXED).reason == "profile-locked"
+    policy = replace(policy, allow_profile_override=True)
     mutated = admit(req, policy, Mode.APISERVER_MERGES, SANDBOXED)
     req = with_object(req, jsonpatch.apply_patch(req.object, mutated.patch))
     verdict = validate(req, policy, Mode.APISERVER_MERGES, SANDBOXED)
