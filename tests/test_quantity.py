@@ -69,3 +69,30 @@ def test_every_grammatical_text_parses_or_is_out_of_range(text):
         assert "out of range" in exc.reason
     else:
         assert abs(value) <= MAX_MAGNITUDE
+
+
+def test_remembered_parses_name_each_field_and_match_the_parser():
+    """A text parsed once (value or refusal) is answered the same for every later field."""
+    from sandgate.core import quantity
+
+    for text in ("100m", "64Mi", "1e3", "0.5", "+1Ki", "-2", "1e999990", "12x", ".", "1" * 64):
+        try:
+            want = quantity._parse_text(text, "first.field")
+        except quantity.QuantityError as exc:
+            want = exc.reason
+        for path in ("first.field", "spec.containers[3].resources.requests.cpu"):
+            try:
+                got = quantity.parse_field(text, path)
+            except quantity.QuantityError as exc:
+                assert exc.path == path and exc.reason == want and str(exc).startswith(f"{path}: ")
+            else:
+                assert got == want and isinstance(got, quantity.Decimal)
+    # Texts beyond MAX_TEXT are refused without being remembered (the cache holds short keys only).
+    quantity._parse_short_text.cache_clear()
+    with pytest.raises(quantity.QuantityError, match="longer than 64"):
+        quantity.parse_field("1" * 100_000, "x")
+    assert quantity._parse_short_text.cache_info().currsize == 0
+    quantity.parse_field("100m", "a")
+    quantity.parse_field("100m", "b")
+    info = quantity._parse_short_text.cache_info()
+    assert (info.hits, info.currsize) == (1, 1)
