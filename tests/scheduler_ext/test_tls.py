@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 import requests
+from cryptography import x509
 
 from sandgate.core.serving import build_context
 from support import load_fixture
