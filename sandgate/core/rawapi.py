@@ -6,6 +6,8 @@ needs: `ApiClient` pulls in pydantic and the response deserialiser (about 9.5 Mi
 `kubernetes.config.kube_config` pulls in requests and oauthlib for its auth plugins (about 6 MiB).
 Bodies go out and come back as JSON exactly as given, which the agent needs anyway (a typed Lease
 would re-serialise `renewTime` and lose its MicroTime form).
+Written against the REST layer of the client generation requirements.lock pins (37.x:
+`RESTClientObject.request` returns the response unread and raises nothing on an HTTP status).
 
 Credentials: without a kubeconfig, the in-cluster service account (`load_incluster_config`, which
 re-reads the rotating token). A kubeconfig that uses only a server, a CA file, a token (or token
