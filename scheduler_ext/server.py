@@ -18,10 +18,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sandgate.core import jsonlog, serving
-from sandgate.core.clusterversion import ClusterVersion, VersionError
 from kubernetes import client
 
+from sandgate.core import jsonlog, serving
+from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.informer import Informer
 from sandgate.core.kube import KubeConfigError, load_api_client, server_version
 from sandgate.core.policy import Policy, PolicyError, PolicyStore

@@ -187,8 +187,8 @@ class Informer(threading.Thread, Generic[T]):
     def _lost(self, error: str, retry_in: float) -> None:
         was = self.status.connected
         changed = self.status.error != error[:500]
+        self.status.error = error[:500]  # before `connected`: whoever sees the store stale also sees why
         self.status.connected = False
-        self.status.error = error[:500]
         if was or changed:
             log.warning("cannot list; serving the last good store", extra={"resource": self.kind, "error": error,
                                                                           "retryInSeconds": retry_in})

@@ -112,9 +112,11 @@ def test_relists_after_410_gone(extender, cluster, k8s, tmp_path):
 def test_keeps_serving_from_cache_while_the_api_is_down(extender, cluster, k8s, tmp_path):
     server = start(extender, cluster, tmp_path)
     cluster.down = True
-    status = wait_for(lambda: (s := readyz(server))["stale"] and s, "staleness to be reported")
-    assert status["ready"] is True
-    assert any(s["error"] for s in status["sync"].values())
+    # Each resource notices on its own (its watch ends, its relist fails): wait for the pods.
+    status = wait_for(lambda: ((s := readyz(server))["sync"]["pods"]["staleSeconds"] or 0) > 0 and s,
+                      "staleness of the pods to be reported")
+    assert status["ready"] is True and status["stale"] is True
+    assert status["sync"]["pods"]["error"]
     assert filter_pod(server, k8s.pod("vm", runtime_class="runv"), [SANDBOX_1])["NodeNames"] == [SANDBOX_1]
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     stale = [line for line in metrics.splitlines()
