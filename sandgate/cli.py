@@ -2,6 +2,9 @@
 
 Component cli modules import only argparse-level code at import time and load their heavy modules
 inside `run`, so `sandgate --help` stays fast and one broken component cannot break the others.
+A command line naming a subcommand registers only that subcommand's flags: whatever another
+component's flags need (certs' use cryptography) stays out of a long-running process such as the
+node agent, whose resident memory is budgeted (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every component's subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every component's subcommand; with `only`, just that one has its flags."""
     parser = argparse.ArgumentParser(
         prog="sandgate",
         description="Route untrusted Kubernetes workloads into sandboxed container runtimes.",
@@ -33,14 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(sp)
-        sp.set_defaults(run=module.run)
+        if only is None or only == name:
+            module.add_arguments(sp)
+            sp.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
