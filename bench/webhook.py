@@ -70,8 +70,8 @@ def serve_noop(args: argparse.Namespace) -> None:
     from flask import Flask, Response, request
 
     from sandgate.core import jsonlog
-    from webhooks.server import WebhookApplication, gunicorn_options
-    from webhooks.tls import ReloadingContext
+    from sandgate.core.serving import GunicornApp, ReloadingContext
+    from webhooks.server import gunicorn_options
 
     jsonlog.configure("info")
     answer = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -95,7 +95,7 @@ def serve_noop(args: argparse.Namespace) -> None:
     options = gunicorn_options("127.0.0.1", args.port, args.workers, args.threads, tls)
     if args.worker_class:
         options["worker_class"] = args.worker_class
-    WebhookApplication(options, build).run()
+    GunicornApp(options, build).run()
 
 
 # ---- what the API server sends for one pod ----------------------------------------------------

@@ -21,10 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from kubernetes.utils import parse_quantity
 
 from sandgate.core import jsonlog, keys
 from sandgate.core.policy import Policy, PolicyError, PolicyStore
+from sandgate.core.quantity import QuantityError, parse_field
 
 from node_agent import apply, host
 from node_agent.cri.client import CriClient, CriError, socket_path
@@ -65,7 +65,8 @@ class Agent:
         self.root = Root(Path(args.root))
         self.publisher = publisher
         self.metrics = metrics
-        self.allocatable = parse_quantity(args.node_allocatable_memory) if args.node_allocatable_memory else None
+        self.allocatable = (parse_field(args.node_allocatable_memory, "--node-allocatable-memory")
+                            if args.node_allocatable_memory else None)
         # Changes that were rolled back, by content: retrying one every cycle would restart the
         # runtime every --interval. It is tried again only once the plan differs (policy or files changed).
         self.rolled_back: dict[tuple[tuple[str, str], ...], str] = {}
@@ -174,9 +175,9 @@ def _node_allocatable(node: dict[str, Any] | None) -> Decimal:
     if value is None:
         raise AgentError(f"Node {node.get('metadata', {}).get('name')} has no status.allocatable.memory")
     try:
-        return parse_quantity(value)
-    except ValueError:
-        raise AgentError(f'Node status.allocatable.memory "{value}" is not a quantity') from None
+        return parse_field(value, "Node status.allocatable.memory")
+    except QuantityError as exc:
+        raise AgentError(str(exc)) from None
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -193,10 +194,9 @@ def run_agent(args: argparse.Namespace) -> int:
         return 2
     if args.node_allocatable_memory:
         try:
-            parse_quantity(args.node_allocatable_memory)
-        except ValueError:
-            print(f'sandgate agent: --node-allocatable-memory "{args.node_allocatable_memory}" is not a quantity',
-                  file=sys.stderr)
+            parse_field(args.node_allocatable_memory, "--node-allocatable-memory")
+        except QuantityError as exc:
+            print(f"sandgate agent: {exc}", file=sys.stderr)
             return 2
     if args.interval <= 0:
         print("sandgate agent: --interval must be > 0", file=sys.stderr)

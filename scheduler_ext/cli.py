@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sandgate.core import serving
+
 HELP = "serve the kube-scheduler extender (filter, prioritize, preempt) for sandboxed pods"
 
 
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ignored: the extender no longer binds, every replica serves every verb")
     parser.add_argument("--leader-election-namespace", metavar="NS", help="ignored (see --leader-election)")
     parser.add_argument("--threads", type=int, default=8, help="request threads of the server (default 8)")
+    serving.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

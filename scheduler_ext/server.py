@@ -1,6 +1,6 @@
 """`sandgate extender`: build the extender and serve it with gunicorn.
 
-One gunicorn worker process with request threads (gthread): one cache (a 5,000-node cluster is
+One gunicorn worker process with request threads (sandgate.core.serving): one cache (a 5,000-node cluster is
 ~10^6 objects) serves every request thread, where more workers would each list and watch the
 cluster. Everything that can fail on bad input (policy, snapshot, cluster version, credentials) is
 done in the master before gunicorn starts, so a mistake exits with a clear message instead of a
@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import ssl
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from gunicorn.app.base import BaseApplication
-
-from sandgate.core import jsonlog
+from sandgate.core import jsonlog, serving
 from sandgate.core.clusterversion import ClusterVersion, VersionError
 from kubernetes import client
 
 from sandgate.core.informer import Informer
 from sandgate.core.kube import KubeConfigError, load_api_client, server_version
 from sandgate.core.policy import Policy, PolicyError, PolicyStore
+from sandgate.core.serving import CertificateError, ReloadingContext
 from scheduler_ext.app import Runtime, create_app
 from scheduler_ext.snapshot import SnapshotError, apply_snapshot, kubelet_version, read_list
 from scheduler_ext.state import ClusterCache
@@ -133,32 +131,6 @@ def start_informers(api: client.ApiClient, cache: ClusterCache, stop: threading.
     return informers
 
 
-def tls_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """gunicorn's ssl_context hook: its default context, refusing anything older than TLS 1.2.
-
-    gunicorn's gthread worker builds the context for every new connection, so a certificate renewed
-    on disk (a Secret volume update) is served from the next connection on, without a restart.
-    """
-    context = default_factory()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-class _Gunicorn(BaseApplication):
-    def __init__(self, app: Any, options: dict[str, Any]):
-        self.application = app
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            if key in self.cfg.settings:  # control_socket_disable exists from gunicorn 24 on only
-                self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return self.application
-
-
 def _in_worker(start_background: Callable[[], None]) -> None:
     start_background()
     # The cache (a 5,000-node snapshot is ~10^6 objects) lives as long as the process: moving it out
@@ -169,37 +141,21 @@ def _in_worker(start_background: Callable[[], None]) -> None:
 
 
 def gunicorn_options(args: argparse.Namespace, start_background: Callable[[], None]) -> dict[str, Any]:
-    """gunicorn settings: one gthread worker, JSON logs, TLS 1.2+ when a certificate is given."""
-    level = args.log_level.upper()
-    options: dict[str, Any] = {
-        "bind": f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": args.threads,
+    """gunicorn settings: one worker (sandgate.core.serving), JSON logs, TLS 1.2+ when a certificate is given."""
+    tls = ReloadingContext(args.cert_file, args.key_file) if args.cert_file else None
+    limits = serving.Limits(handshake_timeout=args.tls_handshake_timeout, request_timeout=args.request_timeout,
+                            # kube-scheduler's Go client reuses connections; don't make it reconnect per pod
+                            keepalive=75, max_connections=args.max_connections,
+                            # ExtenderArgs carry whole Node objects when nodeCacheCapable is false
+                            max_body=256 * 1024 * 1024)
+    options = serving.gunicorn_options(args.host, args.port, workers=1, threads=args.threads, tls=tls,
+                                       limits=limits, proc_name="sandgate-extender", log_level=args.log_level)
+    options.update({
         "preload_app": True,
         "timeout": 60,
         "graceful_timeout": 10,
-        "keepalive": 75,  # kube-scheduler's Go client reuses connections; don't make it reconnect per pod
-        "proc_name": "sandgate-extender",
-        "accesslog": None,
-        "control_socket_disable": True,  # no admin socket under $HOME (read-only root filesystem)
         "post_worker_init": lambda _worker: _in_worker(start_background),
-        "logconfig_dict": {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {"json": {"()": "sandgate.core.jsonlog.JsonFormatter"}},
-            "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json",
-                                  "stream": "ext://sys.stderr"}},
-            "root": {"level": level, "handlers": ["json"]},
-            "loggers": {
-                "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
-                "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
-                "urllib3": {"level": "ERROR", "handlers": [], "propagate": True},
-            },
-        },
-    }
-    if args.cert_file:
-        options.update(certfile=args.cert_file, keyfile=args.key_file, ssl_context=tls_context)
+    })
     return options
 
 
@@ -214,5 +170,12 @@ def serve(args: argparse.Namespace) -> int:
     except (PolicyError, SnapshotError, StartupError) as exc:
         print(f"sandgate extender: {exc}", file=sys.stderr)
         return 2
-    _Gunicorn(built.app, gunicorn_options(args, built.start_background)).run()
+    try:
+        options = gunicorn_options(args, built.start_background)
+    except CertificateError as exc:
+        print(f"sandgate extender: serving certificate: {exc}", file=sys.stderr)
+        return 2
+    serving.raise_fd_limit(args.max_connections)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    serving.GunicornApp(options, lambda: built.app).run()
     return 0

@@ -102,7 +102,7 @@ def test_store_reloads_a_changed_file_and_keeps_the_last_good_one(tmp_path):
     path = tmp_path / "policy.yaml"
     doc = example_doc()
     path.write_text(yaml.safe_dump(doc))
-    store = PolicyStore(path, check_interval=0)
+    store = PolicyStore(path, check_interval=0, settle=0)  # settling: tests/test_reloading.py
     assert store.current.default_profile == "runv"
     doc["defaultProfile"] = "gvisor"
     path.write_text(yaml.safe_dump(doc) + "\n")

@@ -24,8 +24,8 @@ from webhooks.metrics import Metrics
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.mutating import admit
 from webhooks.namespaces import NamespaceCache
+from sandgate.core.serving import ReloadingContext
 from webhooks.runtimeclasses import RuntimeClassLookup, missing_runtime_class
-from webhooks.tls import ReloadingContext
 from webhooks.validating import validate
 
 log = logging.getLogger("sandgate.webhook")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sandgate.core import serving
+
 HELP = "serve the mutating and validating admission webhooks (gunicorn, TLS)"
 
 
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "route; /mutate and /validate without a profile deny")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default info); logs are JSON lines on stderr")
+    serving.add_arguments(parser)
 
 
 def _positive(text: str) -> int:

@@ -31,7 +31,7 @@ from sandgate.core.clusterversion import Mode
 from sandgate.core.jsonshape import ShapeError, list_at, object_at
 from sandgate.core.podrequests import resource_list
 from sandgate.core.policy import Policy, Profile
-from sandgate.core.quantity import QuantityError
+from sandgate.core.quantity import QuantityError, check_pod_resources
 from webhooks.forbidden import forbidden_message
 from webhooks.review import AdmissionRequest, NamespaceFacts, Verdict
 from webhooks.padding import POD, PaddingError, PaddingPlan, ResourceEdit, format_quantity, plan_padding
@@ -118,9 +118,14 @@ def mutation_patch(pod: dict, profile: Profile, mode: Mode) -> tuple[list[dict],
     """
     spec = pod["spec"]
     ops: list[dict] = []
-    if spec.get("runtimeClassName") is None:
+    # Absent or null (also a duplicate key the decoder kept as null): "add" sets or replaces it.
+    # Routing refused every other value that is not the profile's.
+    if spec.get("runtimeClassName") != profile.runtime_class_name:
         ops.append({"op": "add", "path": "/spec/runtimeClassName", "value": profile.runtime_class_name})
     existing = spec.get("tolerations") if isinstance(spec.get("tolerations"), list) else []
+    for i, toleration in enumerate(existing):
+        if not isinstance(toleration, dict):  # the API server never sends one; a direct caller may
+            raise ShapeError(f"spec.tolerations[{i}]: must be an object, got {type(toleration).__name__}")
     tolerations = existing
     if mode is Mode.WEBHOOK_MERGES:
         current = spec.get("nodeSelector")
@@ -184,6 +189,7 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFac
     if forbidden:
         return denied("forbidden", forbidden)
     try:
+        check_pod_resources(pod["spec"])
         patch, plan = mutation_patch(pod, profile, mode)
     except NodeSelectorConflict as exc:
         # The built-in plugin refuses this with Forbidden (403) and the same text.

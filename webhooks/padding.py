@@ -32,11 +32,10 @@ from typing import Any, Mapping
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import Mode
-from sandgate.core.jsonshape import list_at, object_at
+from sandgate.core.jsonshape import ShapeError, list_at, object_at
 from sandgate.core.podrequests import (combine, is_pod_level_resource, is_sidecar,
                                        pod_requests, resource_list)
 from sandgate.core.policy import Profile
-from sandgate.core.quantity import QuantityError
 from webhooks.routing import pod_annotations
 
 _MI = Decimal(1024 * 1024)
@@ -180,28 +179,12 @@ class PaddingPlan:
         return dict(self.record.amounts) if self.record else {}
 
 
-# The scheduler and kubelet count quantities in int64 (cpu in millicores): more can never be placed.
-_MAX_UNITS = {"cpu": Decimal(2**63 - 1) / 1000}
-_MAX_OTHER = Decimal(2**63 - 1)
-
-
 def _resources(holder: Mapping[str, Any], path: str) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
-    """The requests and limits of `holder`; QuantityError for a value no node can ever hold.
-
-    The API server accepts `memory: 1e999990`; padding arithmetic on it would be meaningless (and
-    writing it out as digits slow), and such a pod cannot be scheduled anyway: refuse it by name.
-    """
+    """The requests and limits of `holder`; QuantityError names a value that is not a quantity, or one
+    beyond what Kubernetes can count (the one parser's bound, `sandgate.core.quantity`)."""
     resources = object_at(holder.get("resources"), f"{path}.resources")
-    out = []
-    for name in ("requests", "limits"):
-        values = resource_list(resources.get(name), f"{path}.resources.{name}")
-        for resource, value in values.items():
-            if not value.is_finite() or abs(value) > _MAX_UNITS.get(resource, _MAX_OTHER):
-                raise QuantityError(f"{path}.resources.{name}.{resource}: {format_quantity(resource, value)} is more "
-                                    f"than Kubernetes can count (int64 {'millicores' if resource == 'cpu' else 'units'}); "
-                                    f"no node can run this pod")
-        out.append(values)
-    return out[0], out[1]
+    return (resource_list(resources.get("requests"), f"{path}.resources.requests"),
+            resource_list(resources.get("limits"), f"{path}.resources.limits"))
 
 
 def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> PaddingPlan:
@@ -215,7 +198,9 @@ def plan_padding(pod: Mapping[str, Any], profile: Profile, mode: Mode) -> Paddin
     places: list[tuple[str, int, Any, str]] = []  # (kind, index, container name, path)
     for kind in ("containers", "initContainers"):
         for i, container in enumerate(list_at(spec.get(kind), f"spec.{kind}")):
-            places.append((kind, i, object_at(container, f"spec.{kind}[{i}]").get("name"), f"spec.{kind}[{i}]"))
+            if not isinstance(container, dict):  # null included: there is nothing to pad in place
+                raise ShapeError(f"spec.{kind}[{i}]: must be an object, got {type(container).__name__}")
+            places.append((kind, i, container.get("name"), f"spec.{kind}[{i}]"))
     current: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
     unpadded: dict[tuple[str, int], tuple[dict[str, Decimal], dict[str, Decimal]]] = {}
     for kind, i, name, path in places + [(POD, 0, None, "spec")]:

@@ -46,8 +46,13 @@ class AdmissionRequest:
     @property
     def pod_name(self) -> str:
         """A name for logs and messages: the name, else generateName + "<generated>"."""
-        meta = (self.object or {}).get("metadata") or {}
-        return self.name or meta.get("name") or (meta.get("generateName", "") + "<generated>")
+        meta = (self.object or {}).get("metadata")
+        meta = meta if isinstance(meta, dict) else {}  # any JSON may arrive here: never raise
+        name = self.name or meta.get("name")
+        if isinstance(name, str) and name:
+            return name
+        generate = meta.get("generateName")
+        return (generate if isinstance(generate, str) else "") + "<generated>"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Start-up order matters: the policy, the certificate and the cluster version are checked in the
 master process BEFORE gunicorn binds, so a bad configuration exits non-zero with a clear message
-instead of serving half-configured. Workers (gthread, keep-alive) build the Flask app, the metrics
+instead of serving half-configured. Workers (sandgate.core.serving: handshakes and request reads
+on the event loop, deadlines on both, the app in request threads) build the Flask app, the metrics
 and the namespace watch after the fork.
 """
 
@@ -17,69 +18,22 @@ import os
 import shutil
 import sys
 import tempfile
-from datetime import timedelta
 
-from gunicorn import glogging
 from kubernetes.client.exceptions import ApiException
-from gunicorn.app.base import BaseApplication
 
-from sandgate.core import jsonlog
+from sandgate.core import jsonlog, serving
 from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.kube import KubeConfigError, load_api_client, server_version
 from sandgate.core.policy import PolicyError, PolicyStore
-from webhooks.tls import CertificateError, ReloadingContext
+from sandgate.core.serving import CertificateError, ReloadingContext
 
 log = logging.getLogger("sandgate.webhook")
 
 # The API server's webhook client (Go net/http) keeps idle connections for 90 s. A server that
 # closed them sooner would race the client's next request on a closing socket; parked keep-alive
-# connections wait in the worker's poller and hold no thread, so a longer timeout costs only a fd.
+# connections wait in the worker's event loop and hold no thread, so a longer timeout costs only a fd.
 KEEPALIVE_SECONDS = 120
-WORKER_CONNECTIONS = 1000
 METRICS_DIR_PREFIX = "sandgate-metrics-"
-
-
-class JsonGunicornLogger(glogging.Logger):
-    """gunicorn's error and access logs as JSON lines through the root logger (sandgate.core.jsonlog)."""
-
-    def setup(self, cfg) -> None:
-        """Route gunicorn.error/gunicorn.access to the root JSON handler instead of gunicorn's own."""
-        self.cfg = cfg
-        self._access_log_enabled = True
-        self.loglevel = self.LOG_LEVELS.get(cfg.loglevel.lower(), logging.INFO)
-        for logger, level in ((self.error_log, self.loglevel), (self.access_log, logging.INFO)):
-            logger.handlers[:] = []
-            logger.propagate = True
-            logger.setLevel(level)
-
-    def access(self, resp, req, environ, request_time: timedelta) -> None:
-        """One JSON line per HTTP request with the facts as fields."""
-        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-        self.access_log.info("request", extra={
-            "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
-            "status": int(status) if str(status).isdigit() else status, "bytes": getattr(resp, "sent", None),
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "remote": environ.get("REMOTE_ADDR"), "user_agent": environ.get("HTTP_USER_AGENT"),
-        })
-
-
-class WebhookApplication(BaseApplication):
-    """gunicorn run programmatically: options from the CLI, the app built in each worker."""
-
-    def __init__(self, options: dict, app_factory):
-        self.options = options
-        self.app_factory = app_factory
-        super().__init__()
-
-    def load_config(self) -> None:
-        """Apply the options this gunicorn version knows (control_socket_* are 25.1+)."""
-        for key, value in self.options.items():
-            if key in self.cfg.settings:
-                self.cfg.set(key, value)
-
-    def load(self):
-        """Build the WSGI app (runs in the worker, after fork)."""
-        return self.app_factory()
 
 
 def settle_heap(worker=None) -> None:
@@ -95,29 +49,13 @@ def settle_heap(worker=None) -> None:
 
 
 def gunicorn_options(host: str, port: int, workers: int, threads: int, tls: ReloadingContext,
-                     log_level: str = "info") -> dict:
+                     log_level: str = "info", limits: serving.Limits | None = None) -> dict:
     """The gunicorn settings of the webhook (also used by bench/webhook.py for its no-op baseline)."""
-    return {
-        "bind": [_bind(host, port)],
-        "worker_class": "gthread",
-        "workers": workers,
-        "threads": threads,
-        "worker_connections": WORKER_CONNECTIONS,
-        "keepalive": KEEPALIVE_SECONDS,
-        "certfile": tls.cert_file,
-        "keyfile": tls.key_file,
-        # Called for every accepted connection: hands out the current (possibly rotated) context.
-        "ssl_context": lambda conf, default_factory: tls.context(),
-        "logger_class": JsonGunicornLogger,
-        "loglevel": log_level,
-        "accesslog": "-",
-        "errorlog": "-",
-        "graceful_timeout": 15,
-        "proc_name": "sandgate-webhook",
-        "post_worker_init": settle_heap,
-        # A control socket would be a second, unauthenticated management endpoint; we need none.
-        "control_socket_disable": True,
-    }
+    limits = limits or serving.Limits(keepalive=KEEPALIVE_SECONDS)
+    options = serving.gunicorn_options(host, port, workers=workers, threads=threads, tls=tls, limits=limits,
+                                       proc_name="sandgate-webhook", log_level=log_level, access_log=True)
+    options["post_worker_init"] = settle_heap
+    return options
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -143,10 +81,6 @@ def _metrics_dir() -> str:
         except (ValueError, OSError):
             continue
     return tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
-
-
-def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _pod_reader(kubeconfig: str | None):
@@ -221,7 +155,7 @@ def serve(args: argparse.Namespace) -> int:
                     "the /<profile> paths work without API access", extra={"reason": namespaces_off})
 
     log.info("starting webhook", extra={
-        "bind": _bind(args.host, args.port), "cluster_version": str(version),
+        "bind": serving.bind_address(args.host, args.port), "cluster_version": str(version),
         "version_source": "--cluster-version" if override else "policy" if policy.cluster_version else "api-server",
         "mode": version.mode(policy.pod_overhead).value, "workers": args.workers, "threads": args.threads,
         "policy": args.config, "namespace_cache": namespaces_off or "watch"})
@@ -255,11 +189,14 @@ def serve(args: argparse.Namespace) -> int:
                              runtime_classes=runtime_classes, pod_nodes=pod_nodes)
         return create_app(state)
 
-    options = gunicorn_options(args.host, args.port, args.workers, args.threads, tls, args.log_level)
+    limits = serving.Limits(handshake_timeout=args.tls_handshake_timeout, request_timeout=args.request_timeout,
+                            keepalive=KEEPALIVE_SECONDS, max_connections=args.max_connections)
+    serving.raise_fd_limit(args.workers * limits.max_connections)
+    options = gunicorn_options(args.host, args.port, args.workers, args.threads, tls, args.log_level, limits)
     options["child_exit"] = lambda arbiter, worker: mark_worker_dead(worker.pid)
     master_pid = os.getpid()
     try:
-        WebhookApplication(options, build_app).run()
+        serving.GunicornApp(options, build_app).run()
     finally:
         # Workers leave through this frame too (they are forked inside run()); only the master cleans up.
         if os.getpid() == master_pid:

@@ -81,11 +81,6 @@ class ClusterVersion:
         """admissionregistration.k8s.io/v1 and AdmissionReview v1 are served (1.16+)."""
         return (self.major, self.minor) >= (1, 16)
 
-    @property
-    def runtimeclass_v1(self) -> bool:
-        """node.k8s.io/v1 RuntimeClass is served (1.20+)."""
-        return (self.major, self.minor) >= (1, 20)
-
     def mode(self, pod_overhead: bool | None = None) -> Mode:
         """The routing mode; `pod_overhead` overrides the version's PodOverhead default when not None."""
         overhead_on = self.pod_overhead_default if pod_overhead is None else pod_overhead

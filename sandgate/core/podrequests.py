@@ -86,7 +86,8 @@ def aggregate_container_requests(spec: Mapping[str, Any], path: str = "spec") ->
     containers = list_at(spec.get("containers"), f"{path}.containers")
     inits = list_at(spec.get("initContainers"), f"{path}.initContainers")
     return combine((container_requests(c, f"{path}.containers[{i}]") for i, c in enumerate(containers)),
-                   ((container_requests(c, f"{path}.initContainers[{i}]"), is_sidecar(c)) for i, c in enumerate(inits)))
+                   ((container_requests(c, f"{path}.initContainers[{i}]"),
+                     is_sidecar(object_at(c, f"{path}.initContainers[{i}]"))) for i, c in enumerate(inits)))
 
 
 def pod_level_requests(spec: Mapping[str, Any], path: str = "spec") -> dict[str, Decimal]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from kubernetes.utils import parse_quantity
+from sandgate.core.quantity import parse_field
 
 _MI = 1024 * 1024
 _LONG_VALUE = 40
@@ -44,7 +44,7 @@ def _resources(spec: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, str]]
 def _same_quantity(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return a == b
-    return parse_quantity(a) == parse_quantity(b)
+    return parse_field(a, "quantity") == parse_field(b, "quantity")
 
 
 def describe(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:

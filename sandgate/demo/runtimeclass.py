@@ -13,10 +13,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kubernetes.utils import parse_quantity
-
 from sandgate.core.clusterversion import ClusterVersion
 from sandgate.core.policy import Policy
+from sandgate.core.quantity import parse_field
 from webhooks.scheduling import NodeSelectorConflict, merge_node_selector, merge_tolerations
 
 
@@ -66,7 +65,7 @@ def _forbidden(pod: Mapping[str, Any], reason: str) -> Forbidden:
 def _same_resources(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     """apiequality.Semantic.DeepEqual on two ResourceLists: same names, quantities equal by value."""
     a, b = a or {}, b or {}
-    return a.keys() == b.keys() and all(parse_quantity(a[k]) == parse_quantity(b[k]) for k in a)
+    return a.keys() == b.keys() and all(parse_field(a[k], k) == parse_field(b[k], k) for k in a)
 
 
 @dataclass(frozen=True)

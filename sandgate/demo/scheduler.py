@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping
 
-from kubernetes.utils import parse_quantity
-
 from sandgate.core import keys
 from sandgate.core.podrequests import pod_requests
+from sandgate.core.quantity import millis, units
 from sandgate.demo.httpclient import JsonClient, RequestFailed
 
 # As the shipped scheduler configurations (manifests/scheduler/) set the extender up.
@@ -33,14 +32,6 @@ EXTENDER_HTTP_TIMEOUT_SECONDS = 5
 # kube-scheduler scales extender scores (0..MaxExtenderPriority=10) to its own 0..100 range.
 EXTENDER_SCORE_SCALE = 10
 _FILTER_EFFECTS = ("NoSchedule", "NoExecute")
-
-
-def _millis(value: Any) -> int:
-    return int(math.ceil(parse_quantity(value) * 1000))
-
-
-def _bytes(value: Any) -> int:
-    return int(math.ceil(parse_quantity(value)))
 
 
 @dataclass
@@ -67,7 +58,8 @@ class NodeState:
         spec = node.get("spec") or {}
         return cls(node["metadata"]["name"], dict(node["metadata"].get("labels") or {}),
                    list(spec.get("taints") or []), bool(spec.get("unschedulable")),
-                   _millis(allocatable.get("cpu", 0)), _bytes(allocatable.get("memory", 0)),
+                   millis(allocatable.get("cpu", 0), "status.allocatable.cpu"),
+                   units(allocatable.get("memory", 0), "status.allocatable.memory"),
                    int(allocatable.get("pods", 110)),
                    {name: int(value) for name, value in allocatable.items()
                     if name.startswith(keys.SANDBOX_RESOURCE_PREFIX)})

@@ -228,8 +228,8 @@ def test_chain_reruns_runtimeclass_admission_and_reinvokes_the_webhook(policy):
     assert spec["runtimeClassName"] == "runv" and spec["nodeSelector"] == {"runtime": "runv"}
     assert spec["overhead"] == {"cpu": "100m", "memory": "50Mi"}
     assert result.pod["metadata"]["uid"] and result.pod["status"]["phase"] == "Pending"
-    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=5s", "/mutate/runv?timeout=5s",
-                                            "/validate/runv?timeout=5s"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/mutate/runv?timeout=10s",
+                                            "/validate/runv?timeout=10s"]
     # The reinvocation sees what RuntimeClass admission added.
     assert webhook.calls[1][1]["request"]["object"]["spec"]["overhead"] == {"cpu": "100m", "memory": "50Mi"}
     assert [(s.actor, s.reinvoked) for s in result.steps] == [
@@ -244,7 +244,7 @@ def test_legacy_cluster_gets_v1beta1_and_no_builtin_plugin(policy):
     webhook = FakeWebhook((True, [{"op": "add", "path": "/spec/runtimeClassName", "value": "runv"}], ""))
     result = _apiserver(policy, webhook, V115).create(_manifest(), NOW)
     assert result.allowed and "nodeSelector" not in result.pod["spec"]
-    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=5s", "/validate/runv?timeout=5s"]
+    assert [p for p, _ in webhook.calls] == ["/mutate/runv?timeout=10s", "/validate/runv?timeout=10s"]
     assert webhook.calls[0][1]["apiVersion"] == "admission.k8s.io/v1beta1"
 
 

@@ -69,9 +69,8 @@ def test_hostile_node_values_are_read_safely():
     assert info.capacity == {} and info.bad_capacity == {"runv": "\u00b2"}
     node["metadata"]["annotations"][keys.capacity_annotation("runv")] = "9" * 400
     assert node_info(node).capacity == {}
-    node["status"]["allocatable"]["cpu"] = "1e999990"
-    assert node_info(node).cpu_millis == 2**63 - 1
-    for bad in ("NaN", "Inf", "lots"):
+    # out of the one quantity parser's range (sandgate.core.quantity): refused at once, never clamped
+    for bad in ("1e999990", "NaN", "Inf", "lots"):
         node["status"]["allocatable"]["cpu"] = bad
         with pytest.raises(ObjectError, match="status.allocatable.cpu"):
             node_info(node)

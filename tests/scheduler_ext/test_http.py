@@ -198,6 +198,9 @@ def test_plain_pods_get_neutral_scores(extender, k8s, cluster, name):
      'Pod.spec.containers[0].resources.requests.memory: invalid quantity "lots"'),
     ("filter", {"Pod": {"metadata": {"name": "p"}, "spec": {"runtimeClassName": "runv", "containers": [
         {"resources": {"requests": {keys.sandbox_resource("runv"): "NaN"}}}]}}, "NodeNames": []},
+     f'{keys.sandbox_resource("runv")}: invalid quantity "NaN"'),
+    ("filter", {"Pod": {"metadata": {"name": "p"}, "spec": {"runtimeClassName": "runv", "containers": [
+        {"resources": {"requests": {keys.sandbox_resource("runv"): "2e6"}}}]}}, "NodeNames": []},
      "is not a slot count"),
     ("preempt", {"Pod": {"metadata": {"name": "p"}}, "NodeNameToMetaVictims": {"n": {"Pods": [{}]}}},
      "NodeNameToMetaVictims[n].Pods[0].UID is required"),

@@ -7,8 +7,9 @@ import urllib.request
 
 import pytest
 import requests
+from cryptography import x509
 
-from scheduler_ext.server import tls_context
+from sandgate.core.serving import build_context
 from support import load_fixture
 
 
@@ -27,8 +28,8 @@ def test_serves_https_with_tls_1_2_minimum(extender, k8s, tls_files, tmp_path):
         assert resp.read() == b"ok\n"
 
 
-def test_tls_context_refuses_versions_before_1_2():
-    context = tls_context(None, lambda: ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+def test_tls_context_refuses_versions_before_1_2(tls_files):
+    context = build_context(*map(str, tls_files))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
 

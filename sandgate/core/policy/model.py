@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from kubernetes.utils import parse_quantity
-
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion
+from sandgate.core.quantity import parse_field
 
 API_VERSION = "sandgate.io/v1alpha1"
 KIND = "SandboxPolicy"
@@ -94,7 +93,7 @@ class Overhead:
     @property
     def pod_fixed_values(self) -> dict[str, Decimal]:
         """podFixed parsed to base units (cpu in cores, memory in bytes)."""
-        return {name: parse_quantity(q) for name, q in self.pod_fixed.items()}
+        return {name: parse_field(q, f"podFixed.{name}") for name, q in self.pod_fixed.items()}
 
     def memory_total(self, pod_memory_requests: Decimal) -> Decimal:
         """Whole memory overhead in bytes: fixed + percent of requests, clamped to [min, max], rounded up."""
@@ -135,7 +134,7 @@ class AgentSettings:
     namespace: str = keys.DEFAULT_AGENT_NAMESPACE
     lease_duration_seconds: int = 90
     max_sandboxes: int = 110
-    reserved_memory: Decimal = parse_quantity("512Mi")
+    reserved_memory: Decimal = parse_field("512Mi", "agent.reservedMemory")
     containerd_config: str = "/etc/containerd/config.toml"
     drop_in_dir: str = "/etc/containerd/conf.d"
     reload_command: tuple[str, ...] = ()

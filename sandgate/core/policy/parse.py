@@ -10,10 +10,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils import parse_quantity
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, VersionError
+from sandgate.core.quantity import QuantityError, parse_field
 from sandgate.core.policy.model import (RUNTIME_OPTION_KEYS, RUNTIME_OPTION_PROGRAMS, RUNTIME_PROGRAM_DIRS,
                                         API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
                                         TAINT_EFFECTS, TOLERATION_OPERATORS, UNLABELLED_MODES, DNS_LABEL, DNS_SUBDOMAIN,
@@ -81,9 +81,9 @@ def _quantity(value: Any, path: str, errs: _Errors) -> tuple[str, Decimal] | Non
         return None
     text = str(value)
     try:
-        parsed = parse_quantity(text)
-    except ValueError:
-        errs.add(path, f'invalid quantity "{text}"')
+        parsed = parse_field(value, path)
+    except QuantityError as exc:
+        errs.add(path, exc.reason)
         return None
     if parsed < 0:
         errs.add(path, f'must not be negative, got "{text}"')

@@ -10,7 +10,7 @@ import yaml
 
 from sandgate.core.policy.model import Policy, PolicyError
 from sandgate.core.policy.parse import parse_policy
-from sandgate.core.reloading import ReloadingFiles
+from sandgate.core.reloading import SETTLE_SECONDS, ReloadingFiles
 
 
 def load_policy(path: str | os.PathLike) -> Policy:
@@ -31,7 +31,7 @@ class PolicyStore(ReloadingFiles[Policy]):
     """The current policy of a running server, reloaded when its file changes (see sandgate.reloading)."""
 
     def __init__(self, path: str | os.PathLike, check_interval: float = 2.0,
-                 on_reload: Callable[[Policy], None] | None = None):
+                 on_reload: Callable[[Policy], None] | None = None, settle: float = SETTLE_SECONDS):
         self.path = str(path)
         super().__init__("policy", [self.path], lambda: load_policy(self.path), (PolicyError,),
-                         check_interval, on_reload)
+                         check_interval, on_reload, settle)

@@ -294,14 +294,14 @@ def test_invalid_request_quantities_name_the_field(policy, where, field):
 
 
 @pytest.mark.parametrize("mode", list(Mode))
-@pytest.mark.parametrize("quantity, shown", [("1e999990", "1E+999990"), ("8Ei", "8796093022208Mi")])
-def test_a_quantity_no_node_can_hold_is_refused_at_once_naming_the_field(policy, mode, quantity, shown):
+@pytest.mark.parametrize("quantity", ["1e999990", "8Ei"])
+def test_a_quantity_no_node_can_hold_is_refused_at_once_naming_the_field(policy, mode, quantity):
     """The API server accepts memory: 1e999990; written out as digits it would stall the worker."""
     p = pod([ctr("a", {"cpu": "1"}), ctr("b", {"memory": quantity})])
     verdict = admit(pod_request(p), policy, mode, NamespaceFacts(path_profile="runv"))
     assert (verdict.allowed, verdict.code, verdict.reason) == (False, 400, "invalid-pod")
-    assert verdict.message == (f"spec.containers[1].resources.requests.memory: {shown} is more than Kubernetes can "
-                               f"count (int64 units); no node can run this pod")
+    assert verdict.message == (f'spec.containers[1].resources.requests.memory: quantity "{quantity}" is out of '
+                               f"range (magnitude above 9223372036854775)")
 
 
 def test_invalid_limit_quantity_names_the_field(policy):
