@@ -17,10 +17,6 @@ from sandgate.core.jsonshape import ShapeError
 from sandgate.core.podrequests import resource_list
 from sandgate.core.quantity import QuantityError
 
-# Kubernetes counts memory in int64 bytes; a larger record is not one the webhook wrote (and turning
-# a value such as 1e999990 into an integer would take seconds).
-_MAX = Decimal(2**63 - 1)
-
 
 def padded_resource(value: Any, resource: str) -> tuple[Decimal, Decimal] | None:
     """(amount padded, basis) of `resource` in a record; None when the record does not pad it or is not one."""
@@ -35,6 +31,7 @@ def padded_resource(value: Any, resource: str) -> tuple[Decimal, Decimal] | None
         basis = resource_list(doc["basis"], "record.basis").get(resource)
     except (ShapeError, QuantityError):
         return None
-    if basis is None or not (0 <= amount <= _MAX and 0 <= basis <= _MAX):
+    # The parser bounds every quantity (1e999990 is refused, never expanded); a negative one is not padding.
+    if basis is None or amount < 0 or basis < 0:
         return None
     return amount, basis
