@@ -2,9 +2,10 @@
 
 Component cli modules import only argparse-level code at import time and load their heavy modules
 inside `run`, so `sandgate --help` stays fast and one broken component cannot break the others.
-A command line naming a subcommand registers only that subcommand's flags: whatever another
-component's flags need (certs' use cryptography) stays out of a long-running process such as the
-node agent, whose resident memory is budgeted (docs/benchmarks.md).
+A command line naming a subcommand imports and registers only that subcommand: whatever another
+component's cli module or flags need (gunicorn for the servers' flags, cryptography for certs') stays
+out of a long-running process such as the node agent, whose resident memory is budgeted
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SUBCOMMANDS = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser with every component's subcommand; with `only`, just that one has its flags."""
+    """The argument parser with every component's subcommand, or with `only` that one."""
     parser = argparse.ArgumentParser(
         prog="sandgate",
         description="Route untrusted Kubernetes workloads into sandboxed container runtimes.",
@@ -34,11 +35,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sandgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        if only is None or only == name:
-            module.add_arguments(sp)
-            sp.set_defaults(run=module.run)
+        module.add_arguments(sp)
+        sp.set_defaults(run=module.run)
     return parser
 
 

@@ -96,8 +96,10 @@ def test_healthz_fails_once_cycles_stop_succeeding():
 
 def test_skipping_the_kubernetes_init_loads_only_what_the_agent_uses():
     heavy = ("kubernetes.dynamic", "kubernetes.watch", "jsonschema", "kubernetes.config.kube_config",
-             "kubernetes.client.api_client", "pydantic", "requests", "oauthlib", "cryptography", "jsonpatch")
-    # `sandgate agent ...` builds only the agent's flags: another command's (certs: cryptography) cost nothing.
+             "kubernetes.client.api_client", "pydantic", "requests", "oauthlib", "cryptography", "jsonpatch",
+             "gunicorn")
+    # `sandgate agent ...` builds only the agent's subcommand: another command's flags (the servers' need
+    # gunicorn, certs' cryptography) cost the agent nothing.
     code = textwrap.dedent(f"""
         import contextlib, io, sys
         from sandgate.cli import main
