@@ -2,6 +2,10 @@
 
 Component cli modules import only argparse-level code at import time and load their heavy modules
 inside `run`, so `sandgate --help` stays fast and one broken component cannot break the others.
+A command line naming a subcommand imports and registers only that subcommand: whatever another
+component's cli module or flags need (gunicorn for the servers' flags, cryptography for certs') stays
+out of a long-running process such as the node agent, whose resident memory is budgeted
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every component's subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every component's subcommand, or with `only` that one."""
     parser = argparse.ArgumentParser(
         prog="sandgate",
         description="Route untrusted Kubernetes workloads into sandboxed container runtimes.",
@@ -31,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sandgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sp)
@@ -40,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -10,7 +10,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from sandgate.core.rawapi import RawApi, RawApiConfigError, load_configuration
-from support import JsonHandler
+from support import JsonHandler, self_signed_localhost
 
 
 @pytest.fixture
@@ -92,40 +92,13 @@ def test_a_missing_token_file_is_named(tmp_path):
         load_configuration(kubeconfig(tmp_path, {"tokenFile": "absent"}, {"server": "https://api"}))
 
 
-def self_signed(tmp_path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 that is its own CA, and its key (PEM files)."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    crt, pem_key = tmp_path / "ca.crt", tmp_path / "tls.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return str(crt), str(pem_key)
-
-
 def test_in_cluster_the_service_account_token_goes_over_verified_tls(server, tmp_path, monkeypatch):
     import ssl
 
     from kubernetes.config import incluster_config
 
     url, seen = server
-    crt, key = self_signed(tmp_path)
+    crt, key = map(str, self_signed_localhost(tmp_path, "kube-apiserver"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(crt, key)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (JsonHandler,), {

@@ -4,8 +4,6 @@ real `python3 -m sandgate extender --snapshot ...` server on a free loopback por
 from __future__ import annotations
 
 import copy
-import datetime as dt
-import ipaddress
 import json
 import os
 import socket
@@ -18,13 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sandgate.core import keys
-from support import EXAMPLE_POLICY, REPO, JsonHandler, load_fixture, stop_process
+from support import EXAMPLE_POLICY, REPO, JsonHandler, load_fixture, self_signed_localhost, stop_process
 
 AGENT_NS = keys.DEFAULT_AGENT_NAMESPACE  # agent.namespace of examples/policy.yaml
 
@@ -298,18 +292,4 @@ def fake_api():
 @pytest.fixture
 def tls_files(tmp_path):
     """A self-signed serving certificate for 127.0.0.1 (it is its own CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sandgate-extender")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    crt, pem_key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return crt, pem_key
+    return self_signed_localhost(tmp_path, "sandgate-extender")
