@@ -197,3 +197,56 @@ def test_inconsistent_flags_are_refused(tmp_path, agent_cmd, flags, message):
     policy.write_text(POLICY % {"config": tmp_path / "config.toml", "dir": tmp_path, "extra": V16})
     done = agent_cmd("--config", str(policy), "--node-name", "n1", *flags)
     assert done.returncode == 2 and message in done.stderr
+
+
+DAEMON_POLICY = """\
+apiVersion: sandgate.io/v1alpha1
+kind: SandboxPolicy
+defaultProfile: kata
+profiles:
+  kata:
+    runtimeClassName: kata
+    runtimeType: io.containerd.kata.v2
+agent:
+  containerdConfig: {config}
+  dropInDir: {dir}/conf.d
+  criEndpoint: unix://{socket}
+  reloadCommand: {reload}
+"""
+
+
+@needs_containerd
+def test_a_running_containerd_1_6_loads_the_drop_in_with_its_cri_settings(tmp_path, agent_cmd, api_trap, monkeypatch):
+    """The real daemon, version found over CRI: after the reload the CRI plugin is up with the new handler and
+    the settings of the section it replaced (restrict_oom_score_adj, the harness's CNI paths) still in effect."""
+    env, connections = api_trap
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    ctd = containerd_harness.Containerd.prepare()
+    try:
+        ctd.config.write_text(f'imports = ["{ctd.dir}/conf.d/*.toml"]\n' + ctd.config.read_text())
+        (ctd.dir / "conf.d").mkdir()
+        ctd.launch()
+        with ctd.cri() as client:
+            before = client.status(verbose=True).info["config"]
+        main_before = ctd.config.read_bytes()
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(DAEMON_POLICY.format(config=ctd.config, dir=ctd.dir, socket=ctd.socket,
+                                               reload=json.dumps(ctd.reload_command())))
+        done = agent_cmd("--config", str(policy), "--node-name", "n1", "--root", "/", "--once", "--configure",
+                         "--drop-in-only")
+        assert connections() == 0
+        assert done.returncode == 0, done.stderr
+        [outcome] = [json.loads(line) for line in done.stderr.splitlines() if '"outcome"' in line]
+        assert outcome["outcome"] == "configured" and outcome["handlers"] == ["kata"]
+        assert ctd.config.read_bytes() == main_before
+        plugins = ctd.ctr("plugins", "ls")
+        assert any(line.split()[:2] == ["io.containerd.grpc.v1", "cri"] and line.split()[-1] == "ok"
+                   for line in plugins.stdout.splitlines()), plugins.stdout
+        with ctd.cri() as client:
+            after = client.status(verbose=True).info["config"]
+        assert set(after["containerd"]["runtimes"]) == {"runc", "kata"}
+        del after["containerd"]["runtimes"]["kata"]
+        assert after == before  # the whole CRI config in effect, the new handler aside
+    finally:
+        ctd.close()
