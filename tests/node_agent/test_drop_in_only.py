@@ -10,7 +10,6 @@ the new handlers); the main config must stay byte for byte as it was.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import tomllib
 from pathlib import Path
