@@ -249,3 +249,25 @@ def test_a_running_containerd_1_6_loads_the_drop_in_with_its_cri_settings(tmp_pa
         assert after == before  # the whole CRI config in effect, the new handler aside
     finally:
         ctd.close()
+
+
+def test_crio_writes_only_its_drop_in_directory(root, tmp_path, agent_cmd, api_trap, monkeypatch):
+    """On a CRI-O node (the conftest's fake host root) the same mode writes only agent.crioDropInDir."""
+    from test_crio import MAIN as CRIO_MAIN, POLICY as CRIO_POLICY
+
+    env, connections = api_trap
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    main = root.write("etc/crio/crio.conf", CRIO_MAIN)
+    (root.path / "etc/crio/crio.conf.d").mkdir()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(CRIO_POLICY % "  maxSandboxes: 10")
+    done = agent_cmd("--config", str(policy), "--node-name", "n1", "--root", str(root.path), "--once", "--configure",
+                     "--drop-in-only")
+    assert connections() == 0
+    assert done.returncode == 0, done.stderr
+    [outcome] = [json.loads(line) for line in done.stderr.splitlines() if '"outcome"' in line]
+    assert outcome["outcome"] == "configured" and outcome["runtimeManager"] == "crio"
+    assert all(f.startswith("/etc/crio/crio.conf.d/") for f in outcome["files"]) and len(outcome["files"]) == 2
+    assert main.read_text() == CRIO_MAIN
+    assert sorted(files(root.path / "etc/crio/crio.conf.d")) == sorted(Path(f).name for f in outcome["files"])
