@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="run one cycle and exit")
     parser.add_argument("--dry-run", action="store_true",
                         help="with --once: change nothing; print the Node patch and config changes as JSON")
+    parser.add_argument("--drop-in-only", action="store_true",
+                        help="with --once --configure: the one-shot init container mode; write only agent.dropInDir "
+                             "(agent.crioDropInDir on CRI-O), never contact the Kubernetes API (no token needed), "
+                             "publish nothing; exit 0 configured or nothing to do, 1 refused or rolled back")
     parser.add_argument("--node-allocatable-memory", metavar="QUANTITY",
                         help="node allocatable memory (skips reading the Node from the API)")
     parser.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics and /healthz (default 9464)")

@@ -25,6 +25,7 @@ nothing but the wanted runtime tables: on 1.x by editing the one file whose CRI 
 from __future__ import annotations
 
 import fnmatch
+import json
 import posixpath
 import re
 import tomllib
@@ -426,10 +427,13 @@ def is_imported(config: ContainerdConfig, main_doc: dict[str, Any], host_path: s
 
 
 def plan_configure(snapshot: ConfigSnapshot, config: ContainerdConfig, drop_in_dir: str,
-                   wanted: dict[str, tuple[str | None, dict[str, Any]]], stamp: str) -> ConfigurePlan:
+                   wanted: dict[str, tuple[str | None, dict[str, Any]]], stamp: str,
+                   drop_in_only: bool = False) -> ConfigurePlan:
     """The change adding every wanted handler (name -> (runtime_type, options)) missing from `config`.
 
-    Nothing else in the effective configuration moves. `stamp` names the backups.
+    Nothing else in the effective configuration moves. `stamp` names the backups. With
+    `drop_in_only` (the init container, which can write nothing but `drop_in_dir`) every file
+    written lies in `drop_in_dir`, or ContainerdConfigError says what the operator must change.
     """
     present = config.runtimes()
     skipped: list[dict[str, str]] = []
@@ -445,6 +449,10 @@ def plan_configure(snapshot: ConfigSnapshot, config: ContainerdConfig, drop_in_d
         return ConfigurePlan(skipped=tuple(skipped))
     if config.containerd_version.merges_plugin_sections:
         plan = _plan_drop_ins(snapshot, config, drop_in_dir, tables, stamp)
+        if drop_in_only and plan.main_config is not None:
+            raise ContainerdConfigError(_not_imported(snapshot, config, drop_in_dir))
+    elif drop_in_only:
+        plan = _plan_cri_drop_in_1x(snapshot, config, drop_in_dir, tables, stamp)
     else:
         plan = _plan_edit_1x(snapshot, config, tables, stamp)
     return replace(plan, skipped=tuple(skipped), handlers=tuple(tables))
@@ -478,3 +486,60 @@ def _plan_edit_1x(snapshot: ConfigSnapshot, config: ContainerdConfig, tables: di
     content = _append_tables(text, doc, ("plugins", key) + RUNTIMES_PATH, tables)
     change = FileChange(owner, content, backup_path(owner, stamp))
     return ConfigurePlan(main_config=change) if owner == snapshot.main else ConfigurePlan(edits=(change,))
+
+
+CRI_DROP_IN = "sandgate-cri.toml"  # 1.x --drop-in-only: the drop-in carrying the whole CRI section
+
+
+def _not_imported(snapshot: ConfigSnapshot, config: ContainerdConfig, drop_in_dir: str) -> str:
+    """The refusal when the main config does not import `drop_in_dir`, naming the one-line change."""
+    main_doc = parse_toml(snapshot.main, snapshot.texts[snapshot.main])
+    pattern = posixpath.join(drop_in_dir, "*.toml")
+    # One line (JSON's string syntax is TOML's basic string syntax); tomli_w would wrap a long array.
+    line = "imports = " + json.dumps(list(main_doc.get("imports", [])) + [pattern])
+    where = "replace its top-level imports line with" if "imports" in main_doc else "add as its first line"
+    return (f"refusing to configure with --drop-in-only: {snapshot.main} does not import {drop_in_dir}, the only "
+            f"directory this mode may write (containerd {config.containerd_version}); {where}: {line} "
+            "-- then run it again")
+
+
+def _plan_cri_drop_in_1x(snapshot: ConfigSnapshot, config: ContainerdConfig, drop_in_dir: str,
+                         tables: dict[str, dict[str, Any]], stamp: str) -> ConfigurePlan:
+    """1.x without writing the file owning the CRI section: a drop-in carrying that whole section, as in
+    effect, plus the new runtime tables. containerd 1.x replaces the section wholesale with the last
+    file naming it, so this file must load last among those; the model checks it, and that the
+    effective config is the old one plus the tables, before anything is written."""
+    key = CRI_SECTION[min(config.version, 2)]
+    section = dict(config.cri())
+    containerd_table = dict(section.get("containerd") or {})
+    runtimes = containerd_table.get("runtimes")
+    # No runtimes table in effect means containerd's default runtimes, which a table replaces: restate them.
+    containerd_table["runtimes"] = {**(runtimes if isinstance(runtimes, dict) else DEFAULT_RUNTIMES_1X), **tables}
+    section["containerd"] = containerd_table
+    path = posixpath.join(drop_in_dir, CRI_DROP_IN)
+    content = ("# Written by `sandgate agent --configure --drop-in-only`: containerd 1.x's whole CRI section as it was\n"
+               f"# in effect (from {config.cri_owner or 'containerd defaults'}) plus sandgate's runtime handlers.\n"
+               "# containerd 1.x lets the last file naming this section replace it whole, so edit the CRI\n"
+               "# settings here from now on (or remove this file and restart containerd).\n"
+               + tomli_w.dumps({"version": config.version, "plugins": {key: section}}))
+    after = resolve(snapshot.with_files({path: content}), config.containerd_version)
+    if path not in after.imports:
+        raise ContainerdConfigError(_not_imported(snapshot, config, drop_in_dir))
+    if after.cri_owner != path:
+        raise ContainerdConfigError(
+            f"refusing to configure with --drop-in-only: {after.cri_owner} names the CRI section and loads after "
+            f"{path}, so containerd {config.containerd_version} would ignore sandgate's drop-in; move that "
+            f"file's CRI settings into {config.path}")
+    expected_runtimes = {**config.runtimes(), **tables}
+    if after.runtimes() != expected_runtimes or _without_runtimes(after.effective, key) != _without_runtimes(
+            config.effective, key):
+        raise ContainerdConfigError(f"refusing to configure with --drop-in-only: {path} would change more than "
+                                    "the runtime handlers of containerd's effective config")
+    change = FileChange(path, content, backup_path(path, stamp) if snapshot.texts.get(path) is not None else None)
+    return ConfigurePlan(edits=(change,)) if change.backup else ConfigurePlan(drop_ins=(change,))
+
+
+def _without_runtimes(effective: dict[str, Any], key: str) -> dict[str, Any]:
+    section = dict(_get(effective, ("plugins", key)) or {})
+    section["containerd"] = {k: v for k, v in (section.get("containerd") or {}).items() if k != "runtimes"}
+    return {**effective, "plugins": {**(effective.get("plugins") or {}), key: section}}

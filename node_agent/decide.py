@@ -14,6 +14,7 @@ One cycle's questions, answered from the facts node_agent.host gathered:
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,7 @@ class Options:
 
     configure: bool = False
     dry_run: bool = False
+    drop_in_only: bool = False  # the init container: write nothing outside the drop-in directory
     stamp: str = "19700101T000000Z"  # names this cycle's backups (UTC)
 
 
@@ -217,9 +219,21 @@ def _plan(d: Decision, facts: HostFacts, policy: Policy, options: Options) -> No
         return
     try:
         d.plan = containerd.plan_configure(facts.snapshot, d.config, policy.agent.drop_in_dir, _wanted(policy),
-                                           options.stamp)
+                                           options.stamp, drop_in_only=options.drop_in_only)
     except ContainerdConfigError as exc:
         d.configure_error = str(exc)
+        return
+    if options.drop_in_only:
+        _confine(d, policy.agent.drop_in_dir)
+
+
+def _confine(d: Decision, directory: str) -> None:
+    """--drop-in-only: refuse a plan touching any file outside `directory` (the container's one writable mount)."""
+    outside = [c.path for c in d.plan.files if posixpath.dirname(c.path) != posixpath.normpath(directory)]
+    if outside:
+        d.configure_error = (f"refusing to configure with --drop-in-only: the plan writes {outside}, outside "
+                             f"{directory}, the only directory this mode may write")
+        d.plan = ConfigurePlan(skipped=d.plan.skipped)
 
 
 def _decide_crio(facts: HostFacts, policy: Policy, node_name: str, options: Options) -> Decision:
@@ -237,6 +251,8 @@ def _decide_crio(facts: HostFacts, policy: Policy, node_name: str, options: Opti
     runtimes = config.runtimes()
     if options.configure:
         d.plan = crio.plan_configure(config, policy.agent.crio_drop_in_dir, _wanted(policy))
+        if options.drop_in_only:
+            _confine(d, policy.agent.crio_drop_in_dir)
         if options.dry_run and d.plan.changed:
             runtimes = crio.resolve({**facts.crio_files, **{c.path: c.content for c in d.plan.files}}).runtimes()
     d.statuses = discover(facts, runtimes, policy)

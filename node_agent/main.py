@@ -74,9 +74,13 @@ class Agent:
 
     def decide(self, policy: Policy, node: dict[str, Any] | None, configure: bool) -> Decision:
         """Gather the host facts and decide over them."""
-        allocatable = self.allocatable if self.allocatable is not None else _node_allocatable(node)
+        if self.allocatable is not None:
+            allocatable = self.allocatable
+        else:  # --drop-in-only publishes no capacity: it needs no Node
+            allocatable = Decimal(0) if self.args.drop_in_only else _node_allocatable(node)
         facts = host.gather(self.root, policy)
-        options = Options(configure=configure, dry_run=self.args.dry_run, stamp=self._stamp())
+        options = Options(configure=configure, dry_run=self.args.dry_run, drop_in_only=self.args.drop_in_only,
+                          stamp=self._stamp())
         return decide(facts, policy, self.args.node_name, options, node, allocatable)
 
     def configure(self, policy: Policy, decision: Decision, node: dict[str, Any] | None) -> tuple[Decision, bool]:
@@ -139,7 +143,7 @@ class Agent:
                     self.rolled_back[key] = decision.configure_error or "rolled back"
                     self.last_rollback = decision.configure_error
         self._record(policy, decision)
-        if not self.args.dry_run:
+        if not self.args.dry_run and not self.args.drop_in_only:
             settings = policy.agent
             if not publish_new:
                 log.warning("node labels left as they were after a rolled-back configuration",
@@ -152,6 +156,8 @@ class Agent:
         return decision
 
     def _record(self, policy: Policy, decision: Decision) -> None:
+        if self.args.drop_in_only:
+            return  # it advertises nothing: what it could advertise is the DaemonSet agent's business
         for status in decision.statuses:
             if not status.advertised and status.handler in policy.handlers:
                 log.warning("runtime not advertised", extra={"node": self.args.node_name, **status.to_json()})
@@ -201,7 +207,14 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print("sandgate agent: --interval must be > 0", file=sys.stderr)
         return 2
-    offline = args.dry_run and args.node_allocatable_memory
+    if args.drop_in_only and not (args.once and args.configure):
+        print("sandgate agent: --drop-in-only needs --once and --configure (it is the one-shot init container "
+              "that configures the runtime and exits)", file=sys.stderr)
+        return 2
+    if args.drop_in_only and args.kubeconfig:
+        print("sandgate agent: --drop-in-only never contacts the Kubernetes API; drop --kubeconfig", file=sys.stderr)
+        return 2
+    offline = (args.dry_run and args.node_allocatable_memory) or args.drop_in_only
     stop = threading.Event()
     publisher = None
     if not offline:
@@ -228,6 +241,8 @@ def _run_once(agent: Agent) -> int:
         log.error("cycle failed", extra={"node": agent.args.node_name, "error": str(exc)})
         print(f"sandgate agent: {exc}", file=sys.stderr)
         return 1
+    if agent.args.drop_in_only and not agent.args.dry_run:
+        return _drop_in_outcome(agent, result)
     if agent.args.dry_run:
         from node_agent.sandboxes import inventory_once
 
@@ -242,6 +257,23 @@ def _run_once(agent: Agent) -> int:
     if result.configure_error and not agent.args.dry_run:  # a one-shot --configure that could not configure
         print(f"sandgate agent: cannot configure: {result.configure_error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _drop_in_outcome(agent: Agent, result: Decision) -> int:
+    """--drop-in-only: one JSON log line saying how it ended (configured, unchanged, refused, rolled-back)."""
+    plan = result.plan
+    fields: dict[str, Any] = {"node": agent.args.node_name, "runtimeManager": result.manager,
+                              "handlers": list(plan.handlers), "files": [c.path for c in plan.files],
+                              "skipped": list(plan.skipped)}
+    reason = agent.last_rollback or result.configure_error or result.config_error
+    if reason is not None:
+        outcome = "rolled-back" if agent.last_rollback is not None else "refused"
+        log.error("runtime not configured", extra={**fields, "outcome": outcome, "reason": reason})
+        return 1
+    outcome = "configured" if plan.changed else "unchanged"
+    log.info("runtime configured" if plan.changed else "runtime already configured",
+             extra={**fields, "outcome": outcome})
     return 0
 
 
