@@ -358,7 +358,7 @@ class ClusterCache:
                 "nodes": len(self.nodes),
                 "pods": len(self.pods),
                 "heartbeats": len(self.leases),
-                "mode": "overhead_in_extender" if self.legacy else "overhead_in_scheduler",
+                "mode": (Mode.WEBHOOK_MERGES if self.legacy else Mode.APISERVER_MERGES).value,
                 "sync": {kind: {"synced": s.synced, "staleSeconds": s.staleness(now), "error": s.error}
                          for kind, s in self.sync.items()},
                 "skipped": {kind: s.status() for kind, s in self.skipped.items()},

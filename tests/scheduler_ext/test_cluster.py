@@ -59,7 +59,7 @@ def test_the_watch_keeps_the_cache_current(extender, cluster, k8s, tmp_path):
     running = cluster.put("pods", k8s.pod("running", node=SANDBOX_1, runtime_class="runv"))
     server = start(extender, cluster, tmp_path)
     status = readyz(server)
-    assert status["source"] == "cluster" and status["mode"] == "overhead_in_scheduler"  # 1.24 from /version
+    assert status["source"] == "cluster" and status["mode"] == "runtimeclass"  # 1.24 from /version
     pending = k8s.pod("vm-new", runtime_class="runv")
     answer = filter_pod(server, pending, [SANDBOX_1, SANDBOX_2])
     assert answer["NodeNames"] == [SANDBOX_1]

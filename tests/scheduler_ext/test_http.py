@@ -279,7 +279,7 @@ def test_legacy_cluster_counts_sandbox_overhead_against_allocatable(extender, k8
     body = server.post("filter", request).json()
     assert body["NodeNames"] == [SANDBOX_2]
     assert "insufficient cpu" in body["FailedNodes"][SANDBOX_1]
-    assert requests.get(f"{server.url}/readyz", timeout=5).json()["mode"] == "overhead_in_extender"
+    assert requests.get(f"{server.url}/readyz", timeout=5).json()["mode"] == "legacy"
 
 
 def test_metrics_readyz_and_logs(extender, k8s, cluster):
@@ -290,7 +290,7 @@ def test_metrics_readyz_and_logs(extender, k8s, cluster):
     server.post("filter", request)
     ready = requests.get(f"{server.url}/readyz", timeout=5)
     assert ready.status_code == 200
-    assert ready.json()["source"] == "snapshot" and ready.json()["mode"] == "overhead_in_scheduler"
+    assert ready.json()["source"] == "snapshot" and ready.json()["mode"] == "runtimeclass"
     assert ready.json()["skippedObjects"] == 0
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     assert ('sandgate_extender_node_decisions_total{reason="runtime_not_advertised",verb="filter",'
