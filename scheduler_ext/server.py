@@ -11,7 +11,6 @@ worker, because threads do not survive fork.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import threading
@@ -133,11 +132,8 @@ def start_informers(api: client.ApiClient, cache: ClusterCache, stop: threading.
 
 def _in_worker(start_background: Callable[[], None]) -> None:
     start_background()
-    # The cache (a 5,000-node snapshot is ~10^6 objects) lives as long as the process: moving it out
-    # of the cyclic collector's reach removes the multi-millisecond full collections that showed up
-    # as p99 spikes of filter latency (bench/extender.py), and keeps forked pages shared.
-    gc.collect()
-    gc.freeze()
+    # The cache (a 5,000-node snapshot is ~10^6 objects) lives as long as the process.
+    serving.settle_heap()
 
 
 def gunicorn_options(args: argparse.Namespace, start_background: Callable[[], None]) -> dict[str, Any]:

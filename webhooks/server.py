@@ -10,7 +10,6 @@ and the namespace watch after the fork.
 from __future__ import annotations
 
 import argparse
-import gc
 import glob
 import json
 import logging
@@ -36,17 +35,6 @@ KEEPALIVE_SECONDS = 120
 METRICS_DIR_PREFIX = "sandgate-metrics-"
 
 
-def settle_heap(worker=None) -> None:
-    """Move everything alive once the worker has built its app out of the collector's sight.
-
-    The worker holds ~65,000 long-lived objects (Flask, the kubernetes client, the policy); every
-    full collection walked all of them, 30-180 ms measured under load, a few times a minute at a
-    few hundred requests/s, and each pass stalled the requests in flight (bench/webhook.py p99). Frozen
-    objects are never scanned again; request garbage is still collected as before.
-    """
-    gc.collect()
-    gc.freeze()
-
 
 def gunicorn_options(host: str, port: int, workers: int, threads: int, tls: ReloadingContext,
                      log_level: str = "info", limits: serving.Limits | None = None,
@@ -56,7 +44,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, tls: Relo
     options = serving.gunicorn_options(host, port, workers=workers, threads=threads, tls=tls, limits=limits,
                                        proc_name="sandgate-webhook", log_level=log_level,
                                        access_log=access_log)
-    options["post_worker_init"] = settle_heap
+    options["post_worker_init"] = serving.settle_heap
     return options
 
 
