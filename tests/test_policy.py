@@ -67,6 +67,14 @@ def test_invalid_policy_is_refused_naming_the_key(mutate, key):
     assert any(e.startswith(key + ":") for e in errors), errors
 
 
+@pytest.mark.parametrize("tolerations", [True, 3, "NoSchedule", {"key": "a"}])
+def test_tolerations_that_are_not_a_list_are_one_clear_error(tolerations):
+    # Not a crash (a bool or int was iterated), nor errors about the characters of a string.
+    doc = example_doc()
+    doc["profiles"]["runv"]["tolerations"] = tolerations
+    assert errors_of(doc) == ["profiles.runv.tolerations: must be a list"]
+
+
 def test_all_errors_are_reported_at_once():
     doc = example_doc()
     doc["defaultProfile"] = "kata"

@@ -3,22 +3,27 @@
 A policy with any error is refused as a whole, with every error listed by key path, so nothing ever
 runs half configured. Unknown keys are errors too: a typo such as `namespaceLable` must not silently
 fall back to a default.
+
+Each section is a declarative table (policy key -> model field, reader, default, check) walked by one
+generic function; the rules that relate several fields run as small functions after the table pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
-
+from functools import partial
+from typing import Any, Callable
 
 from sandgate.core import keys
 from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.quantity import QuantityError, parse_field
-from sandgate.core.policy.model import (RUNTIME_OPTION_KEYS, RUNTIME_OPTION_PROGRAMS, RUNTIME_PROGRAM_DIRS,
-                                        API_VERSION, FORBIDDABLE, KIND, RESERVED_PROFILE_NAMES, STRATEGIES,
-                                        TAINT_EFFECTS, TOLERATION_OPERATORS, UNLABELLED_MODES, DNS_LABEL, DNS_SUBDOMAIN,
-                                        QUALIFIED_NAME, CONTAINERD_VERSION, RUNTIME_MANAGERS, AgentSettings, Overhead, Policy, PolicyError, Profile,
-                                        SchedulingSettings, Toleration)
+from sandgate.core.policy.model import (API_VERSION, CONTAINERD_VERSION, DNS_LABEL, DNS_SUBDOMAIN, FORBIDDABLE, KIND,
+                                        QUALIFIED_NAME, RESERVED_PROFILE_NAMES, RUNTIME_MANAGERS,
+                                        RUNTIME_OPTION_KEYS, RUNTIME_OPTION_PROGRAMS, RUNTIME_PROGRAM_DIRS, STRATEGIES,
+                                        TAINT_EFFECTS, TOLERATION_OPERATORS, UNLABELLED_MODES, AgentSettings, Overhead,
+                                        Policy, PolicyError, Profile, SchedulingSettings, Toleration)
 
 
 class _Errors:
@@ -29,6 +34,34 @@ class _Errors:
 
     def add(self, path: str, reason: str) -> None:
         self.items.append(f"{path}: {reason}")
+
+
+# A reader turns the raw value at a path into a typed value (the default when absent or invalid);
+# a check validates the read value and returns what to keep (the default again when it is refused).
+Reader = Callable[[Any, str, _Errors, Any], Any]
+Check = Callable[[Any, str, _Errors, Any], Any]
+
+_MODEL_DEFAULT: Any = object()
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One policy key of a section: where it goes in the model, how it is read and checked."""
+
+    key: str
+    attr: str | None  # None: validated only, not stored in the model
+    read: Reader
+    default: Any = _MODEL_DEFAULT  # the model field's own default unless given
+    check: Check | None = None
+
+
+def _table(model: type, *fields: _Field) -> tuple[_Field, ...]:
+    """The section's fields with their defaults taken from the model's dataclass where not given."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(model)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return tuple(dataclasses.replace(f, default=defaults[f.attr]) if f.default is _MODEL_DEFAULT else f
+                 for f in fields)
 
 
 def _mapping(doc: Any, path: str, errs: _Errors, allowed: tuple[str, ...] | None = None) -> dict:
@@ -42,6 +75,26 @@ def _mapping(doc: Any, path: str, errs: _Errors, allowed: tuple[str, ...] | None
             if key not in allowed:
                 errs.add(f"{path}.{key}" if path else str(key), f"unknown key (allowed: {', '.join(allowed)})")
     return doc
+
+
+def _walk(doc: Any, path: str, errs: _Errors, table: tuple[_Field, ...]) -> dict[str, Any]:
+    """Report unknown keys, then read and check each key of the table: model field name -> value."""
+    d = _mapping(doc, path, errs, tuple(f.key for f in table))
+    out: dict[str, Any] = {}
+    for f in table:
+        where = f"{path}.{f.key}" if path else f.key
+        value = f.read(d.get(f.key), where, errs, f.default)
+        if f.check is not None:
+            value = f.check(value, where, errs, f.default)
+        if f.attr is not None:
+            out[f.attr] = value
+    return out
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+def _raw(value: Any, path: str, errs: _Errors, default: Any) -> Any:
+    return value
 
 
 def _string(value: Any, path: str, errs: _Errors, default: str | None = None) -> str | None:
@@ -74,6 +127,9 @@ def _int(value: Any, path: str, errs: _Errors, default: int | None, minimum: int
     return value
 
 
+_positive_int = partial(_int, minimum=1)
+
+
 def _quantity(value: Any, path: str, errs: _Errors) -> tuple[str, Decimal] | None:
     """A Kubernetes quantity, as written and parsed; YAML numbers (cpu: 1) are accepted."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -91,10 +147,17 @@ def _quantity(value: Any, path: str, errs: _Errors) -> tuple[str, Decimal] | Non
     return text, parsed
 
 
-def _string_map(doc: Any, path: str, errs: _Errors, check_keys: bool = True) -> dict[str, str]:
+def _quantity_value(value: Any, path: str, errs: _Errors, default: Decimal | None) -> Decimal | None:
+    if value is None:
+        return default
+    parsed = _quantity(value, path, errs)
+    return parsed[1] if parsed else default
+
+
+def _string_map(doc: Any, path: str, errs: _Errors, default: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in _mapping(doc, path, errs).items():
-        if check_keys and (not isinstance(key, str) or not QUALIFIED_NAME.match(key)):
+        if not isinstance(key, str) or not QUALIFIED_NAME.match(key):
             errs.add(f"{path}.{key}", "not a valid label key")
             continue
         text = _string(value, f"{path}.{key}", errs)
@@ -103,9 +166,9 @@ def _string_map(doc: Any, path: str, errs: _Errors, check_keys: bool = True) -> 
     return out
 
 
-def _string_list(doc: Any, path: str, errs: _Errors) -> tuple[str, ...]:
+def _string_list(doc: Any, path: str, errs: _Errors, default: Any = ()) -> Any:
     if doc is None:
-        return ()
+        return default
     if not isinstance(doc, list):
         errs.add(path, f"must be a list, got {type(doc).__name__}")
         return ()
@@ -117,124 +180,57 @@ def _string_list(doc: Any, path: str, errs: _Errors) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _parse_cluster_version(value: Any, errs: _Errors) -> ClusterVersion | None:
+def _cluster_version(value: Any, path: str, errs: _Errors, default: None) -> ClusterVersion | None:
     if value is None or value == "auto":
         return None
     if isinstance(value, float):
         # YAML reads 1.20 as the float 1.2; a float only round-trips for versions like 1.15.
         value = repr(value)
     if isinstance(value, bool) or not isinstance(value, str):
-        errs.add("clusterVersion", f'must be "auto" or a version such as "1.15", got {value!r}')
+        errs.add(path, f'must be "auto" or a version such as "1.15", got {value!r}')
         return None
     try:
         return ClusterVersion.parse(value)
     except VersionError as exc:
-        errs.add("clusterVersion", f'{exc} (write it quoted, e.g. "1.20"; YAML reads 1.20 as 1.2)')
+        errs.add(path, f'{exc} (write it quoted, e.g. "1.20"; YAML reads 1.20 as 1.2)')
         return None
 
 
-def _parse_pod_overhead(value: Any, errs: _Errors) -> bool | None:
+def _pod_overhead(value: Any, path: str, errs: _Errors, default: None) -> bool | None:
     if value is None or value == "auto":
         return None
     if isinstance(value, bool):
         return value
-    errs.add("podOverhead", f'must be "auto", true or false, got {value!r}')
+    errs.add(path, f'must be "auto", true or false, got {value!r}')
     return None
 
 
-def _parse_toleration(doc: Any, path: str, errs: _Errors) -> Toleration | None:
-    before = len(errs.items)
-    d = _mapping(doc, path, errs, ("key", "operator", "value", "effect", "tolerationSeconds"))
-    key = _string(d.get("key"), f"{path}.key", errs, "")
-    operator = _string(d.get("operator"), f"{path}.operator", errs, "Equal")
-    value = _string(d.get("value"), f"{path}.value", errs, "")
-    effect = _string(d.get("effect"), f"{path}.effect", errs, "")
-    seconds = _int(d.get("tolerationSeconds"), f"{path}.tolerationSeconds", errs, None)
-    if operator not in TOLERATION_OPERATORS:
-        errs.add(f"{path}.operator", f'must be one of {", ".join(TOLERATION_OPERATORS)}, got "{operator}"')
-    if effect not in TAINT_EFFECTS:
-        errs.add(f"{path}.effect", f'must be one of NoSchedule, PreferNoSchedule, NoExecute, got "{effect}"')
-    if operator == "Exists" and value:
-        errs.add(f"{path}.value", "must be empty when operator is Exists")
-    if not key and operator != "Exists":
-        errs.add(f"{path}.operator", "must be Exists when key is empty")
-    if seconds is not None and effect != "NoExecute":
-        errs.add(f"{path}.tolerationSeconds", "is only allowed with effect NoExecute")
-    if len(errs.items) != before:
-        return None
-    return Toleration(key or "", operator or "Equal", value or "", effect or "", seconds)
-
-
-def _parse_overhead(doc: Any, path: str, errs: _Errors) -> Overhead | None:
-    if doc is None:
-        return None
-    d = _mapping(doc, path, errs, ("podFixed", "memoryPercentOfRequests", "memoryMin", "memoryMax"))
-    pod_fixed: dict[str, str] = {}
-    for name, value in _mapping(d.get("podFixed"), f"{path}.podFixed", errs).items():
-        parsed = _quantity(value, f"{path}.podFixed.{name}", errs)
+def _pod_fixed(doc: Any, path: str, errs: _Errors, default: dict[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in _mapping(doc, path, errs).items():
+        parsed = _quantity(value, f"{path}.{name}", errs)
         if parsed:
-            pod_fixed[str(name)] = parsed[0]
-    percent = None
-    raw_percent = d.get("memoryPercentOfRequests")
-    if raw_percent is not None:
-        if isinstance(raw_percent, bool) or not isinstance(raw_percent, (int, float)) or not 0 <= raw_percent <= 100:
-            errs.add(f"{path}.memoryPercentOfRequests", f"must be a number from 0 to 100, got {raw_percent!r}")
-        else:
-            percent = Decimal(str(raw_percent))
-    bounds = {}
-    for key in ("memoryMin", "memoryMax"):
-        if d.get(key) is not None:
-            parsed = _quantity(d[key], f"{path}.{key}", errs)
-            bounds[key] = parsed[1] if parsed else None
-    lo, hi = bounds.get("memoryMin"), bounds.get("memoryMax")
-    if lo is not None and hi is not None and lo > hi:
-        errs.add(f"{path}.memoryMin", "must not be greater than memoryMax")
-    return Overhead(pod_fixed, percent, lo, hi)
+            out[str(name)] = parsed[0]
+    return out
 
 
-_PROFILE_KEYS = ("runtimeClassName", "handler", "overhead", "nodeSelector", "tolerations", "forbid",
-                 "edgeTolerationSeconds", "runtimeType", "runtimeOptions", "probe")
+def _percent(value: Any, path: str, errs: _Errors, default: Decimal | None) -> Decimal | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        errs.add(path, f"must be a number from 0 to 100, got {value!r}")
+        return default
+    return Decimal(str(value))
 
 
-def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
-    path = f"profiles.{name}"
-    if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > 63:
-        # It becomes a namespace-label value and a webhook path segment (/mutate/<profile>), which the
-        # API server accepts only as a DNS-1123 label.
-        errs.add(path, "profile name must be a DNS-1123 label (at most 63 lower-case letters, digits and "
-                       "'-', starting and ending with a letter or digit)")
-        return None
-    if name in RESERVED_PROFILE_NAMES:
-        errs.add(path, f'"{name}" is reserved and cannot name a profile: it is {RESERVED_PROFILE_NAMES[name]}')
-        return None
-    d = _mapping(doc, path, errs, _PROFILE_KEYS)
-    rc = _string(d.get("runtimeClassName"), f"{path}.runtimeClassName", errs)
-    if rc is None:
-        errs.add(f"{path}.runtimeClassName", "is required")
-    elif not DNS_SUBDOMAIN.match(rc) or len(rc) > 253:
-        errs.add(f"{path}.runtimeClassName", f'"{rc}" is not a valid RuntimeClass name')
-    handler = _string(d.get("handler"), f"{path}.handler", errs, rc)
-    if handler and not DNS_LABEL.match(handler):
-        errs.add(f"{path}.handler", f'"{handler}" is not a valid runtime handler name (DNS label)')
-    tolerations = []
-    raw_tols = d.get("tolerations")
-    if raw_tols is not None and not isinstance(raw_tols, list):
-        errs.add(f"{path}.tolerations", "must be a list")
-    for i, t in enumerate(raw_tols or []):
-        tol = _parse_toleration(t, f"{path}.tolerations[{i}]", errs)
-        if tol:
-            tolerations.append(tol)
-    # Omitted means every host feature: each one reaches around the sandbox (Kata shares a hostPath
-    # into the VM, gVisor's gofer serves it), so a profile must say `forbid: []` to allow them.
-    forbid = FORBIDDABLE if d.get("forbid") is None else _string_list(d.get("forbid"), f"{path}.forbid", errs)
-    for i, item in enumerate(forbid):
-        if item not in FORBIDDABLE:
-            errs.add(f"{path}.forbid[{i}]", f'unknown feature "{item}" (known: {", ".join(FORBIDDABLE)})')
-    options = d.get("runtimeOptions")
-    if options is not None and not isinstance(options, dict):
-        errs.add(f"{path}.runtimeOptions", "must be a mapping")
-    for key, value in (options or {}).items() if isinstance(options, dict) else ():
-        where = f"{path}.runtimeOptions.{key}"
+def _runtime_options(options: Any, path: str, errs: _Errors, default: dict[str, Any]) -> dict[str, Any]:
+    if options is None:
+        return default
+    if not isinstance(options, dict):
+        errs.add(path, "must be a mapping")
+        return default
+    for key, value in options.items():
+        where = f"{path}.{key}"
         if key not in RUNTIME_OPTION_KEYS:
             errs.add(where, f"not an allowed runtime option (allowed: {', '.join(RUNTIME_OPTION_KEYS)})")
         elif key == "SystemdCgroup":
@@ -246,93 +242,275 @@ def _parse_profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
             errs.add(where, f'must be an absolute path without "." or ".." segments, got "{value}"')
         elif key in RUNTIME_OPTION_PROGRAMS and not value.startswith(RUNTIME_PROGRAM_DIRS):
             errs.add(where, f"names a program: it must be in {', '.join(RUNTIME_PROGRAM_DIRS)}, got \"{value}\"")
-    probe = _string_list(d.get("probe"), f"{path}.probe", errs)
-    return Profile(
-        name=name,
-        runtime_class_name=rc or "",
-        handler=handler or "",
-        overhead=_parse_overhead(d.get("overhead"), f"{path}.overhead", errs),
-        node_selector=_string_map(d.get("nodeSelector"), f"{path}.nodeSelector", errs),
-        tolerations=tuple(tolerations),
-        forbid=frozenset(forbid),
-        edge_toleration_seconds=_int(d.get("edgeTolerationSeconds"), f"{path}.edgeTolerationSeconds", errs, None),
-        runtime_type=_string(d.get("runtimeType"), f"{path}.runtimeType", errs),
-        runtime_options=dict(options) if isinstance(options, dict) else {},
-        probe=probe,
-    )
+    return dict(options)
 
 
-def _parse_agent(doc: Any, errs: _Errors) -> AgentSettings:
-    d = _mapping(doc, "agent", errs, ("namespace", "leaseDurationSeconds", "maxSandboxes", "reservedMemory",
-                                      "containerdConfig", "dropInDir", "reloadCommand", "containerdVersion",
-                                      "criEndpoint", "runtimeManager", "crioConfig", "crioDropInDir",
-                                      "reloadTimeoutSeconds", "metrics"))
-    base = AgentSettings()
-    reserved = base.reserved_memory
-    if d.get("reservedMemory") is not None:
-        parsed = _quantity(d["reservedMemory"], "agent.reservedMemory", errs)
-        reserved = parsed[1] if parsed else reserved
-    namespace = _string(d.get("namespace"), "agent.namespace", errs, base.namespace)
-    if namespace and not DNS_LABEL.match(namespace):
-        errs.add("agent.namespace", f'"{namespace}" is not a valid namespace name')
-    containerd_version = _string(d.get("containerdVersion"), "agent.containerdVersion", errs, base.containerd_version)
-    if not CONTAINERD_VERSION.match(containerd_version or ""):
-        errs.add("agent.containerdVersion", f'must be "auto" or a containerd release such as "1.7" or "2.0", '
-                                            f'got "{containerd_version}"')
-        containerd_version = base.containerd_version
-    cri_endpoint = _string(d.get("criEndpoint"), "agent.criEndpoint", errs, base.cri_endpoint)
-    if not (cri_endpoint.startswith("unix:///") or cri_endpoint.startswith("/")):
-        errs.add("agent.criEndpoint", f'must be unix:///<absolute path> or an absolute socket path, got "{cri_endpoint}"')
-        cri_endpoint = base.cri_endpoint
-    runtime_manager = _string(d.get("runtimeManager"), "agent.runtimeManager", errs, base.runtime_manager)
-    if runtime_manager not in RUNTIME_MANAGERS:
-        errs.add("agent.runtimeManager", f'must be one of {", ".join(RUNTIME_MANAGERS)}, got "{runtime_manager}"')
-        runtime_manager = base.runtime_manager
-    return AgentSettings(
-        namespace=namespace or base.namespace,
-        lease_duration_seconds=_int(d.get("leaseDurationSeconds"), "agent.leaseDurationSeconds", errs,
-                                    base.lease_duration_seconds, minimum=1),
-        max_sandboxes=_int(d.get("maxSandboxes"), "agent.maxSandboxes", errs, base.max_sandboxes),
-        reserved_memory=reserved,
-        containerd_config=_string(d.get("containerdConfig"), "agent.containerdConfig", errs, base.containerd_config),
-        drop_in_dir=_string(d.get("dropInDir"), "agent.dropInDir", errs, base.drop_in_dir),
-        reload_command=_string_list(d.get("reloadCommand"), "agent.reloadCommand", errs),
-        containerd_version=containerd_version,
-        cri_endpoint=cri_endpoint,
-        runtime_manager=runtime_manager,
-        crio_config=_string(d.get("crioConfig"), "agent.crioConfig", errs, base.crio_config),
-        crio_drop_in_dir=_string(d.get("crioDropInDir"), "agent.crioDropInDir", errs, base.crio_drop_in_dir),
-        reload_timeout_seconds=_int(d.get("reloadTimeoutSeconds"), "agent.reloadTimeoutSeconds", errs,
-                                    base.reload_timeout_seconds, minimum=1),
-        all_sandboxes=_bool(_mapping(d.get("metrics"), "agent.metrics", errs, ("allSandboxes",)).get("allSandboxes"),
-                            "agent.metrics.allSandboxes", errs, base.all_sandboxes),
-    )
+# --- single-field checks ---------------------------------------------------------------------------
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: Any, path: str, errs: _Errors, default: Any) -> Any:
+        if value not in choices:
+            errs.add(path, f'must be one of {", ".join(choices)}, got "{value}"')
+            return default
+        return value
+    return check
 
 
-
-def _parse_scheduling(doc: Any, errs: _Errors) -> SchedulingSettings:
-    d = _mapping(doc, "scheduling", errs, ("strategy", "preferNonSandboxNodes", "reservationTimeoutSeconds",
-                                           "allowedSchedulerNames"))
-    base = SchedulingSettings()
-    strategy = _string(d.get("strategy"), "scheduling.strategy", errs, base.strategy)
-    if strategy not in STRATEGIES:
-        errs.add("scheduling.strategy", f'must be one of {", ".join(STRATEGIES)}, got "{strategy}"')
-        strategy = base.strategy
-    return SchedulingSettings(
-        strategy=strategy,
-        prefer_non_sandbox_nodes=_bool(d.get("preferNonSandboxNodes"), "scheduling.preferNonSandboxNodes", errs,
-                                       base.prefer_non_sandbox_nodes),
-        reservation_timeout_seconds=_int(d.get("reservationTimeoutSeconds"), "scheduling.reservationTimeoutSeconds",
-                                         errs, base.reservation_timeout_seconds, minimum=1),
-        allowed_scheduler_names=(frozenset(_string_list(d["allowedSchedulerNames"], "scheduling.allowedSchedulerNames",
-                                                        errs))
-                                 if d.get("allowedSchedulerNames") is not None else base.allowed_scheduler_names),
-    )
+def _equals(expected: str) -> Check:
+    def check(value: Any, path: str, errs: _Errors, default: Any) -> Any:
+        if value != expected:
+            errs.add(path, f'must be "{expected}", got {value!r}')
+        return value
+    return check
 
 
-_TOP_KEYS = ("apiVersion", "kind", "clusterVersion", "podOverhead", "namespaceLabel", "podAnnotation",
-             "defaultProfile", "allowPodOptIn", "exemptNamespaces", "profiles", "agent", "scheduling",
-             "unlabelledNamespaces", "allowProfileOverride", "namespaceAdminGroups")
+def _qualified_name(kind: str) -> Check:
+    """A label or annotation key; an empty string means the default."""
+    def check(value: str, path: str, errs: _Errors, default: str) -> str:
+        if value and not QUALIFIED_NAME.match(value):
+            errs.add(path, f'"{value}" is not a valid {kind} key')
+        return value or default
+    return check
+
+
+def _namespace_name(value: str, path: str, errs: _Errors, default: str) -> str:
+    if value and not DNS_LABEL.match(value):
+        errs.add(path, f'"{value}" is not a valid namespace name')
+    return value or default
+
+
+def _containerd_version(value: str, path: str, errs: _Errors, default: str) -> str:
+    if not CONTAINERD_VERSION.match(value or ""):
+        errs.add(path, f'must be "auto" or a containerd release such as "1.7" or "2.0", got "{value}"')
+        return default
+    return value
+
+
+def _cri_endpoint(value: str, path: str, errs: _Errors, default: str) -> str:
+    if not (value.startswith("unix:///") or value.startswith("/")):
+        errs.add(path, f'must be unix:///<absolute path> or an absolute socket path, got "{value}"')
+        return default
+    return value
+
+
+def _runtime_class_name(value: str | None, path: str, errs: _Errors, default: None) -> str | None:
+    if value is None:
+        errs.add(path, "is required")
+    elif not DNS_SUBDOMAIN.match(value) or len(value) > 253:
+        errs.add(path, f'"{value}" is not a valid RuntimeClass name')
+    return value
+
+
+def _known_features(value: tuple[str, ...], path: str, errs: _Errors, default: Any) -> frozenset[str]:
+    for i, item in enumerate(value):
+        if item not in FORBIDDABLE:
+            errs.add(f"{path}[{i}]", f'unknown feature "{item}" (known: {", ".join(FORBIDDABLE)})')
+    return frozenset(value)
+
+
+def _frozen(value: Any, path: str, errs: _Errors, default: Any) -> frozenset:
+    return frozenset(value)
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+_TOLERATION = _table(
+    Toleration,
+    _Field("key", "key", _string),
+    _Field("operator", "operator", _string),
+    _Field("value", "value", _string),
+    _Field("effect", "effect", _string),
+    _Field("tolerationSeconds", "toleration_seconds", _int),
+)
+
+
+def _toleration_rules(t: dict[str, Any], path: str, errs: _Errors) -> None:
+    if t["operator"] not in TOLERATION_OPERATORS:
+        errs.add(f"{path}.operator", f'must be one of {", ".join(TOLERATION_OPERATORS)}, got "{t["operator"]}"')
+    if t["effect"] not in TAINT_EFFECTS:
+        errs.add(f"{path}.effect", f'must be one of NoSchedule, PreferNoSchedule, NoExecute, got "{t["effect"]}"')
+    if t["operator"] == "Exists" and t["value"]:
+        errs.add(f"{path}.value", "must be empty when operator is Exists")
+    if not t["key"] and t["operator"] != "Exists":
+        errs.add(f"{path}.operator", "must be Exists when key is empty")
+    if t["toleration_seconds"] is not None and t["effect"] != "NoExecute":
+        errs.add(f"{path}.tolerationSeconds", "is only allowed with effect NoExecute")
+
+
+def _tolerations(raw: Any, path: str, errs: _Errors, default: tuple) -> tuple[Toleration, ...]:
+    if raw is None:
+        return default
+    if not isinstance(raw, list):
+        errs.add(path, "must be a list")
+        return default
+    out = []
+    for i, doc in enumerate(raw):
+        where = f"{path}[{i}]"
+        before = len(errs.items)
+        values = _walk(doc, where, errs, _TOLERATION)
+        _toleration_rules(values, where, errs)
+        if len(errs.items) == before:
+            out.append(Toleration(**values))
+    return tuple(out)
+
+
+_OVERHEAD = _table(
+    Overhead,
+    _Field("podFixed", "pod_fixed", _pod_fixed),
+    _Field("memoryPercentOfRequests", "memory_percent_of_requests", _percent),
+    _Field("memoryMin", "memory_min", _quantity_value),
+    _Field("memoryMax", "memory_max", _quantity_value),
+)
+
+
+def _overhead(doc: Any, path: str, errs: _Errors, default: None) -> Overhead | None:
+    if doc is None:
+        return None
+    values = _walk(doc, path, errs, _OVERHEAD)
+    lo, hi = values["memory_min"], values["memory_max"]
+    if lo is not None and hi is not None and lo > hi:
+        errs.add(f"{path}.memoryMin", "must not be greater than memoryMax")
+    return Overhead(**values)
+
+
+_PROFILE = _table(
+    Profile,
+    _Field("runtimeClassName", "runtime_class_name", _string, None, _runtime_class_name),
+    _Field("handler", "handler", _string, None),
+    _Field("overhead", "overhead", _overhead),
+    _Field("nodeSelector", "node_selector", _string_map),
+    _Field("tolerations", "tolerations", _tolerations),
+    # Omitted means every host feature: each one reaches around the sandbox (Kata shares a hostPath
+    # into the VM, gVisor's gofer serves it), so a profile must say `forbid: []` to allow them.
+    _Field("forbid", "forbid", _string_list, check=_known_features),
+    _Field("edgeTolerationSeconds", "edge_toleration_seconds", _int),
+    _Field("runtimeType", "runtime_type", _string),
+    _Field("runtimeOptions", "runtime_options", _runtime_options),
+    _Field("probe", "probe", _string_list),
+)
+
+
+def _profile_name_ok(name: Any, path: str, errs: _Errors) -> bool:
+    if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > 63:
+        # It becomes a namespace-label value and a webhook path segment (/mutate/<profile>), which the
+        # API server accepts only as a DNS-1123 label.
+        errs.add(path, "profile name must be a DNS-1123 label (at most 63 lower-case letters, digits and "
+                       "'-', starting and ending with a letter or digit)")
+        return False
+    if name in RESERVED_PROFILE_NAMES:
+        errs.add(path, f'"{name}" is reserved and cannot name a profile: it is {RESERVED_PROFILE_NAMES[name]}')
+        return False
+    return True
+
+
+def _handler_rule(values: dict[str, Any], path: str, errs: _Errors) -> None:
+    """The handler defaults to the runtimeClassName, and either way must be a DNS label."""
+    if values["handler"] is None:
+        values["handler"] = values["runtime_class_name"]
+    handler = values["handler"]
+    if handler and not DNS_LABEL.match(handler):
+        errs.add(f"{path}.handler", f'"{handler}" is not a valid runtime handler name (DNS label)')
+
+
+def _profile(name: Any, doc: Any, errs: _Errors) -> Profile | None:
+    path = f"profiles.{name}"
+    if not _profile_name_ok(name, path, errs):
+        return None
+    values = _walk(doc, path, errs, _PROFILE)
+    _handler_rule(values, path, errs)
+    values["runtime_class_name"] = values["runtime_class_name"] or ""
+    values["handler"] = values["handler"] or ""
+    return Profile(name=name, **values)
+
+
+def _profiles(doc: Any, path: str, errs: _Errors, default: dict) -> dict[str, Profile]:
+    raw = _mapping(doc, path, errs)
+    if not raw:
+        errs.add(path, "at least one profile is required")
+    profiles: dict[str, Profile] = {}
+    for name, body in raw.items():
+        profile = _profile(name, body, errs)
+        if profile:
+            profiles[name] = profile
+    return profiles
+
+
+def _unique_runtime_class_names(profiles: dict[str, Profile], errs: _Errors) -> None:
+    seen: dict[str, str] = {}
+    for profile in profiles.values():
+        other = seen.setdefault(profile.runtime_class_name, profile.name)
+        if other != profile.name:
+            errs.add(f"profiles.{profile.name}.runtimeClassName",
+                     f'"{profile.runtime_class_name}" is already used by profile "{other}"')
+
+
+def _default_profile_rule(default: str | None, raw_profiles: Any, errs: _Errors) -> None:
+    """defaultProfile is required and names a profile of the document (even one with errors)."""
+    names = list(raw_profiles) if isinstance(raw_profiles, dict) else []
+    if default is None:
+        errs.add("defaultProfile", "is required")
+    elif default not in names:
+        errs.add("defaultProfile", f'unknown profile "{default}" (profiles: {", ".join(map(str, names))})')
+
+
+def _section(model: type, table: tuple[_Field, ...]) -> Reader:
+    """A reader for a nested section without cross-field rules: the model built from its table."""
+    def read(doc: Any, path: str, errs: _Errors, default: Any) -> Any:
+        return model(**_walk(doc, path, errs, table))
+    return read
+
+
+_METRICS = _table(AgentSettings, _Field("allSandboxes", "all_sandboxes", _bool))
+
+
+def _metrics(doc: Any, path: str, errs: _Errors, default: bool) -> bool:
+    return _walk(doc, path, errs, _METRICS)["all_sandboxes"]
+
+
+_AGENT = _table(
+    AgentSettings,
+    _Field("namespace", "namespace", _string, check=_namespace_name),
+    _Field("leaseDurationSeconds", "lease_duration_seconds", _positive_int),
+    _Field("maxSandboxes", "max_sandboxes", _int),
+    _Field("reservedMemory", "reserved_memory", _quantity_value),
+    _Field("containerdConfig", "containerd_config", _string),
+    _Field("dropInDir", "drop_in_dir", _string),
+    _Field("reloadCommand", "reload_command", _string_list),
+    _Field("containerdVersion", "containerd_version", _string, check=_containerd_version),
+    _Field("criEndpoint", "cri_endpoint", _string, check=_cri_endpoint),
+    _Field("runtimeManager", "runtime_manager", _string, check=_one_of(RUNTIME_MANAGERS)),
+    _Field("crioConfig", "crio_config", _string),
+    _Field("crioDropInDir", "crio_drop_in_dir", _string),
+    _Field("reloadTimeoutSeconds", "reload_timeout_seconds", _positive_int),
+    _Field("metrics", "all_sandboxes", _metrics),
+)
+
+_SCHEDULING = _table(
+    SchedulingSettings,
+    _Field("strategy", "strategy", _string, check=_one_of(STRATEGIES)),
+    _Field("preferNonSandboxNodes", "prefer_non_sandbox_nodes", _bool),
+    _Field("reservationTimeoutSeconds", "reservation_timeout_seconds", _positive_int),
+    _Field("allowedSchedulerNames", "allowed_scheduler_names", _string_list, check=_frozen),
+)
+
+_TOP = _table(
+    Policy,
+    _Field("apiVersion", None, _raw, None, _equals(API_VERSION)),
+    _Field("kind", None, _raw, None, _equals(KIND)),
+    _Field("clusterVersion", "cluster_version", _cluster_version, None),
+    _Field("podOverhead", "pod_overhead", _pod_overhead, None),
+    _Field("namespaceLabel", "namespace_label", _string, keys.DEFAULT_NAMESPACE_LABEL, _qualified_name("label")),
+    _Field("podAnnotation", "pod_annotation", _string, keys.DEFAULT_POD_ANNOTATION, _qualified_name("annotation")),
+    _Field("defaultProfile", "default_profile", _string, None),
+    _Field("allowPodOptIn", "allow_pod_opt_in", _bool, False),
+    _Field("exemptNamespaces", "exempt_namespaces", _string_list, (), _frozen),
+    _Field("profiles", "profiles", _profiles, {}),
+    _Field("agent", "agent", _section(AgentSettings, _AGENT)),
+    _Field("scheduling", "scheduling", _section(SchedulingSettings, _SCHEDULING)),
+    _Field("unlabelledNamespaces", "unlabelled_namespaces", _string, check=_one_of(UNLABELLED_MODES)),
+    _Field("allowProfileOverride", "allow_profile_override", _bool),
+    _Field("namespaceAdminGroups", "namespace_admin_groups", _string_list),
+)
 
 
 def parse_policy(doc: Any, source: str = "policy") -> Policy:
@@ -340,62 +518,9 @@ def parse_policy(doc: Any, source: str = "policy") -> Policy:
     errs = _Errors()
     if not isinstance(doc, dict):
         raise PolicyError([f"the document must be a mapping, got {type(doc).__name__}"], source)
-    _mapping(doc, "", errs, _TOP_KEYS)
-    if doc.get("apiVersion") != API_VERSION:
-        errs.add("apiVersion", f'must be "{API_VERSION}", got {doc.get("apiVersion")!r}')
-    if doc.get("kind") != KIND:
-        errs.add("kind", f'must be "{KIND}", got {doc.get("kind")!r}')
-    version = _parse_cluster_version(doc.get("clusterVersion"), errs)
-    pod_overhead = _parse_pod_overhead(doc.get("podOverhead"), errs)
-    ns_label = _string(doc.get("namespaceLabel"), "namespaceLabel", errs, keys.DEFAULT_NAMESPACE_LABEL)
-    if ns_label and not QUALIFIED_NAME.match(ns_label):
-        errs.add("namespaceLabel", f'"{ns_label}" is not a valid label key')
-    annotation = _string(doc.get("podAnnotation"), "podAnnotation", errs, keys.DEFAULT_POD_ANNOTATION)
-    if annotation and not QUALIFIED_NAME.match(annotation):
-        errs.add("podAnnotation", f'"{annotation}" is not a valid annotation key')
-    profiles: dict[str, Profile] = {}
-    raw_profiles = _mapping(doc.get("profiles"), "profiles", errs)
-    if not raw_profiles:
-        errs.add("profiles", "at least one profile is required")
-    for name, body in raw_profiles.items():
-        profile = _parse_profile(name, body, errs)
-        if profile:
-            profiles[name] = profile
-    seen_rc: dict[str, str] = {}
-    for profile in profiles.values():
-        other = seen_rc.setdefault(profile.runtime_class_name, profile.name)
-        if other != profile.name:
-            errs.add(f"profiles.{profile.name}.runtimeClassName",
-                     f'"{profile.runtime_class_name}" is already used by profile "{other}"')
-    default = _string(doc.get("defaultProfile"), "defaultProfile", errs)
-    if default is None:
-        errs.add("defaultProfile", "is required")
-    elif default not in raw_profiles:
-        errs.add("defaultProfile", f'unknown profile "{default}" (profiles: {", ".join(map(str, raw_profiles))})')
-    exempt = _string_list(doc.get("exemptNamespaces"), "exemptNamespaces", errs)
-    unlabelled = _string(doc.get("unlabelledNamespaces"), "unlabelledNamespaces", errs, "trusted")
-    if unlabelled not in UNLABELLED_MODES:
-        errs.add("unlabelledNamespaces", f'must be one of {", ".join(UNLABELLED_MODES)}, got "{unlabelled}"')
-    admin_groups = (_string_list(doc["namespaceAdminGroups"], "namespaceAdminGroups", errs)
-                    if doc.get("namespaceAdminGroups") is not None else keys.DEFAULT_NAMESPACE_ADMIN_GROUPS)
-    policy = Policy(
-        cluster_version=version,
-        pod_overhead=pod_overhead,
-        namespace_label=ns_label or keys.DEFAULT_NAMESPACE_LABEL,
-        pod_annotation=annotation or keys.DEFAULT_POD_ANNOTATION,
-        default_profile=default or "",
-        allow_pod_opt_in=_bool(doc.get("allowPodOptIn"), "allowPodOptIn", errs, False),
-        exempt_namespaces=frozenset(exempt),
-        profiles=profiles,
-        agent=_parse_agent(doc.get("agent"), errs),
-        scheduling=_parse_scheduling(doc.get("scheduling"), errs),
-        source=source,
-        unlabelled_namespaces=unlabelled if unlabelled in UNLABELLED_MODES else "trusted",
-        allow_profile_override=_bool(doc.get("allowProfileOverride"), "allowProfileOverride", errs, False),
-        namespace_admin_groups=admin_groups,
-    )
+    values = _walk(doc, "", errs, _TOP)
+    _unique_runtime_class_names(values["profiles"], errs)
+    _default_profile_rule(values["default_profile"], doc.get("profiles"), errs)
     if errs.items:
         raise PolicyError(errs.items, source)
-    return policy
-
-
+    return Policy(**values, source=source)
