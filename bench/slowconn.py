@@ -29,7 +29,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench import webhook as webhook_bench  # noqa: E402  (wrk saturation, the open-loop fixed rate, server helpers)
 
 KINDS = ("tcp", "half", "tls", "slow")
 WEBHOOK_BODY = REPO / "tests/fixtures/k8s-1.24/admission/v1-01-create-bare-pod.json"
@@ -204,26 +205,13 @@ def ordinary(host: str, port: int, path: str, body: bytes, ctx: ssl.SSLContext, 
 
 # ---- servers --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# free_port and wait_healthy: bench/webhook.py's, one copy for both benches.
+free_port = webhook_bench.free_port
 
 
 def wait_healthy(port: int, ctx: ssl.SSLContext, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"port {port} not healthy within {timeout}s")
+    """Until the server on `port` answers /healthz (bench/webhook.py's wait, by port)."""
+    webhook_bench.wait_healthy(f"https://127.0.0.1:{port}", ctx, proc, timeout)
 
 
 def start_server(kind: str, workdir: Path, log) -> tuple[subprocess.Popen, int, str, bytes]:
@@ -336,8 +324,6 @@ def serve_noop(args: argparse.Namespace) -> None:
 
 def candidates(duration: float, connections: int) -> None:
     """The no-op app under each worker model: throughput, CPU, latency and the slow-connection case."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import webhook as webhook_bench  # bench/webhook.py: wrk saturation and the open-loop fixed rate
 
     workdir = Path(tempfile.mkdtemp(prefix="sandgate-candidates-"))
     ctx = prepare(workdir)
