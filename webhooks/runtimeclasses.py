@@ -17,9 +17,11 @@ import logging
 import threading
 import time
 from typing import Callable
+from urllib.parse import quote
 
-from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from sandgate.core.rawapi import RawApi
 from webhooks.review import AdmissionRequest, Verdict
 from webhooks.routing import pod_spec
 
@@ -32,10 +34,10 @@ HTTP_NOT_FOUND = 404
 class RuntimeClassLookup:
     """Whether a RuntimeClass exists: True, False, or None when the API cannot say."""
 
-    def __init__(self, api_factory: Callable[[], client.ApiClient], ttl: float = 60.0,
+    def __init__(self, api_factory: Callable[[], RawApi], ttl: float = 60.0,
                  timeout: tuple[float, float] = (2.0, 3.0)):
         self._api_factory = api_factory
-        self._api: client.ApiClient | None = None
+        self._api: RawApi | None = None
         self._ttl = ttl
         self._timeout = timeout
         self._seen: dict[str, float] = {}  # name -> monotonic time it was last seen to exist
@@ -51,19 +53,14 @@ class RuntimeClassLookup:
         try:
             if self._api is None:
                 self._api = self._api_factory()
-            method, url, headers, _, _ = self._api.param_serialize(
-                "GET", PATH, path_params={"name": name}, header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"])
-            response = self._api.call_api(method, url, header_params=headers, _request_timeout=self._timeout)
-            response.read()
-            status = response.status
+            self._api.request("GET", PATH.format(name=quote(name, safe="")), timeout=self._timeout)
+        except ApiException as exc:
+            if exc.status == HTTP_NOT_FOUND:
+                return False
+            log.warning("RuntimeClass lookup failed; not checked", extra={"runtime_class": name, "status": exc.status})
+            return None
         except Exception as exc:  # unreachable, timeout, TLS: the check is a convenience, never a guard
             log.warning("RuntimeClass lookup failed; not checked", extra={"runtime_class": name, "error": repr(exc)})
-            return None
-        if status == HTTP_NOT_FOUND:
-            return False
-        if not 200 <= status < 300:
-            log.warning("RuntimeClass lookup failed; not checked", extra={"runtime_class": name, "status": status})
             return None
         with self._lock:
             self._seen[name] = now

@@ -158,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
     def build_app():
         from webhooks.app import WebhookState, create_app
         from webhooks.namespaces import NamespaceCache
+        from sandgate.core.rawapi import RawApi, load_configuration
         from webhooks.runtimeclasses import RuntimeClassLookup
 
         metrics = Metrics()
@@ -168,7 +169,7 @@ def serve(args: argparse.Namespace) -> int:
                                    on_sync_change=lambda synced: metrics.namespace_cache_synced.set(int(synced)))
             cache.start()
         # Without API access (or an explicit --no-namespace-watch) the webhook makes no API calls at all.
-        runtime_classes = RuntimeClassLookup(lambda: load_api_client(args.kubeconfig)) \
+        runtime_classes = RuntimeClassLookup(lambda: RawApi(load_configuration(args.kubeconfig))) \
             if namespaces_off is None else None
         pod_nodes = None
         if api_available:

@@ -1,4 +1,4 @@
-"""A raw-JSON Kubernetes API client for a small long-running process (the node agent).
+"""A raw-JSON Kubernetes API client for small, plain requests (the node agent; the webhook's RuntimeClass lookup).
 
 It is the `kubernetes` package's own `Configuration` (auth, TLS files, proxy, in-cluster token
 refresh) and REST layer (`RESTClientObject`, urllib3), without the parts that only a typed client
