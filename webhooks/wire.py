@@ -57,11 +57,6 @@ def _field(doc: dict, key: str, path: str, expected: type, required: bool) -> An
     return value
 
 
-def decode(body: bytes) -> dict:
-    """The JSON object in `body`; WireError when it is not valid JSON or not an object."""
-    return _decode(body)[0]
-
-
 def _decode(body: bytes) -> tuple[dict, bool]:
     """The JSON object in `body` and whether orjson parsed it (no NaN or infinity in it then)."""
     doc = _decode_quickly(body) if body.count(b"{") + body.count(b"[") <= ORJSON_MAX_CONTAINERS else _REFUSED

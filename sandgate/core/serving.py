@@ -27,7 +27,6 @@ import errno
 import gc
 import json
 import logging
-import re
 import resource
 import selectors
 import ssl
@@ -61,7 +60,6 @@ READ_CHUNK = 256 * 1024
 NOTIFY_INTERVAL = 1.0
 
 _CRLF2 = b"\r\n\r\n"
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 # ---- TLS -------------------------------------------------------------------------------------
