@@ -22,6 +22,7 @@ no operation, so running admit on its own output yields no patch (reinvocation-s
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import jsonpatch
@@ -178,9 +179,7 @@ def admit(req: AdmissionRequest, policy: Policy, mode: Mode, facts: NamespaceFac
     profile = decision.profile
     audit = audit_annotations(decision)
 
-    def denied(reason: str, message: str, code: int = 403) -> Verdict:
-        return Verdict(allowed=False, message=message, code=code, reason=reason, profile=profile.name,
-                       audit_annotations=audit)
+    denied = partial(Verdict.refusal, profile.name, audit)
 
     pod = req.object
     if not isinstance(pod.get("spec"), dict):

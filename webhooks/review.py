@@ -81,3 +81,8 @@ class Verdict:
     audit_annotations: dict[str, str] = field(default_factory=dict)
     profile: str | None = None  # the profile the pod was routed to, for logs and metrics
     reason: str = ""  # short machine-readable rule name for metrics/logs, e.g. "routed", "exempt", "forbidden"
+
+    @classmethod
+    def refusal(cls, profile: str, audit: dict[str, str], reason: str, message: str, code: int = 403) -> "Verdict":
+        """A denial of a pod routed to `profile`, carrying the routing's audit annotations."""
+        return cls(allowed=False, message=message, code=code, reason=reason, profile=profile, audit_annotations=audit)

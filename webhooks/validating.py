@@ -25,6 +25,7 @@ Two updates of a running sandboxed pod (one whose runtimeClassName is a profile'
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 
 from sandgate.core import keys, sandboxing
 from sandgate.core.clusterversion import Mode
@@ -63,9 +64,7 @@ def validate(req: AdmissionRequest, policy: Policy, mode: Mode, facts: Namespace
     profile = decision.profile
     audit = audit_annotations(decision)
 
-    def denied(reason: str, message: str, code: int = 403) -> Verdict:
-        return Verdict(allowed=False, message=message, code=code, reason=reason, profile=profile.name,
-                       audit_annotations=audit)
+    denied = partial(Verdict.refusal, profile.name, audit)
 
     forbidden = forbidden_message(req.object, profile)
     if forbidden:
@@ -97,9 +96,7 @@ def _validate_update(req: AdmissionRequest, policy: Policy, mode: Mode) -> Verdi
         return Verdict(allowed=True, reason="not-sandboxed")
     audit = {keys.AUDIT_PROFILE: profile.name, keys.AUDIT_RULE: "runtime-class"}
 
-    def denied(reason: str, message: str, code: int = 403) -> Verdict:
-        return Verdict(allowed=False, message=message, code=code, reason=reason, profile=profile.name,
-                       audit_annotations=audit)
+    denied = partial(Verdict.refusal, profile.name, audit)
 
     if req.sub_resource == EPHEMERAL_CONTAINERS:
         paths = [p for p in forbidden_fields(pod, profile) if p.startswith("spec.ephemeralContainers")]
