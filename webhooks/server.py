@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+from urllib.parse import quote
 
 from kubernetes.client.exceptions import ApiException
 
@@ -24,6 +25,7 @@ from sandgate.core import jsonlog, serving
 from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.kube import KubeConfigError, load_api_client, server_version
 from sandgate.core.policy import PolicyError, PolicyStore
+from sandgate.core.rawapi import RawApi, load_configuration
 from sandgate.core.serving import CertificateError, ReloadingContext
 
 log = logging.getLogger("sandgate.webhook")
@@ -75,16 +77,14 @@ def _metrics_dir() -> str:
 
 def _pod_reader(kubeconfig: str | None):
     """GET one pod as wire JSON, with a deadline (the agent guard's lookup for pod-bound tokens)."""
-    from kubernetes import client
-
     api = None
 
     def get_pod(namespace: str, name: str) -> dict:
         nonlocal api
         if api is None:
-            api = client.CoreV1Api(load_api_client(kubeconfig))
-        resp = api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=(3, 5))
-        return json.loads(resp.data)
+            api = RawApi(load_configuration(kubeconfig))
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+        return json.loads(api.request("GET", path, timeout=(3, 5)))
 
     return get_pod
 
@@ -158,7 +158,6 @@ def serve(args: argparse.Namespace) -> int:
     def build_app():
         from webhooks.app import WebhookState, create_app
         from webhooks.namespaces import NamespaceCache
-        from sandgate.core.rawapi import RawApi, load_configuration
         from webhooks.runtimeclasses import RuntimeClassLookup
 
         metrics = Metrics()
