@@ -60,15 +60,17 @@ class WebhookState:
     runtime_classes: RuntimeClassLookup | None = None
     pod_nodes: guards.PodNodes | None = None
 
+    def version(self, policy: Policy) -> ClusterVersion:
+        """The cluster version for the policy in force (a reload may change clusterVersion)."""
+        return self.cluster_version or policy.cluster_version or self.start_version
+
     def mode(self, policy: Policy) -> Mode:
         """The routing mode for the policy in force (a reload may change clusterVersion/podOverhead)."""
-        version = self.cluster_version or policy.cluster_version or self.start_version
-        return version.mode(policy.pod_overhead)
+        return self.version(policy).mode(policy.pod_overhead)
 
     def runtime_class_check(self, req: AdmissionRequest, policy: Policy, verdict: Verdict) -> Verdict:
         """`verdict`, or the built-in plugin's refusal of a missing RuntimeClass where no plugin gives it."""
-        version = self.cluster_version or policy.cluster_version or self.start_version
-        if not verdict.allowed or self.runtime_classes is None or version.runtimeclass_scheduling:
+        if not verdict.allowed or self.runtime_classes is None or self.version(policy).runtimeclass_scheduling:
             return verdict
         return missing_runtime_class(req, self.runtime_classes.exists) or verdict
 
@@ -318,7 +320,7 @@ def create_app(state: WebhookState) -> Flask:
                     verdict = Verdict(allowed=False, code=503, reason="agent-node-lookup",
                                       message=f"cannot tell which node the sandgate agent's request comes from: {exc}")
                 else:
-                    version = state.cluster_version or policy.cluster_version or state.start_version
+                    version = state.version(policy)
                     bound = (version.major, version.minor) >= guards.POD_BOUND_TOKENS_SINCE
                     verdict = guards.guard_agent(req, policy, node, tokens_are_pod_bound=bound)
         except Exception:  # a bug must not let a guarded write through
