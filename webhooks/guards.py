@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 from sandgate.core import keys
+from sandgate.core.jsonshape import as_object
 from sandgate.core.policy import Policy
 from webhooks.review import AdmissionRequest, UserInfo, Verdict
 
@@ -69,13 +70,7 @@ def _deny(reason: str, message: str, code: int = 403) -> Verdict:
 
 
 def _metadata(obj: Any) -> Mapping[str, Any]:
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def _string_map(meta: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = meta.get(key)
-    return value if isinstance(value, dict) else {}
+    return as_object(as_object(obj).get("metadata"))
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -93,7 +88,7 @@ def agent_node_change(old: Any, new: Any, node: str | None, name: str) -> str | 
         return "spec: the sandgate agent may not change a Node's spec (taints, unschedulable, podCIDR, ...)"
     old_meta, new_meta = _metadata(old), _metadata(new)
     for field in ("labels", "annotations"):
-        outside = [k for k in changed_keys(_string_map(old_meta, field), _string_map(new_meta, field))
+        outside = [k for k in changed_keys(as_object(old_meta.get(field)), as_object(new_meta.get(field)))
                    if not k.startswith(keys.AGENT_KEY_PREFIX)]
         if outside:
             return (f"metadata.{field}[{outside[0]}]: the sandgate agent may change only keys under "
@@ -165,8 +160,8 @@ def guard_namespace(req: AdmissionRequest, policy: Policy) -> Verdict:
     """
     if req.kind != "Namespace" or req.group != "" or req.operation not in ("CREATE", "UPDATE"):
         return _allow("not-applicable")
-    old = _string_map(_metadata(req.old_object), "labels") if req.operation == "UPDATE" else {}
-    new = _string_map(_metadata(req.object), "labels")
+    old = as_object(_metadata(req.old_object).get("labels")) if req.operation == "UPDATE" else {}
+    new = as_object(_metadata(req.object).get("labels"))
     guarded = (policy.namespace_label, keys.IGNORE_NAMESPACE_LABEL)
     touched = [k for k in changed_keys(old, new) if k in guarded]
     if not touched:
