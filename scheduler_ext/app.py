@@ -30,7 +30,7 @@ from scheduler_ext import wire
 from scheduler_ext.decisions import Fit
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.objects import NodeInfo, ObjectError, PodInfo, node_info, pod_info
-from scheduler_ext.state import ClusterCache
+from scheduler_ext.state import KINDS, ClusterCache
 from scheduler_ext.wire import WireError
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def create_app(rt: Runtime) -> ExtenderApp:
         value = cache.status()["sync"][resource]["staleSeconds"]
         return -1.0 if value is None else value
 
-    metrics = Metrics(staleness, lambda kind: len(cache.skipped[kind].current))
+    metrics = Metrics(KINDS, staleness, lambda kind: len(cache.skipped[kind].current))
     knows_unresolvable = cache.version >= UNRESOLVABLE_SINCE
     sent_nodes: OrderedDict[str, dict[str, NodeInfo]] = OrderedDict()
     sent_lock = threading.Lock()
