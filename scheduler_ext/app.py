@@ -105,7 +105,7 @@ def create_app(rt: Runtime) -> ExtenderApp:
     cache = rt.cache
 
     def staleness(resource: str) -> float:
-        value = cache.status()["sync"][resource]["staleSeconds"]
+        value = cache.sync[resource].staleness(cache.clock())
         return -1.0 if value is None else value
 
     metrics = Metrics(KINDS, staleness, lambda kind: len(cache.skipped[kind].current))
@@ -161,7 +161,8 @@ def create_app(rt: Runtime) -> ExtenderApp:
         args = wire.parse_extender_args(body)
         pod = cache.classify(pod_info(args.pod))
         log.debug("prioritize", extra={**_pod_fields(pod), "nodes": len(args.names)})
-        return cache.priorities(pod, args.names, _given_nodes(args))
+        # a pod that is not sandboxed scores 0 everywhere: its Nodes need not be parsed (as in filter)
+        return cache.priorities(pod, args.names, _given_nodes(args) if pod.handler is not None else None)
 
     def do_preempt(body: bytes) -> bytes:
         args = wire.parse_preemption_args(body)
