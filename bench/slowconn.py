@@ -234,15 +234,18 @@ def prepare(workdir: Path) -> ssl.SSLContext:
 
 
 def measure(kind: str, port: int, path: str, body: bytes, ctx: ssl.SSLContext, connections: int,
-            duration: float, workdir: Path) -> dict:
-    """Ordinary requests (fresh, then keep-alive connections) while `connections` hostile ones are held."""
+            duration: float, workdir: Path, check=None) -> dict:
+    """Ordinary requests (fresh, then keep-alive connections) while `connections` hostile ones are held.
+
+    Each answer must be a 200 (and pass `check`, given the decoded JSON); the tests assert on the counts.
+    """
     rate = 20.0
     count = max(int(rate * duration / 2), 10)
     flood = Flood("127.0.0.1", port, connections, duration + 120, workdir)
     try:
         before = flood.wait_open(connections)
-        fresh = ordinary("127.0.0.1", port, path, body, ctx, rate, count, fresh=True)
-        kept = ordinary("127.0.0.1", port, path, body, ctx, rate, count, fresh=False)
+        fresh = ordinary("127.0.0.1", port, path, body, ctx, rate, count, fresh=True, check=check)
+        kept = ordinary("127.0.0.1", port, path, body, ctx, rate, count, fresh=False, check=check)
         after = flood.stop()
     finally:
         if flood.proc.poll() is None:
