@@ -460,7 +460,10 @@ def test_webhook_service_ports_and_probes(rendered):
 
 def test_every_container_is_non_root_and_read_only(rendered):
     _, docs = rendered
-    for obj, template in pod_templates(docs):
+    templates = list(pod_templates(docs))
+    # The webhook, the extender and the agent at least: an empty render must not pass for secure.
+    assert {"sandgate-webhook", "sandgate-extender", "sandgate-agent"} <= {obj["metadata"]["name"] for obj, _ in templates}
+    for obj, template in templates:
         spec = template["spec"]
         if obj["metadata"]["name"] == "sandgate-agent":
             # The device plugin API needs root's ownership of the kubelet's socket directory, and nothing
