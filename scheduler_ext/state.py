@@ -290,6 +290,7 @@ class ClusterCache:
             else:
                 passed, rest, nodes = [], names, given
             missing: list[str] = []
+            empty = NodeUsage.empty()
             for name in rest:
                 info = nodes.get(name)
                 if info is None:
@@ -298,7 +299,7 @@ class ClusterCache:
                     missing.append(name)  # the common failure: one shared message, no per-node work
                     continue
                 else:
-                    verdict = decisions.evaluate(info, self.usage.get(name, NodeUsage.empty()), pod,
+                    verdict = decisions.evaluate(info, self.usage.get(name, empty), pod,
                                                  self.leases.get(name), now, self.overhead_in_scheduler,
                                                  self.policy.agent.namespace)
                 if verdict.fit is Fit.PASS:
