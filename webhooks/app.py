@@ -231,17 +231,17 @@ class Reviewer:
         elapsed = time.perf_counter() - started
         outcome = "denied" if not verdict.allowed else "patched" if verdict.patch else "allowed"
         state.metrics.observe(endpoint, outcome, verdict.reason, verdict.profile, elapsed)
-        facts = {
+        fields = {
             "uid": req.uid, "namespace": req.namespace, "pod": req.pod_name, "kind": req.kind,
             "operation": req.operation, "endpoint": path, "profile": verdict.profile,
             "verdict": outcome, "reason": verdict.reason, "latency_ms": round(elapsed * 1000, 3),
             "dry_run": req.dry_run, "pid": os.getpid(),
         }
         if not verdict.allowed:
-            facts["denial"] = verdict.message
+            fields["denial"] = verdict.message
         if unknown:
-            facts["namespace_labels"] = unknown
-        log.log(logging.WARNING if unknown and not verdict.allowed else logging.INFO, "admission", extra=facts)
+            fields["namespace_labels"] = unknown
+        log.log(logging.WARNING if unknown and not verdict.allowed else logging.INFO, "admission", extra=fields)
         return 200, body
 
 
