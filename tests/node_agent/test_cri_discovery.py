@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
-import requests
 
 import containerd_harness
 from containerd_harness import Containerd
 from sandgate.core import keys
+from agent_proc import free_port, metrics_until
 from support import REPO
 
 pytestmark = pytest.mark.skipif(not containerd_harness.available(), reason="containerd not installed")
@@ -93,22 +91,14 @@ profiles:
 
 def test_mismatch_is_a_metric(node, root, policy_file, fake_api, tmp_path):
     root.config("version = 2\n" + tables(["runc", "kata"]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
          "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5",
          "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline, body = time.monotonic() + 30, ""
-        while time.monotonic() < deadline and 'sandgate_agent_cycles_total 1' not in body:
-            try:
-                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
+        body = metrics_until(port, lambda body: "sandgate_agent_cycles_total 1" in body, proc=proc)
         assert 'sandgate_agent_runtime_config_mismatch{handler="runsc"} 1.0' in body
         assert 'sandgate_agent_runtime_config_mismatch{handler="kata"}' not in body
     finally:
