@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
+
+from support import REPO
+
+
+def agent(*args: str, **kw) -> subprocess.Popen:
+    """`sandgate agent *args` from this checkout; kw go to Popen (stdout, stderr, ...)."""
+    return subprocess.Popen([sys.executable, "-m", "sandgate", "agent", *args], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 
 import pytest
 import requests
@@ -21,8 +20,7 @@ import containerd_harness
 from containerd_harness import Containerd
 from node_agent.apply import BACKUPS_KEPT, atomic_write, prune_backups
 from sandgate.core import keys
-from agent_proc import free_port, metrics_until
-from support import REPO
+from agent_proc import agent, free_port, metrics_until
 
 pytestmark = pytest.mark.skipif(not containerd_harness.available(), reason="containerd not installed")
 
@@ -117,10 +115,8 @@ def test_a_rolled_back_change_is_not_retried_every_cycle(ctd, tmp_path, fake_api
     args = list(agent_args(ctd, tmp_path, fake_api, fail_first=True))
     args.remove("--once")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sandgate", "agent", *args, "--interval", "0.5",
-                             "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = agent(*args, "--interval", "0.5", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         body = metrics_until(port, lambda body: "sandgate_agent_cycles_total 4.0" in body, timeout=60, proc=proc)
         assert "sandgate_agent_cycles_total 4.0" in body

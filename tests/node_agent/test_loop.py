@@ -12,7 +12,7 @@ import time
 import requests
 
 from node_agent.metrics import AgentMetrics, MetricsServer
-from agent_proc import free_port, metrics_until
+from agent_proc import agent, free_port, metrics_until
 from support import REPO
 
 
@@ -33,11 +33,9 @@ def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy
     port = free_port()
     log_path = tmp_path / "agent.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
-             "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5",
-             "--api-attempts", "2", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = agent("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path),
+                     "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5", "--api-attempts", "2",
+                     "--metrics-host", "127.0.0.1", "--metrics-port", str(port), stdout=log_file, stderr=subprocess.STDOUT)
     try:
         body = metrics_until(port, lambda body: (metric(body, "sandgate_agent_last_publish_timestamp_seconds") or 0) > 0
                              and len(fake_api.calls("PUT", "/apis/coordination.k8s.io")) >= 2, proc=proc, log=log_path)

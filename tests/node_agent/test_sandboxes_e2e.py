@@ -20,7 +20,7 @@ import pod_harness
 from cri_standin import CriStandIn, FakeSandbox
 from node_agent import cgroups
 from pod_harness import PodHost
-from agent_proc import free_port
+from agent_proc import agent, free_port
 from support import REPO
 
 needs_pods = pytest.mark.skipif(not pod_harness.available(),
@@ -36,11 +36,6 @@ agent:
   criEndpoint: unix://%s
   metrics: {allSandboxes: %s}
 """
-
-
-def agent(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sandgate", "agent", *args], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
 
 def stop(proc: subprocess.Popen) -> int:
