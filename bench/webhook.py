@@ -206,6 +206,16 @@ def serve_sandgate(argv: list[str], worker_class: str | None) -> int:
     return cli_main(["webhook", *argv])
 
 
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM a server the bench started; SIGKILL it if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -455,12 +465,7 @@ def main() -> int:
             print_targets(results)
     finally:
         for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import jsonpatch
 from cryptography import x509
 
-from certs.generate import CA, CertError, issue, new_ca, service_dns_names
+from certs.generate import (CA, CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE, CertError, issue, new_ca,
+                            service_dns_names)
 
 ADMISSION_GROUP = "admissionregistration.k8s.io"
 ADMISSION_VERSIONS = ("v1", "v1beta1")
@@ -66,7 +67,7 @@ def _decode(data: dict[str, str] | None, key: str) -> bytes:
 
 def stored_ca(data: dict[str, str] | None) -> CA | None:
     """The CA kept in the CA Secret's data, None when it holds none; CertError when it is corrupt."""
-    cert, key = _decode(data, "ca.crt"), _decode(data, "ca.key")
+    cert, key = _decode(data, CA_FILE), _decode(data, CA_KEY_FILE)
     if not cert and not key:
         return None
     ca = CA(cert, key)
@@ -81,7 +82,7 @@ def stored_ca(data: dict[str, str] | None) -> CA | None:
 def leaf_problem(data: dict[str, str] | None, ca: CA, names: list[str], now: dt.datetime,
                  renew_days: int) -> str | None:
     """Why the leaf Secret must be (re)issued, or None when it is good for more than renew_days."""
-    cert_pem, key_pem = _decode(data, "tls.crt"), _decode(data, "tls.key")
+    cert_pem, key_pem = _decode(data, CERT_FILE), _decode(data, KEY_FILE)
     if not cert_pem or not key_pem:
         return "empty"
     try:
@@ -215,7 +216,7 @@ def ensure_ca(cluster: Cluster, args: argparse.Namespace, now: dt.datetime) -> t
         raise InstallError(f"Secret {args.namespace}/{args.ca_secret} holds no CA yet; the install Job creates it "
                            f"(--create-ca), renewal never does")
     ca = new_ca(f"sandgate-ca {args.namespace}", now)
-    cluster.update_secret(secret, {"ca.crt": _b64(ca.cert_pem), "ca.key": _b64(ca.key_pem)})
+    cluster.update_secret(secret, {CA_FILE: _b64(ca.cert_pem), CA_KEY_FILE: _b64(ca.key_pem)})
     return ca, "created"
 
 
@@ -225,7 +226,7 @@ def install(cluster: Cluster, args: argparse.Namespace, now: dt.datetime) -> dic
     leaves = {leaf.secret: cluster.read_secret(args.namespace, leaf.secret) for leaf in args.leaf}
     # A leaf Secret may still name an older CA (a first run after an older sandgate): keep trusting
     # it until its pods serve the new leaf; the next install run drops it.
-    old_cas = [_decode(s.data, "ca.crt") for s in leaves.values()]
+    old_cas = [_decode(s.data, CA_FILE) for s in leaves.values()]
     ca_bundle = bundle(ca.cert_pem, *old_cas)
     patched = {}
     for kind_key, kind in KINDS.items():
@@ -240,8 +241,8 @@ def install(cluster: Cluster, args: argparse.Namespace, now: dt.datetime) -> dic
             renewed[leaf.secret] = "kept"
             continue
         fresh = issue(ca, leaf.service, args.namespace, now=now)
-        cluster.update_secret(leaves[leaf.secret], {"tls.crt": _b64(fresh.cert_pem), "tls.key": _b64(fresh.key_pem),
-                                                    "ca.crt": _b64(ca.cert_pem)})
+        cluster.update_secret(leaves[leaf.secret], {CERT_FILE: _b64(fresh.cert_pem), KEY_FILE: _b64(fresh.key_pem),
+                                                    CA_FILE: _b64(ca.cert_pem)})
         renewed[leaf.secret] = f"issued ({problem})"
     for ref in args.drop_binding:
         kind, _, rest = ref.partition("/")

@@ -30,7 +30,7 @@ from scheduler_ext import wire
 from scheduler_ext.decisions import Fit
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.objects import NodeInfo, ObjectError, PodInfo, node_info, pod_info
-from scheduler_ext.state import ClusterCache
+from scheduler_ext.state import KINDS, ClusterCache
 from scheduler_ext.wire import WireError
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,10 @@ def create_app(rt: Runtime) -> ExtenderApp:
     cache = rt.cache
 
     def staleness(resource: str) -> float:
-        value = cache.status()["sync"][resource]["staleSeconds"]
+        value = cache.sync[resource].staleness(cache.clock())
         return -1.0 if value is None else value
 
-    metrics = Metrics(staleness, lambda kind: len(cache.skipped[kind].current))
+    metrics = Metrics(KINDS, staleness, lambda kind: len(cache.skipped[kind].current))
     knows_unresolvable = cache.version >= UNRESOLVABLE_SINCE
     sent_nodes: OrderedDict[str, dict[str, NodeInfo]] = OrderedDict()
     sent_lock = threading.Lock()
@@ -161,7 +161,8 @@ def create_app(rt: Runtime) -> ExtenderApp:
         args = wire.parse_extender_args(body)
         pod = cache.classify(pod_info(args.pod))
         log.debug("prioritize", extra={**_pod_fields(pod), "nodes": len(args.names)})
-        return cache.priorities(pod, args.names, _given_nodes(args))
+        # a pod that is not sandboxed scores 0 everywhere: its Nodes need not be parsed (as in filter)
+        return cache.priorities(pod, args.names, _given_nodes(args) if pod.handler is not None else None)
 
     def do_preempt(body: bytes) -> bytes:
         args = wire.parse_preemption_args(body)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -13,9 +13,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
 
 
 class Metrics:
-    """The extender's metric families."""
+    """The extender's metric families; `resources` are the watched kinds the gauges are labelled by."""
 
-    def __init__(self, staleness: Callable[[str], float], skipped: Callable[[str], int]):
+    def __init__(self, resources: Iterable[str], staleness: Callable[[str], float], skipped: Callable[[str], int]):
         self.registry = CollectorRegistry()
         self.decisions = Counter(
             "sandgate_extender_node_decisions", "Per-node filter decisions, by verb, verdict and reason",
@@ -30,13 +30,12 @@ class Metrics:
             "sandgate_extender_cache_staleness_seconds",
             "Seconds the cache may lag the API server (0 while watching; -1 when not applicable)",
             ["resource"], registry=self.registry)
-        for resource in ("nodes", "pods", "leases"):
-            stale.labels(resource).set_function(lambda r=resource: staleness(r))
         skips = Gauge(
             "sandgate_extender_skipped_objects",
             "Nodes, Pods and Leases skipped now because they cannot be read (each logged once; /readyz names them)",
             ["resource"], registry=self.registry)
-        for resource in ("nodes", "pods", "leases"):
+        for resource in resources:
+            stale.labels(resource).set_function(lambda r=resource: staleness(r))
             skips.labels(resource).set_function(lambda r=resource: float(skipped(r)))
 
     def watch_certificate(self, cert_file: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from kubernetes import client
 
 from sandgate.core import jsonlog, serving
-from sandgate.core.clusterversion import ClusterVersion, Mode, VersionError
+from sandgate.core.clusterversion import ClusterVersion, VersionError
 from sandgate.core.informer import Informer
 from sandgate.core.kube import KubeConfigError, load_api_client, server_version
 from sandgate.core.policy import Policy, PolicyError, PolicyStore
@@ -98,7 +98,7 @@ def build(args: argparse.Namespace) -> Built:
     store.on_reload = cache.set_policy
     log.info("extender configured", extra={"policy": args.config, "source": runtime.source,
                                            "clusterVersion": str(version),
-                                           "mode": (Mode.WEBHOOK_MERGES if cache.legacy else Mode.APISERVER_MERGES).value})
+                                           "mode": cache.mode.value})
     app = create_app(runtime)
     if args.cert_file:
         app.metrics.watch_certificate(args.cert_file)

@@ -77,7 +77,7 @@ class ClusterCache:
         self.clock = clock
         self.version = version
         self.policy = policy
-        self.overhead_in_scheduler = version.mode(policy.pod_overhead) is not Mode.WEBHOOK_MERGES
+        self.mode = version.mode(policy.pod_overhead)
         self.nodes: dict[str, NodeInfo] = {}
         self.usage: dict[str, NodeUsage] = {}
         self.pods: dict[str, PodInfo] = {}  # by namespace/name
@@ -97,6 +97,11 @@ class ClusterCache:
         self._changes = 0  # bumped by every index change; keys the memo of confirmed nodes
         self._confirmed: dict[str, tuple[int, set[str]]] = {}
         self._reindex()
+
+    @property
+    def overhead_in_scheduler(self) -> bool:
+        """The scheduler counts PodOverhead itself (follows `mode`, which a policy reload may change)."""
+        return self.mode is not Mode.WEBHOOK_MERGES
 
     @property
     def legacy(self) -> bool:
@@ -174,7 +179,7 @@ class ClusterCache:
         """Adopt a reloaded policy: profiles may have changed, so every pod is re-classified."""
         with self.lock:
             self.policy = policy
-            self.overhead_in_scheduler = self.version.mode(policy.pod_overhead) is not Mode.WEBHOOK_MERGES
+            self.mode = self.version.mode(policy.pod_overhead)
             for pod in self.pods.values():
                 pod.classify(policy, self.overhead_in_scheduler)
             self._rebuild_usage()
@@ -285,6 +290,7 @@ class ClusterCache:
             else:
                 passed, rest, nodes = [], names, given
             missing: list[str] = []
+            empty = NodeUsage.empty()
             for name in rest:
                 info = nodes.get(name)
                 if info is None:
@@ -293,7 +299,7 @@ class ClusterCache:
                     missing.append(name)  # the common failure: one shared message, no per-node work
                     continue
                 else:
-                    verdict = decisions.evaluate(info, self.usage.get(name, NodeUsage.empty()), pod,
+                    verdict = decisions.evaluate(info, self.usage.get(name, empty), pod,
                                                  self.leases.get(name), now, self.overhead_in_scheduler,
                                                  self.policy.agent.namespace)
                 if verdict.fit is Fit.PASS:
@@ -358,7 +364,7 @@ class ClusterCache:
                 "nodes": len(self.nodes),
                 "pods": len(self.pods),
                 "heartbeats": len(self.leases),
-                "mode": (Mode.WEBHOOK_MERGES if self.legacy else Mode.APISERVER_MERGES).value,
+                "mode": self.mode.value,
                 "sync": {kind: {"synced": s.synced, "staleSeconds": s.staleness(now), "error": s.error}
                          for kind, s in self.sync.items()},
                 "skipped": {kind: s.status() for kind, s in self.skipped.items()},

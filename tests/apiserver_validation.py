@@ -53,26 +53,28 @@ def accepted_review_versions(version: str) -> list[str]:
     return ["v1beta1"] if _minor(version) <= 16 else ["v1", "v1beta1"]
 
 
+def _bounded_match(value: str, limit: int, pattern: re.Pattern, message: str) -> list[str]:
+    """The shape of the utilvalidation.IsDNS* checks: a length limit, then a pattern."""
+    errs = []
+    if len(value) > limit:
+        errs.append(f"must be no more than {limit} characters")
+    if not pattern.match(value):
+        errs.append(message)
+    return errs
+
+
 def is_dns1123_subdomain(value: str) -> list[str]:
     """utilvalidation.IsDNS1123Subdomain."""
-    errs = []
-    if len(value) > 253:
-        errs.append("must be no more than 253 characters")
-    if not DNS1123_SUBDOMAIN.match(value):
-        errs.append("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
-                    "'.', and must start and end with an alphanumeric character")
-    return errs
+    return _bounded_match(value, 253, DNS1123_SUBDOMAIN,
+                          "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+                          "or '.', and must start and end with an alphanumeric character")
 
 
 def is_dns1035_label(value: str) -> list[str]:
     """utilvalidation.IsDNS1035Label."""
-    errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not DNS1035_LABEL.match(value):
-        errs.append("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
-                    "alphabetic character, and end with an alphanumeric character")
-    return errs
+    return _bounded_match(value, 63, DNS1035_LABEL,
+                          "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
+                          "an alphabetic character, and end with an alphanumeric character")
 
 
 def is_qualified_name(value: str) -> list[str]:

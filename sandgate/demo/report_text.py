@@ -151,7 +151,7 @@ def _schedule_lines(outcome: PodOutcome, total_nodes: int, style: _Style) -> lis
     rejected = {**s.extender_failed, **s.extender_unresolvable}
     if s.extender_input:
         steps.append(f"extender keeps {len(s.extender_input) - len(rejected)}")
-    elif not s.extender_called and len(s.in_tree_failed) < total_nodes:
+    elif len(s.in_tree_failed) < total_nodes:
         steps.append("no sandbox slot requested, extender not called")
     if s.node:
         if s.extender_called and s.prioritize_skipped:

@@ -207,7 +207,11 @@ class ScheduleResult:
     in_tree_scores: dict[str, int] = field(default_factory=dict)  # LeastAllocated 0..100 per node
     prioritize_skipped: bool = False
     error: str = ""  # extender error
-    extender_called: bool = False  # the pod requested a sandbox slot (managedResources)
+
+    @property
+    def extender_called(self) -> bool:
+        """The pod requested a sandbox slot (managedResources) and some node passed the in-tree filters."""
+        return bool(self.extender_input)
 
     def total(self, node: str) -> int:
         """The node's final score: extender score x weight x 10 + the in-tree score."""
@@ -244,7 +248,6 @@ class Scheduler:
     def _extender_cycle(self, pod: Mapping[str, Any], feasible: list[str], result: ScheduleResult) -> str | None:
         """Filter and prioritize through the extender; the node chosen, or None (reasons in `result`)."""
         wire_pod = self._wire_pod(pod)
-        result.extender_called = True
         result.extender_input = feasible
         passed, result.extender_failed, result.extender_unresolvable, error = decode_filter(
             self.extender.post("/filter", {"Pod": wire_pod, "Nodes": None, "NodeNames": feasible}))

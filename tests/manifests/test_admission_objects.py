@@ -234,9 +234,9 @@ def test_certgen_may_change_only_the_ca_bundle(edit, allowed):
 
 
 @pytest.mark.parametrize("annotations, runtime_class, sent", [
-    ({"sandgate.io/runtime": "gvisor"}, None, True),
-    ({"sandgate.io/runtime": "kata"}, None, True),  # an unknown value is sent, and refused by name
-    ({"sandgate.io/runtime": "none"}, None, False),
+    ({keys.DEFAULT_POD_ANNOTATION: "gvisor"}, None, True),
+    ({keys.DEFAULT_POD_ANNOTATION: "kata"}, None, True),  # an unknown value is sent, and refused by name
+    ({keys.DEFAULT_POD_ANNOTATION: "none"}, None, False),
     ({"team": "a"}, None, False),
     (None, "runv", True),
     (None, "runc", False),

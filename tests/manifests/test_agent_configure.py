@@ -6,40 +6,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from sandgate.cli import build_parser
 from support import REPO
-from test_manifests import INSTALLS, KUBECTL, _args, policy_of, validate_for
+from test_manifests import INSTALLS, _args, one, policy_of, render_with_components, validate_for
 
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # The component needs the kube-root-ca.crt ConfigMap (1.20+) and bound token projection (GA 1.20).
 TARGETS = ["install/modern", "install/modern-cert-manager", "install/modern-1.30", "overlays/modern"]
 
 
-def render_with(tmp_path: Path, target: str) -> list[dict]:
-    if KUBECTL is None:
-        pytest.fail("kubectl is not installed: the manifest tests render with `kubectl kustomize`")
-    tmp_path.mkdir()
-    manifests = os.path.relpath(REPO / "manifests", tmp_path)  # kustomize refuses absolute paths
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [f"{manifests}/{target}"], "components": [f"{manifests}/components/agent-configure"]}))
-    done = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
 @pytest.fixture(scope="module", params=TARGETS)
 def rendered(request, tmp_path_factory):
-    return request.param, render_with(tmp_path_factory.mktemp("kz") / "k", request.param)
+    return request.param, render_with_components(tmp_path_factory.mktemp("kz") / "k", request.param, "agent-configure")
 
 
 def agent_spec(docs: list[dict]) -> dict:
-    [ds] = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "sandgate-agent"]
-    return ds["spec"]["template"]["spec"]
+    return one(docs, "DaemonSet", "sandgate-agent")["spec"]["template"]["spec"]
 
 
 def test_every_object_validates_against_its_target_schemas(rendered):

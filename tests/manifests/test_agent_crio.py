@@ -2,39 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
 
 from node_agent import host
 from sandgate.cli import build_parser
 from sandgate.core.policy import parse_policy
-from support import REPO
-
-KUBECTL = shutil.which("kubectl")
-
-
-def render_with_crio(tmp_path: Path, install: str) -> list[dict]:
-    if KUBECTL is None:
-        pytest.fail("kubectl is not installed: the manifest tests render with `kubectl kustomize`")
-    tmp_path.mkdir()
-    manifests = os.path.relpath(REPO / "manifests", tmp_path)  # kustomize refuses absolute paths
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [f"{manifests}/{install}"], "components": [f"{manifests}/components/agent-crio"]}))
-    done = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
+from test_manifests import one, render_with_components
 
 
 @pytest.mark.parametrize("install", ["install/modern", "install/legacy"])
 def test_the_agent_finds_crio_and_its_socket_through_read_only_mounts(tmp_path, install):
-    docs = render_with_crio(tmp_path / "kz", install)
-    [ds] = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "sandgate-agent"]
-    spec = ds["spec"]["template"]["spec"]
+    docs = render_with_components(tmp_path / "kz", install, "agent-crio")
+    spec = one(docs, "DaemonSet", "sandgate-agent")["spec"]["template"]["spec"]
     container = spec["containers"][0]
     args = build_parser().parse_args(container["args"])
     volumes = {v["name"]: v for v in spec["volumes"]}

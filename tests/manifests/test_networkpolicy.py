@@ -4,13 +4,10 @@ port, only from the operator's control-plane CIDR (the Pod CIDR excepted), in ev
 from __future__ import annotations
 
 import ipaddress
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_manifests import INSTALLS, find, one, render  # noqa: E402
+from test_manifests import INSTALLS, find, one, render
 
 
 @pytest.fixture(scope="module", params=sorted(INSTALLS))

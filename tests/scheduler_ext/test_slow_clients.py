@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import ssl
 
-from bench.slowconn import Flood, ordinary
+from bench.slowconn import measure
+from slow_clients import assert_answered_under_flood
 from certs.generate import generate, write
 from support import load_fixture
 
@@ -24,17 +25,6 @@ def test_a_thousand_quiet_connections_leave_filter_answered(extender, k8s, tmp_p
         assert doc["NodeNames"] == request["NodeNames"] and not doc.get("Error")
 
     ctx = ssl.create_default_context(cafile=str(ca))
-    flood = Flood("127.0.0.1", port, 1000, 120, tmp_path)
-    try:
-        opened = flood.wait_open(1000)
-        assert opened["open"] >= 950, opened
-        fresh = ordinary("127.0.0.1", port, "/filter", json.dumps(request).encode(), ctx, 20, 40, fresh=True,
-                         check=check)
-        kept = ordinary("127.0.0.1", port, "/filter", json.dumps(request).encode(), ctx, 20, 40, fresh=False,
-                        check=check)
-        stats = flood.stats()
-    finally:
-        flood.stop()
-    assert (fresh["answered"], fresh["failures"]) == (40, 0), fresh["first_failures"]
-    assert (kept["answered"], kept["failures"]) == (40, 0), kept["first_failures"]
-    assert stats["closed_by_server"] >= 500, stats
+    result = measure("extender", port, "/filter", json.dumps(request).encode(), ctx, 1000, 4.0, tmp_path,
+                     check=check)
+    assert_answered_under_flood(result, 40)
