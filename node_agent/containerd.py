@@ -171,40 +171,32 @@ def _empty(value: Any) -> bool:
     return value is None or value == [] or value == {} or (not isinstance(value, (list, dict)) and not value)
 
 
-def _merge_mergo(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """mergo.Merge(WithOverride, WithAppendSlice) on tables: non-empty values override, lists append."""
+def _merge_tables(base: dict[str, Any], extra: dict[str, Any], dedupe_lists: bool) -> dict[str, Any]:
+    """Recursive table merge: non-empty values override, lists append. 1.x (mergo.Merge WithOverride,
+    WithAppendSlice) keeps duplicate list items; 2.x drops the ones already present."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_mergo(out[key], value)
+            out[key] = _merge_tables(out[key], value, dedupe_lists)
         elif isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = out[key] + value
+            out[key] = out[key] + ([v for v in value if v not in out[key]] if dedupe_lists else value)
         elif not _empty(value) or key not in out:
             out[key] = value
     return out
 
 
 def _merge_1x(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = _merge_mergo({k: v for k, v in base.items() if k not in _REPLACED_PER_KEY_1X},
-                       {k: v for k, v in extra.items() if k not in _REPLACED_PER_KEY_1X})
+    out = _merge_tables({k: v for k, v in base.items() if k not in _REPLACED_PER_KEY_1X},
+                        {k: v for k, v in extra.items() if k not in _REPLACED_PER_KEY_1X}, dedupe_lists=False)
     for key in _REPLACED_PER_KEY_1X:
-        merged = {**(base.get(key) or {}), **(extra.get(key) or {})} if (key in base or key in extra) else None
-        if merged is not None:
-            out[key] = merged
+        if key in base or key in extra:
+            out[key] = {**(base.get(key) or {}), **(extra.get(key) or {})}
     return out
 
 
 def _merge_2x(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """2.x: tables merge recursively (plugin sections included); lists append without duplicates."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge_2x(out[key], value)
-        elif isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = out[key] + [v for v in value if v not in out[key]]
-        elif not _empty(value) or key not in out:
-            out[key] = value
-    return out
+    return _merge_tables(base, extra, dedupe_lists=True)
 
 
 def _migrate_plugins(doc: dict[str, Any], to_version: int) -> dict[str, Any]:

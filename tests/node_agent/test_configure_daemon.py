@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
-import sys
-import time
 
 import pytest
 import requests
@@ -23,7 +20,7 @@ import containerd_harness
 from containerd_harness import Containerd
 from node_agent.apply import BACKUPS_KEPT, atomic_write, prune_backups
 from sandgate.core import keys
-from support import REPO
+from agent_proc import agent, free_port, metrics_until
 
 pytestmark = pytest.mark.skipif(not containerd_harness.available(), reason="containerd not installed")
 
@@ -118,18 +115,10 @@ def test_a_rolled_back_change_is_not_retried_every_cycle(ctd, tmp_path, fake_api
     args = list(agent_args(ctd, tmp_path, fake_api, fail_first=True))
     args.remove("--once")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sandgate", "agent", *args, "--interval", "0.5",
-                             "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = agent(*args, "--interval", "0.5", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, body = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and "sandgate_agent_cycles_total 4.0" not in body:
-            try:
-                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
+        body = metrics_until(port, lambda body: "sandgate_agent_cycles_total 4.0" in body, timeout=60, proc=proc)
         assert "sandgate_agent_cycles_total 4.0" in body
         assert "sandgate_agent_configure_rollbacks_total 1.0" in body
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
@@ -138,12 +127,6 @@ def test_a_rolled_back_change_is_not_retried_every_cycle(ctd, tmp_path, fake_api
         proc.wait(timeout=15)
     assert (ctd.dir / "restarts").read_text() == "restart\nrestart\n"  # the broken reload and the rollback's
     assert handlers(ctd) == {"runc"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_only_the_last_backups_are_kept(tmp_path):

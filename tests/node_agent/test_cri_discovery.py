@@ -7,20 +7,16 @@ default endpoint (a link to the daemon's socket).
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import pytest
-import requests
 
 import containerd_harness
 from containerd_harness import Containerd
 from sandgate.core import keys
-from support import REPO
+from agent_proc import agent, free_port, metrics_until
 
 pytestmark = pytest.mark.skipif(not containerd_harness.available(), reason="containerd not installed")
 
@@ -31,18 +27,28 @@ def tables(names, table='plugins."io.containerd.grpc.v1.cri".containerd.runtimes
     return "".join(f'\n[{table}.{n}]\n  runtime_type = "{RUNTIMES[n]}"\n' for n in names)
 
 
+@contextlib.contextmanager
+def running_node(root, names):
+    """A running containerd with the runtimes `names`, its socket at the host root's default endpoint, and the
+    kata and runsc shims (and /dev/kvm) on the host."""
+    daemon = Containerd.start(cri_extra=tables(names))
+    try:
+        link = root.path / "run/containerd/containerd.sock"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(daemon.socket)
+        root.shim("containerd-shim-kata-v2")
+        root.shim("containerd-shim-runsc-v1")
+        root.kvm()
+        yield daemon
+    finally:
+        daemon.close()
+
+
 @pytest.fixture
 def node(root):
-    """A running containerd with runc, kata and runsc; its socket at the host root's default endpoint."""
-    daemon = Containerd.start(cri_extra=tables(RUNTIMES))
-    link = root.path / "run/containerd/containerd.sock"
-    link.parent.mkdir(parents=True)
-    link.symlink_to(daemon.socket)
-    root.shim("containerd-shim-kata-v2")
-    root.shim("containerd-shim-runsc-v1")
-    root.kvm()
-    yield daemon
-    daemon.close()
+    """A running containerd with runc, kata and runsc."""
+    with running_node(root, RUNTIMES) as daemon:
+        yield daemon
 
 
 def test_handlers_come_from_cri_and_agree_with_the_files(node, root, dry_run):
@@ -93,22 +99,13 @@ profiles:
 
 def test_mismatch_is_a_metric(node, root, policy_file, fake_api, tmp_path):
     root.config("version = 2\n" + tables(["runc", "kata"]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
-         "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5",
-         "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    port = free_port()
+    proc = agent("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path),
+                 "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5",
+                 "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, body = time.monotonic() + 30, ""
-        while time.monotonic() < deadline and 'sandgate_agent_cycles_total 1' not in body:
-            try:
-                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
+        body = metrics_until(port, lambda body: "sandgate_agent_cycles_total 1" in body, proc=proc)
         assert 'sandgate_agent_runtime_config_mismatch{handler="runsc"} 1.0' in body
         assert 'sandgate_agent_runtime_config_mismatch{handler="kata"}' not in body
     finally:
@@ -119,18 +116,9 @@ def test_mismatch_is_a_metric(node, root, policy_file, fake_api, tmp_path):
 def test_dry_run_configure_counts_the_planned_handlers_beside_the_running_ones(root, policy_file, dry_run):
     """containerd runs only runc; the plan adds kata and runsc, and the dry-run patch already names them
     (the CRI cross-check expects them only after the reload)."""
-    daemon = Containerd.start(cri_extra=tables(["runc"]))
-    try:
-        link = root.path / "run/containerd/containerd.sock"
-        link.parent.mkdir(parents=True)
-        link.symlink_to(daemon.socket)
-        root.shim("containerd-shim-kata-v2")
-        root.shim("containerd-shim-runsc-v1")
-        root.kvm()
+    with running_node(root, ["runc"]):
         root.config("version = 2\n" + tables(["runc"]))
         doc = dry_run("--configure")
-    finally:
-        daemon.close()
     assert doc["containerd"]["handlersFrom"] == "cri" and doc["containerd"]["warnings"] == []
     assert doc["containerd"]["mainConfig"]["content"].endswith(
         '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\nruntime_type = "io.containerd.runsc.v1"\n')

@@ -176,12 +176,10 @@ def test_committed_stubs_match_the_proto(tmp_path):
 def test_the_agent_loop_advertises_its_capacities_and_follows_the_runtime(root, tables, policy_file, fake_api,
                                                                           tmp_path, plugin_dir):
     """The real `sandgate agent` loop: slots = the published capacity; a runtime that goes turns its devices unhealthy."""
-    import os
     import signal
     import subprocess
-    import sys
 
-    from support import REPO
+    from agent_proc import agent
 
     root.config(tables.V2_HEAD + tables.runtime(tables.V2, "runc", "io.containerd.runc.v2")
                 + tables.runtime(tables.V2, "kata", "io.containerd.kata.v2"))
@@ -190,11 +188,10 @@ def test_the_agent_loop_advertises_its_capacities_and_follows_the_runtime(root, 
     kubelet = StandInKubelet(plugin_dir)
     log_path = tmp_path / "agent.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
-             "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.3",
-             "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--device-plugin-dir", str(plugin_dir)],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = agent("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path),
+                     "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.3",
+                     "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--device-plugin-dir", str(plugin_dir),
+                     stdout=log_file, stderr=subprocess.STDOUT)
     kata = "sandgate.io/sandbox-kata"
     try:
         # the capacity the agent publishes for kata on this node (44, as in test_loop) is its slot count

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,13 +12,8 @@ import time
 import requests
 
 from node_agent.metrics import AgentMetrics, MetricsServer
+from agent_proc import agent, free_port, metrics_until
 from support import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(text: str, name: str) -> float | None:
@@ -39,23 +33,12 @@ def test_loop_publishes_serves_metrics_and_stops_on_sigterm(root, tables, policy
     port = free_port()
     log_path = tmp_path / "agent.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandgate", "agent", "--config", str(policy_file()), "--node-name", "n1",
-             "--root", str(root.path), "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5",
-             "--api-attempts", "2", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = agent("--config", str(policy_file()), "--node-name", "n1", "--root", str(root.path),
+                     "--kubeconfig", str(fake_api.kubeconfig(tmp_path)), "--interval", "0.5", "--api-attempts", "2",
+                     "--metrics-host", "127.0.0.1", "--metrics-port", str(port), stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        body = ""
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except requests.ConnectionError:
-                body = ""
-            if (metric(body, "sandgate_agent_last_publish_timestamp_seconds") or 0) > 0 and len(fake_api.calls("PUT", "/apis/coordination.k8s.io")) >= 2:
-                break
-            time.sleep(0.2)
+        body = metrics_until(port, lambda body: (metric(body, "sandgate_agent_last_publish_timestamp_seconds") or 0) > 0
+                             and len(fake_api.calls("PUT", "/apis/coordination.k8s.io")) >= 2, proc=proc, log=log_path)
         assert metric(body, 'sandgate_agent_sandbox_capacity{handler="kata"}') == 44
         assert metric(body, 'sandgate_agent_runtime_healthy{handler="kata"}') == 1
         assert metric(body, 'sandgate_agent_runtime_found{handler="runsc"}') == 1

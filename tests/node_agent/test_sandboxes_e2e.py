@@ -20,6 +20,7 @@ import pod_harness
 from cri_standin import CriStandIn, FakeSandbox
 from node_agent import cgroups
 from pod_harness import PodHost
+from agent_proc import agent, free_port
 from support import REPO
 
 needs_pods = pytest.mark.skipif(not pod_harness.available(),
@@ -35,19 +36,6 @@ agent:
   criEndpoint: unix://%s
   metrics: {allSandboxes: %s}
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def agent(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sandgate", "agent", *args], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
 
 def stop(proc: subprocess.Popen) -> int:
