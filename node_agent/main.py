@@ -35,6 +35,9 @@ from node_agent.host import Root
 log = logging.getLogger("sandgate.agent")
 
 
+# How many rolled-back plans the agent remembers so as not to retry them (oldest forgotten first).
+ROLLED_BACK_KEPT = 8
+
 class AgentError(RuntimeError):
     """A cycle could not complete (message is for the operator)."""
 
@@ -69,6 +72,7 @@ class Agent:
                             if args.node_allocatable_memory else None)
         # Changes that were rolled back, by content: retrying one every cycle would restart the
         # runtime every --interval. It is tried again only once the plan differs (policy or files changed).
+        # The last ROLLED_BACK_KEPT plans are remembered (each holds whole file contents).
         self.rolled_back: dict[tuple[tuple[str, str], ...], str] = {}
         self.last_rollback: str | None = None
 
@@ -141,6 +145,8 @@ class Agent:
                 decision, publish_new = self.configure(policy, decision, node)
                 if not publish_new:
                     self.rolled_back[key] = decision.configure_error or "rolled back"
+                    while len(self.rolled_back) > ROLLED_BACK_KEPT:
+                        del self.rolled_back[next(iter(self.rolled_back))]
                     self.last_rollback = decision.configure_error
         self._record(policy, decision)
         if not self.args.dry_run and not self.args.drop_in_only:
