@@ -38,6 +38,7 @@ log = logging.getLogger("sandgate.agent")
 # How many rolled-back plans the agent remembers so as not to retry them (oldest forgotten first).
 ROLLED_BACK_KEPT = 8
 
+
 class AgentError(RuntimeError):
     """A cycle could not complete (message is for the operator)."""
 
