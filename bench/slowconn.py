@@ -113,9 +113,16 @@ async def _flood(host: str, port: int, count: int, duration: float, report: Path
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # a ramp, not a SYN storm: the listen backlog is the kernel's
     while not all(t.done() for t in tasks):
-        report.write_text(json.dumps(stats))
+        _publish(report, stats)
         await asyncio.sleep(0.2)
-    report.write_text(json.dumps(stats))
+    _publish(report, stats)
+
+
+def _publish(report: Path, stats: dict) -> None:
+    """Replace the report file whole: a reader must never see it half written (it would read zeros)."""
+    partial = report.with_suffix(".tmp")
+    partial.write_text(json.dumps(stats))
+    os.replace(partial, report)
 
 
 def flood_main(argv: list[str]) -> None:
